@@ -1,0 +1,23 @@
+"""Test session set-up: an isolated, offline Prefect home and a single temporary Prefect server."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+# Prefect reads its settings at import time, so these must be set before any test imports it.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="eegmi-prefect-home-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for every flow test of the session (starting one costs ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,382 @@
+"""Frame store: layout round trip, idempotent incremental writes, crash safety, attrs, latents."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import pipeline
+from pipeline.errors import InputError
+from pipeline.store import FrameStore
+
+WRITER_SCRIPT = Path(__file__).with_name("store_writer_script.py")
+SMALL_SHAPE = (4, 3, 8, 8)
+
+
+def _load_writer():
+    spec = importlib.util.spec_from_file_location("store_writer_script", WRITER_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+writer = _load_writer()
+
+
+def _source(seed: int, n_trials: int, frame_shape=SMALL_SHAPE, first_trial: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    frames = rng.standard_normal((n_trials, *frame_shape)).astype(np.float32)
+    return {
+        "frames": frames,
+        "labels": rng.uniform(1, 9, (n_trials, 4)).astype(np.float32),
+        "subject": np.full(n_trials, seed, dtype=np.int32),
+        "trial": np.arange(first_trial, first_trial + n_trials, dtype=np.int32),
+        "source": f"subject{seed:02d}.dat",
+        "source_sha256": hashlib.sha256(f"file-{seed}".encode()).hexdigest(),
+    }
+
+
+def _new_store(path, frame_shape=SMALL_SHAPE, config_hash="cfg-a", attrs=None) -> FrameStore:
+    return FrameStore.create_or_open(
+        path, config_hash=config_hash, attrs=attrs or {"kind": "synthetic"}, frame_shape=frame_shape
+    )
+
+
+def _store_bytes(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _contents_by_key(store: FrameStore) -> dict[tuple[str, int], tuple]:
+    rows = store.committed_rows()
+    frames = store.read_frames(rows)
+    return {
+        (sha, int(trial)): (frames[i], store.labels[i], int(store.subject[i]), str(store.source[i]))
+        for i, (sha, trial) in enumerate(zip(store.source_sha256, store.trial, strict=True))
+    }
+
+
+def test_round_trip_of_arrays_and_attrs(tmp_path):
+    attrs = {
+        "kind": "synthetic",
+        "config": {"band_edges_hz": [[8.0, 13.0], [13.0, 30.0], [30.0, 45.0]], "grid_size": 32},
+        "montage_positions": {"Cz": [0.0, 0.0, 1.0]},
+        "normalisation": {"mean": [0.5, -1.25, 2.0], "split": "trial-seed-0"},
+    }
+    store = _new_store(tmp_path / "f.zarr", frame_shape=(63, 3, 32, 32), attrs=attrs)
+    data = _source(3, 2, frame_shape=(63, 3, 32, 32))
+    assert store.add_trials(**data) == 2
+
+    reader = FrameStore.open(tmp_path / "f.zarr")
+    assert reader.frame_shape == (63, 3, 32, 32)
+    assert reader.frames.chunks == (1, 63, 3, 32, 32)
+    np.testing.assert_array_equal(reader.committed_rows(), [0, 1])
+    np.testing.assert_array_equal(reader.read_frames([0, 1]), data["frames"])
+    np.testing.assert_array_equal(reader.frames[1], data["frames"][1])
+    np.testing.assert_array_equal(reader.labels, data["labels"])
+    assert reader.labels.dtype == np.float32 and reader.subject.dtype == np.int32
+    np.testing.assert_array_equal(reader.subject, [3, 3])
+    np.testing.assert_array_equal(reader.trial, [0, 1])
+    assert reader.source.tolist() == ["subject03.dat"] * 2
+    assert reader.source_sha256.tolist() == [data["source_sha256"]] * 2
+    assert reader.stored_keys() == {(data["source_sha256"], 0), (data["source_sha256"], 1)}
+    stored_attrs = reader.attrs
+    for key, value in attrs.items():
+        assert stored_attrs[key] == value
+    assert stored_attrs["config_hash"] == "cfg-a"
+    assert stored_attrs["package_version"] == pipeline.__version__
+    assert stored_attrs["created"] <= stored_attrs["updated"]
+
+
+def test_readd_writes_nothing_and_second_source_appends(tmp_path):
+    store = _new_store(tmp_path / "f.zarr")
+    first = _source(1, 3)
+    assert store.add_trials(**first) == 3
+    before = _store_bytes(tmp_path / "f.zarr" / "frames")
+    assert store.add_trials(**first) == 0
+    assert _store_bytes(tmp_path / "f.zarr" / "frames") == before
+
+    reopened = _new_store(tmp_path / "f.zarr")
+    overlapping = _source(1, 3, first_trial=2)  # trials 2, 3, 4 of the same file: only 3 and 4 are new
+    assert reopened.add_trials(**overlapping) == 2
+    second = _source(2, 2)
+    assert reopened.add_trials(**second) == 2
+
+    reader = FrameStore.open(tmp_path / "f.zarr")
+    assert reader.n_rows == 7
+    assert sorted(reader.stored_keys()) == sorted(
+        [(first["source_sha256"], t) for t in range(5)] + [(second["source_sha256"], t) for t in range(2)]
+    )
+    contents = _contents_by_key(reader)
+    np.testing.assert_array_equal(contents[(first["source_sha256"], 4)][0], overlapping["frames"][2])
+    np.testing.assert_array_equal(contents[(second["source_sha256"], 1)][0], second["frames"][1])
+    assert contents[(second["source_sha256"], 0)][2:] == (2, "subject02.dat")
+
+
+def test_other_config_hash_is_refused_and_store_untouched(tmp_path):
+    path = tmp_path / "f.zarr"
+    _new_store(path).add_trials(**_source(1, 2))
+    before = _store_bytes(path)
+    with pytest.raises(InputError, match="built with preprocessing config cfg-a, this run uses cfg-b") as err:
+        _new_store(path, config_hash="cfg-b")
+    assert err.value.where == str(path)
+    with pytest.raises(InputError, match="holds frames"):
+        _new_store(path, frame_shape=(4, 3, 8, 9))
+    assert _store_bytes(path) == before
+
+
+def test_add_trials_validates_input(tmp_path):
+    store = _new_store(tmp_path / "f.zarr")
+    good = _source(1, 2)
+    nan_frames = good["frames"].copy()
+    nan_frames[1, 0, 0, 0, 0] = np.nan
+    cases = [
+        ({"frames": good["frames"][:, :3]}, "frames has shape"),
+        ({"frames": nan_frames}, "frames holds 1 non-finite"),
+        ({"labels": good["labels"][:, :3]}, "labels has shape"),
+        ({"subject": good["subject"].astype(float)}, "subject has dtype"),
+        ({"trial": np.array([1, 1])}, "repeated"),
+        ({"trial": np.array([0, -1])}, "negative"),
+        ({"source_sha256": "ABC"}, "64 lowercase hex"),
+    ]
+    for change, message in cases:
+        with pytest.raises(InputError, match=message):
+            store.add_trials(**{**good, **change})
+    assert store.n_rows == 0 and store.stored_keys() == set()
+
+
+class CrashBeforeCommit(FrameStore):
+    """A writer that dies after writing a trial's data, before its commit marker."""
+
+    def _commit(self, rows):
+        raise KeyboardInterrupt("killed")
+
+
+def _add_uncommitted(path, data) -> None:
+    crashing = CrashBeforeCommit.create_or_open(path, config_hash="cfg-a", attrs={}, frame_shape=SMALL_SHAPE)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.add_trials(**data)
+
+
+def test_reserved_but_uncommitted_row_is_invisible_and_reused(tmp_path):
+    path = tmp_path / "f.zarr"
+    _new_store(path).add_trials(**_source(1, 2))
+    second = _source(2, 2)
+    _add_uncommitted(path, second)
+
+    reader = FrameStore.open(path)
+    assert reader.n_rows == 4
+    np.testing.assert_array_equal(reader.committed_rows(), [0, 1])
+    assert not np.isnan(reader.frames[3]).any(), "the data of the reserved row was written"
+    assert len(reader.labels) == 2 and set(reader.source.tolist()) == {"subject01.dat"}
+    assert second["source_sha256"] not in {sha for sha, _ in reader.stored_keys()}
+    with pytest.raises(InputError, match=r"rows \[2\] hold no committed trial"):
+        reader.read_frames([2])
+
+    resumed = _new_store(path)
+    assert resumed.add_trials(**second) == 2
+    assert resumed.n_rows == 4, "the reserved rows were reused, not appended to"
+    np.testing.assert_array_equal(resumed.committed_rows(), [0, 1, 2, 3])
+    np.testing.assert_array_equal(resumed.read_frames([2, 3]), second["frames"])
+
+
+def test_half_done_resize_is_recovered(tmp_path):
+    path = tmp_path / "f.zarr"
+    _new_store(path).add_trials(**_source(1, 2))
+    # A run killed between resizes leaves data arrays longer than the commit marker.
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group["frames"].resize((5, *SMALL_SHAPE))
+    group["labels"].resize((5, 4))
+
+    reader = FrameStore.open(path)
+    assert reader.n_rows == 2 and len(reader.labels) == 2
+    store = _new_store(path)
+    assert store.add_trials(**_source(2, 1)) == 1
+    reopened = FrameStore.open(path)
+    assert reopened.n_rows == 3
+    group = zarr.open_group(str(path), mode="r")
+    assert [group[name].shape[0] for name in ("frames", "labels", "source", "committed")] == [3, 3, 3, 3]
+    np.testing.assert_array_equal(reopened.subject, [1, 1, 2])
+
+
+def _read_until(process: subprocess.Popen, wanted: str) -> list[str]:
+    lines = []
+    while True:
+        line = process.stdout.readline()
+        assert line, f"writer ended before printing {wanted!r}; it printed {lines}"
+        lines.append(line.strip())
+        if line.startswith(wanted):
+            return lines
+
+
+def _start_writer(path: Path, *options: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(WRITER_SCRIPT), str(path), *options],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill(process: subprocess.Popen) -> None:
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    process.stdout.close()
+
+
+def test_ingest_killed_mid_write_resumes_to_the_uninterrupted_result(tmp_path):
+    path = tmp_path / "killed.zarr"
+    n_total = writer.N_SOURCES * writer.TRIALS_PER_SOURCE
+
+    # Kill 1: after trial 5's data is written, before its commit marker.
+    process = _start_writer(path, "--hang-at", "5")
+    lines = _read_until(process, "hanging")
+    _kill(process)
+    assert lines.count("hanging") == 1 and len(lines) == 5
+    after_kill = FrameStore.open(path)
+    assert len(after_kill.stored_keys()) == 4
+    assert after_kill.n_rows == 5
+    assert not np.isnan(after_kill.frames[4]).any(), "the kill landed after the data writes"
+    assert 4 not in after_kill.committed_rows()
+
+    # Kill 2: wherever the running writer happens to be after 4 more trials; the hang at its
+    # 10th commit only guarantees that it cannot finish before the kill.
+    process = _start_writer(path, "--sleep", "0.01", "--hang-at", "10")
+    for _ in range(4):
+        _read_until(process, "committed")
+    _kill(process)
+
+    process = _start_writer(path)
+    lines = _read_until(process, "done")
+    assert process.wait(timeout=30) == 0
+    process.stdout.close()
+    assert n_total - 4 - 9 <= len(lines) - 1 <= n_total - 4 - 4
+
+    resumed = FrameStore.open(path)
+    assert resumed.n_rows == n_total, "rows left by killed runs were reused"
+    assert len(resumed.committed_rows()) == n_total
+    writer.ingest(str(tmp_path / "fresh.zarr"))
+    fresh = FrameStore.open(tmp_path / "fresh.zarr")
+    resumed_contents = _contents_by_key(resumed)
+    fresh_contents = _contents_by_key(fresh)
+    assert resumed_contents.keys() == fresh_contents.keys() and len(fresh_contents) == n_total
+    for key, (frames, labels, subject, source) in fresh_contents.items():
+        got_frames, got_labels, got_subject, got_source = resumed_contents[key]
+        assert got_frames.tobytes() == frames.tobytes()
+        assert got_labels.tobytes() == labels.tobytes()
+        assert (got_subject, got_source) == (subject, source)
+
+
+def test_non_json_attrs_are_rejected(tmp_path):
+    bad_values = [
+        ({"mean": np.zeros(3)}, r"attrs\['mean'\] is of type ndarray.*tolist"),
+        ({"scale": np.float32(2.0)}, r"attrs\['scale'\] is of type float32"),
+        ({"count": np.int64(3)}, r"attrs\['count'\] is of type int64"),
+        ({"nested": {"limit": float("nan")}}, r"attrs\['nested'\]\['limit'\] is nan, which JSON cannot hold"),
+        ({"channels": {"Cz", "Pz"}}, r"attrs\['channels'\] is of type set"),
+        ({"by_index": {1: "a"}}, r"attrs\['by_index'\] has key 1 of type int; keys must be str"),
+    ]
+    for bad, message in bad_values:
+        with pytest.raises(InputError, match=message):
+            _new_store(tmp_path / "new.zarr", attrs=bad)
+    assert not (tmp_path / "new.zarr").exists()
+    store = _new_store(tmp_path / "f.zarr")
+    before = store.attrs
+    for bad, message in bad_values:
+        with pytest.raises(InputError, match=message):
+            store.update_attrs(bad)
+    with pytest.raises(InputError, match=r"\['config_hash'\], which the store manages itself"):
+        store.update_attrs({"config_hash": "other"})
+    with pytest.raises(InputError, match=r"\['created'\], which the store manages itself"):
+        store.update_attrs({"created": "yesterday"})
+    assert FrameStore.open(tmp_path / "f.zarr").attrs == before
+
+    store.update_attrs({"package_version": pipeline.__version__, "config_hash": "cfg-a"})
+    store.update_attrs({"normalisation": {"mean": [1.5, 2.5], "split": "train"}, "scale": np.float64(0.5)})
+    reopened = FrameStore.open(tmp_path / "f.zarr")
+    assert reopened.attrs["normalisation"] == {"mean": [1.5, 2.5], "split": "train"}
+    assert reopened.attrs["scale"] == 0.5
+
+
+def test_latents_round_trip_and_only_committed_rows(tmp_path):
+    path = tmp_path / "f.zarr"
+    _new_store(path).add_trials(**_source(1, 3))
+    _add_uncommitted(path, _source(9, 1))
+    store = _new_store(path)
+    rng = np.random.default_rng(7)
+    mu = rng.standard_normal((2, SMALL_SHAPE[0], 5)).astype(np.float32)
+    logvar = rng.standard_normal((2, SMALL_SHAPE[0], 5)).astype(np.float32)
+    store.write_latents([2, 0], mu, logvar, model_id="vae-1")
+
+    reader = FrameStore.open(path)
+    np.testing.assert_array_equal(reader.latent_rows(), [0, 2])
+    assert reader.latent_model_id == "vae-1"
+    got_mu, got_logvar = reader.read_latents([0, 2])
+    np.testing.assert_array_equal(got_mu, mu[[1, 0]])
+    np.testing.assert_array_equal(got_logvar, logvar[[1, 0]])
+    with pytest.raises(InputError, match=r"rows \[1\] have no latents"):
+        reader.read_latents([1])
+    with pytest.raises(InputError, match="read-only"):
+        reader.write_latents([1], mu[:1], logvar[:1], model_id="vae-1")
+
+    with pytest.raises(InputError, match="hold no committed trial"):
+        store.write_latents([3], mu[:1], logvar[:1], model_id="vae-1")
+    with pytest.raises(InputError, match="5 dimensions, these have 4"):
+        store.write_latents([1], mu[:1, :, :4], logvar[:1, :, :4], model_id="vae-1")
+    with pytest.raises(InputError, match="model vae-1, these from vae-2"):
+        store.write_latents([1], mu[:1], logvar[:1], model_id="vae-2")
+    with pytest.raises(InputError, match="non-finite"):
+        store.write_latents([1], mu[:1], np.full_like(logvar[:1], np.inf), model_id="vae-1")
+
+    with pytest.raises(InputError, match=r"outside 0\.\.3"):
+        store.write_latents([4], mu[:1], logvar[:1], model_id="vae-1")
+
+    # Trials added after encoding get latents once written; the arrays grow with the store.
+    store.add_trials(**_source(2, 2))
+    store.write_latents([4], mu[:1], logvar[:1], model_id="vae-1")
+    np.testing.assert_array_equal(store.latent_rows(), [0, 2, 4])
+    assert store.read_latents([4])[0].tobytes() == mu[:1].tobytes()
+
+    store.clear_latents()
+    assert store.latent_rows().size == 0 and store.latent_model_id is None
+    store.write_latents([1], mu[:1, :, :4], logvar[:1, :, :4], model_id="vae-2")
+    writable = FrameStore.open(path, writable=True)
+    np.testing.assert_array_equal(writable.read_latents([1])[0], mu[:1, :, :4])
+    with pytest.raises(InputError, match="create_or_open"):
+        writable.add_trials(**_source(3, 1))
+
+
+def test_consolidated_readers_see_live_rows_over_a_url(tmp_path):
+    url = f"memory://{tmp_path.name}/frames.zarr"
+    store = _new_store(url)
+    store.add_trials(**_source(1, 2))
+    store.consolidate()
+    assert FrameStore.open(url).n_rows == 2
+
+    # A new writer drops the consolidated snapshot, so readers never see stale metadata.
+    writing = _new_store(url)
+    writing.add_trials(**_source(2, 3))
+    reader = FrameStore.open(url)
+    assert reader.n_rows == 5
+    np.testing.assert_array_equal(reader.subject, [1, 1, 2, 2, 2])
+    writing.consolidate()
+    assert FrameStore.open(url).stored_keys() == writing.stored_keys()
+
+
+def test_open_refuses_what_is_not_a_frame_store(tmp_path):
+    with pytest.raises(InputError, match="no frame store here"):
+        FrameStore.open(tmp_path / "missing.zarr")
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs["purpose"] = "something else"
+    with pytest.raises(InputError, match="not a frame store"):
+        FrameStore.open(tmp_path / "other.zarr")
+    with pytest.raises(InputError, match="not a frame store"):
+        _new_store(tmp_path / "other.zarr")
+    with pytest.raises(InputError, match="frame_shape"):
+        _new_store(tmp_path / "f.zarr", frame_shape=(0, 3))

@@ -1,0 +1,24 @@
+"""The report a neuroscientist opens: ``report.json`` (contract), ``report.html`` and figures."""
+
+from pipeline.report.figures import (
+    confusion_figure,
+    mi_variance_figure,
+    topk_figure,
+    topomap_figure,
+    traversal_strip,
+)
+from pipeline.report.html import ReportAssets, render_report_html, to_json_native, validate_report
+from pipeline.report.writer import write_report
+
+__all__ = [
+    "ReportAssets",
+    "confusion_figure",
+    "mi_variance_figure",
+    "render_report_html",
+    "to_json_native",
+    "topk_figure",
+    "topomap_figure",
+    "traversal_strip",
+    "validate_report",
+    "write_report",
+]

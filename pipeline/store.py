@@ -18,16 +18,20 @@ normalisation statistics, data kind) plus the keys the store manages itself: ``c
 Crash safety rests on ordering: rows are reserved by resizing (data arrays first, the
 ``committed`` marker last), data is written by index, and the marker is set last. A killed run
 leaves reserved rows uncommitted; they are invisible to every reader and the next run reuses
-them, so re-running an ingest never duplicates a trial. The store assumes one writer at a time.
+them, so re-running an ingest never duplicates a trial. Writers of one store take turns through
+:func:`writer_lock` (threads of one process, and processes on one machine for local stores).
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import re
+import threading
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +52,36 @@ LATENT_MARKER = "encoded"
 ROW_CHUNK = 4096
 LATENT_CHUNK_BYTES = 1 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+@contextmanager
+def writer_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive right to change the rows of the store at ``path``; waits for the current holder.
+
+    Threads of one process share a lock per store; local stores add an ``fcntl`` lock on
+    ``<store>.lock`` so that two processes (two flow runs) take turns too. Remote (fsspec)
+    stores get the in-process lock only: run one writing flow per remote store.
+    """
+    where = os.fspath(path)
+    key = os.path.abspath(where.removeprefix("file://")) if _is_local(where) else where
+    with _THREAD_LOCKS_GUARD:
+        thread_lock = _THREAD_LOCKS.setdefault(key, threading.Lock())
+    with thread_lock:
+        if not _is_local(where):
+            yield
+            return
+        with open(key.rstrip(os.sep) + ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _now() -> str:
@@ -171,6 +205,11 @@ class FrameStore:
         for name in (*ROW_ARRAYS, COMMIT_ARRAY):
             if name not in group.array_keys():
                 raise InputError(path, f"is not a frame store: array {name!r} is missing")
+        self._load_rows()
+
+    def _load_rows(self) -> None:
+        """Read the arrays' current shapes and commit markers (other handles may have written since)."""
+        group, path = self._group, self.path
         self._arrays = {name: group[name] for name in (*ROW_ARRAYS, COMMIT_ARRAY)}
         capacity = self._arrays[COMMIT_ARRAY].shape[0]
         for name in ROW_ARRAYS:
@@ -443,21 +482,25 @@ class FrameStore:
         if np.unique(trial).size != n_trials:
             raise InputError(source, "trial holds repeated indices; each (file, trial) must be unique")
 
-        new = np.array([(source_sha256, int(t)) not in self._row_of_key for t in trial], dtype=bool)
-        n_new = int(np.count_nonzero(new))
-        if not n_new:
-            return 0
-        rows = self._reserve_rows(n_new)
-        self._arrays["frames"].oindex[rows] = frames[new]
-        self._arrays["labels"].oindex[rows] = labels[new]
-        self._arrays["subject"].oindex[rows] = subject[new]
-        self._arrays["trial"].oindex[rows] = trial[new]
-        self._arrays["source"].oindex[rows] = np.array([source] * n_new)
-        self._arrays["source_sha256"].oindex[rows] = np.array([source_sha256] * n_new)
-        self._commit(rows)
-        for row, index in zip(rows, trial[new], strict=True):
-            self._row_of_key[(source_sha256, int(index))] = int(row)
-        self._write_attrs({})
+        with writer_lock(self.path):
+            # Another handle (a parallel task, another process) may have added rows since this
+            # one was opened; reserving from a stale view would overwrite them.
+            self._load_rows()
+            new = np.array([(source_sha256, int(t)) not in self._row_of_key for t in trial], dtype=bool)
+            n_new = int(np.count_nonzero(new))
+            if not n_new:
+                return 0
+            rows = self._reserve_rows(n_new)
+            self._arrays["frames"].oindex[rows] = frames[new]
+            self._arrays["labels"].oindex[rows] = labels[new]
+            self._arrays["subject"].oindex[rows] = subject[new]
+            self._arrays["trial"].oindex[rows] = trial[new]
+            self._arrays["source"].oindex[rows] = np.array([source] * n_new)
+            self._arrays["source_sha256"].oindex[rows] = np.array([source_sha256] * n_new)
+            self._commit(rows)
+            for row, index in zip(rows, trial[new], strict=True):
+                self._row_of_key[(source_sha256, int(index))] = int(row)
+            self._write_attrs({})
         return n_new
 
     def consolidate(self) -> None:

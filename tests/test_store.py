@@ -380,3 +380,38 @@ def test_open_refuses_what_is_not_a_frame_store(tmp_path):
         _new_store(tmp_path / "other.zarr")
     with pytest.raises(InputError, match="frame_shape"):
         _new_store(tmp_path / "f.zarr", frame_shape=(0, 3))
+
+
+def test_handles_opened_together_never_overwrite_each_other(tmp_path):
+    """Parallel tasks each open their own handle before any of them writes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "parallel.zarr"
+    handles = [_new_store(path) for _ in range(4)]
+    sources = [_source(seed, 3) for seed in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        written = list(pool.map(lambda pair: pair[0].add_trials(**pair[1]), zip(handles, sources)))
+    assert written == [3, 3, 3, 3]
+    store = FrameStore.open(path)
+    assert store.n_rows == 12 and len(store.committed_rows()) == 12
+    contents = _contents_by_key(store)
+    for source in sources:
+        for i, trial in enumerate(source["trial"]):
+            frames, *_ = contents[(source["source_sha256"], int(trial))]
+            assert frames.tobytes() == source["frames"][i].tobytes()
+
+
+def test_two_processes_ingesting_at_once_store_each_trial_once(tmp_path):
+    path = tmp_path / "two.zarr"
+    first = _start_writer(path, "--sleep", "0.01")
+    second = _start_writer(path, "--sleep", "0.01")
+    for process in (first, second):
+        assert process.wait(timeout=120) == 0
+        process.stdout.close()
+    store = FrameStore.open(path)
+    n_total = writer.N_SOURCES * writer.TRIALS_PER_SOURCE
+    assert store.n_rows == n_total and len(store.stored_keys()) == n_total
+    writer.ingest(str(tmp_path / "fresh.zarr"))
+    fresh = _contents_by_key(FrameStore.open(tmp_path / "fresh.zarr"))
+    for key, (frames, labels, _, _) in _contents_by_key(store).items():
+        assert frames.tobytes() == fresh[key][0].tobytes() and labels.tobytes() == fresh[key][1].tobytes()

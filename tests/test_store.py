@@ -390,7 +390,8 @@ def test_handles_opened_together_never_overwrite_each_other(tmp_path):
     handles = [_new_store(path) for _ in range(4)]
     sources = [_source(seed, 3) for seed in range(4)]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        written = list(pool.map(lambda pair: pair[0].add_trials(**pair[1]), zip(handles, sources)))
+        pairs = zip(handles, sources, strict=True)
+        written = list(pool.map(lambda pair: pair[0].add_trials(**pair[1]), pairs))
     assert written == [3, 3, 3, 3]
     store = FrameStore.open(path)
     assert store.n_rows == 12 and len(store.committed_rows()) == 12

@@ -249,3 +249,18 @@ def test_a_subject_is_the_same_whatever_the_number_of_subjects():
     large = generate_subject(SyntheticDeapSpec(n_subjects=5, n_trials=2, seed=3), 2)
     assert small.source_sha256 == large.source_sha256
     assert small.signals.tobytes() == large.signals.tobytes()
+
+
+def test_subjects_generated_in_parallel_threads_equal_sequential_ones():
+    """Flows generate subjects in a thread pool; their content keys must not depend on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.sources import synthetic
+
+    spec = SyntheticDeapSpec(n_subjects=4, n_trials=2, seed=5)
+    sequential = [generate_subject(spec, subject).source_sha256 for subject in range(1, 5)]
+    for _ in range(3):
+        synthetic._MIXING_CACHE.clear()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            parallel = list(pool.map(lambda s: generate_subject(spec, s).source_sha256, range(1, 5)))
+        assert parallel == sequential

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
@@ -34,7 +35,6 @@ from typing import Any
 import numpy as np
 import scipy.fft
 import scipy.signal
-from threadpoolctl import threadpool_limits
 
 from pipeline.config import BAND_NAMES, PreprocessConfig
 from pipeline.errors import InputError
@@ -49,6 +49,8 @@ NEUTRAL_LABEL = 5.0
 GROUND_TRUTH_FILE = "ground_truth.json"
 _EFFECT_RAMP_SECONDS = 0.5  # label effects fade in after the baseline instead of switching on
 _FILE_FORMATS = ("dat", "mat")
+_MIXING_LOCK = threading.Lock()
+_MIXING_CACHE: dict[float, np.ndarray] = {}
 
 
 def _checked_number(where: str, name: str, value: object, positive: bool | None) -> float:
@@ -305,13 +307,20 @@ def _electrode_positions() -> np.ndarray:
     return np.array([positions[name] for name in DEAP_CHANNELS], dtype=np.float64)
 
 
-@cache
 def _background_mixing(spatial_length_m: float) -> np.ndarray:
-    """Symmetric square root of the exponential spatial correlation: unit variance per channel."""
-    positions = _electrode_positions()
-    distances = np.linalg.norm(positions[:, None, :] - positions[None, :, :], axis=-1)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.exp(-distances / spatial_length_m))
-    return ((eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T).astype(np.float32)
+    """Symmetric square root of the exponential spatial correlation: unit variance per channel.
+
+    Flows generate subjects in parallel threads; computing it once under a lock means every
+    subject of a process sees the very same matrix (a race could cache one result and use another).
+    """
+    with _MIXING_LOCK:
+        if spatial_length_m not in _MIXING_CACHE:
+            positions = _electrode_positions()
+            distances = np.linalg.norm(positions[:, None, :] - positions[None, :, :], axis=-1)
+            eigenvalues, eigenvectors = np.linalg.eigh(np.exp(-distances / spatial_length_m))
+            root = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+            _MIXING_CACHE[spatial_length_m] = root.astype(np.float32)
+        return _MIXING_CACHE[spatial_length_m]
 
 
 @cache
@@ -417,11 +426,10 @@ def _background(
     aperiodic[0] = 0.0
     interleaved = rng.standard_normal((n_trials, n_channels, frequencies.size, 2), dtype=np.float32)
     mixing = _background_mixing(spec.spatial_length_m)
-    # Many small products: extra BLAS threads would only spin and double the CPU time.
-    with threadpool_limits(limits=1, user_api="blas"):
-        for trial in interleaved:
-            flat = trial.reshape(n_channels, -1)
-            flat[...] = mixing @ flat
+    # einsum's own loop, not BLAS: a BLAS product's last bits depend on its thread count, which
+    # parallel flow tasks change process-wide, and a subject's content key must not.
+    flat = interleaved.reshape(n_trials, n_channels, -1)
+    flat[...] = np.einsum("ij,tjk->tik", mixing, flat, optimize=False)
     trial_log_gain = spec.trial_gain_sd_log10 * rng.standard_normal((n_trials, 1, 1))
     channel_log_gain = spec.channel_gain_sd_log10 * rng.standard_normal((n_trials, n_channels, 1))
     gains = spec.background_rms_uv * subject_gain * 10 ** ((trial_log_gain + channel_log_gain) / 2)

@@ -1,0 +1,1 @@
+"""Prefect flows wiring the stages of :mod:`pipeline`; nothing computational lives here."""

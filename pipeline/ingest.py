@@ -1,0 +1,116 @@
+"""Trials → frames → frame store: the preprocessing stage as plain functions.
+
+The flow in ``flows/deap.py`` maps :func:`ingest_source` over files; a notebook can call the
+same functions directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.bands import band_log_power
+from pipeline.config import PreprocessConfig
+from pipeline.errors import InputError
+from pipeline.imaging import ImagingOperator, deap_imaging_operator
+from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, Trials
+from pipeline.store import FrameStore
+
+FRAMES_STORE_NAME = "frames.zarr"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one source contributed: JSON-small, so it can travel as a Prefect result."""
+
+    source: str
+    n_trials: int
+    n_written: int
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "n_trials": self.n_trials, "n_written": self.n_written}
+
+
+def trials_to_frames(
+    trials: Trials, config: PreprocessConfig, operator: ImagingOperator | None = None
+) -> np.ndarray:
+    """Band images of every second of every trial: float32 (n_trials, 63, 3, grid, grid)."""
+    operator = operator or deap_imaging_operator(config)
+    band_power = band_log_power(trials.signals, config, sfreq=trials.sfreq, where=trials.source)
+    return operator.to_frames(band_power, where=trials.source)
+
+
+def store_attrs(config: PreprocessConfig, data_kind: str) -> dict:
+    """The group attributes a new DEAP frame store starts with (all JSON-native)."""
+    operator = deap_imaging_operator(config)
+    return {
+        "dataset": "deap",
+        "data_kind": data_kind,
+        "preprocessing": config.to_dict(),
+        "band_names": list(config.band_names),
+        "band_edges_hz": [list(edge) for edge in config.band_edges_hz],
+        "grid": {
+            "size": config.grid_size,
+            "x": operator.grid_x.tolist(),
+            "y": operator.grid_y.tolist(),
+            "orientation": "row 0 = front (nose), column 0 = left hemisphere",
+            "outside_hull": 0.0,
+        },
+        "montage": {
+            "name": config.montage,
+            "ch_names": list(DEAP_CHANNELS),
+            "positions_2d": operator.positions_2d.tolist(),
+            "electrode_pixels": operator.electrode_pixels.tolist(),
+        },
+        "label_names": list(LABEL_NAMES),
+        "frame_units": "log10 band power (uV^2), not normalised",
+        "package_version": __version__,
+    }
+
+
+def open_deap_store(out_dir: str, config: PreprocessConfig, data_kind: str) -> FrameStore:
+    """Create ``OUT/frames.zarr`` or reopen it for appending under the same preprocessing config.
+
+    Synthetic and recorded data never share a store: a report must be able to say which it is.
+    """
+    store = FrameStore.create_or_open(
+        store_path(out_dir),
+        config_hash=config.config_hash(),
+        attrs=store_attrs(config, data_kind),
+        frame_shape=(config.n_windows, len(config.band_names), config.grid_size, config.grid_size),
+        label_width=len(LABEL_NAMES),
+    )
+    stored_kind = store.attrs.get("data_kind")
+    if stored_kind != data_kind:
+        raise InputError(
+            store.path, f"holds {stored_kind} data; this run adds {data_kind} data; use a new --out folder"
+        )
+    return store
+
+
+def store_path(out_dir: str) -> str:
+    """Location of the frame store inside a run folder (a local path or an fsspec URL)."""
+    return out_dir.rstrip("/") + "/" + FRAMES_STORE_NAME if "://" in out_dir else os.path.join(
+        out_dir, FRAMES_STORE_NAME
+    )
+
+
+def ingest_trials(store: FrameStore, trials: Trials, config: PreprocessConfig) -> IngestResult:
+    """Store the trials of one source that the store does not hold yet; skips all work when none are new."""
+    stored = store.stored_keys()
+    new = np.array([(trials.source_sha256, int(t)) not in stored for t in trials.trial])
+    if not new.any():
+        return IngestResult(trials.source, len(trials), 0)
+    frames = trials_to_frames(trials, config)[new]
+    written = store.add_trials(
+        frames=frames,
+        labels=trials.labels[new],
+        subject=trials.subject[new],
+        trial=trials.trial[new],
+        source=trials.source,
+        source_sha256=trials.source_sha256,
+    )
+    return IngestResult(trials.source, len(trials), written)

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.futures import as_completed
 
 from pipeline.config import PreprocessConfig
+from pipeline.deap_report import build_deap_report
 from pipeline.errors import InputError
+from pipeline.factors import FactorRules
 from pipeline.ingest import ingest_trials, open_deap_store, store_path
+from pipeline.learn import (
+    LearnConfig,
+    checkpoint_model_id,
+    encode_store,
+    fit_store_normalisation,
+    make_split,
+    train_store_classifier,
+    train_store_vae,
+)
 from pipeline.manifests import check_folder, load_manifest
+from pipeline.presets import deap_preset
 from pipeline.sources.deap import read_source_file
 from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
+from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
+from pipeline.store import FrameStore
+from pipeline.train import load_classifier, load_vae
 
 
 class SourceFilesFailed(RuntimeError):
@@ -66,17 +83,16 @@ def preprocess_deap(
     if data_dir is not None:
         check = check_folder(data_dir, load_manifest("deap"))
         if check.missing:
-            logger.warning("%s: %d expected file(s) absent: %s", data_dir, len(check.missing),
-                           ", ".join(check.missing))
+            logger.warning(
+                "%s: %d expected file(s) absent: %s", data_dir, len(check.missing), ", ".join(check.missing)
+            )
         if check.unexpected:
             logger.warning("%s: ignoring unexpected file(s): %s", data_dir, ", ".join(check.unexpected))
         data_kind = "deap-python" if check.layout == "data_preprocessed_python" else "deap-matlab"
         # The store is created once here so that parallel tasks only ever open an existing group.
         open_deap_store(out_dir, preprocess, data_kind)
         names = [path.name for path in check.files]
-        futures = ingest_file.map(
-            [str(p) for p in check.files], out_dir, unmapped(config_dict), data_kind
-        )
+        futures = ingest_file.map([str(p) for p in check.files], out_dir, unmapped(config_dict), data_kind)
     else:
         spec = SyntheticDeapSpec.from_dict(synthetic or {})
         data_kind = "synthetic"
@@ -97,8 +113,14 @@ def preprocess_deap(
         if state.is_completed():
             result = future.result()
             results.append(result)
-            logger.info("[%d/%d] %s: %d trial(s), %d newly stored", done, len(futures), name,
-                        result["n_trials"], result["n_written"])
+            logger.info(
+                "[%d/%d] %s: %d trial(s), %d newly stored",
+                done,
+                len(futures),
+                name,
+                result["n_trials"],
+                result["n_written"],
+            )
         else:
             error = state.result(raise_on_failure=False)
             failures[name] = str(error.problem if isinstance(error, InputError) else error)
@@ -114,3 +136,133 @@ def preprocess_deap(
     if failures:
         raise SourceFilesFailed(failures, n_stored_files=len(results))
     return summary
+
+
+def _checkpoint_dir(out_dir: str) -> Path:
+    return Path(out_dir) / "checkpoints" / "vae"
+
+
+@task
+def split_and_normalise(out_dir: str, learn: dict) -> dict:
+    config = LearnConfig.from_dict(learn)
+    store = FrameStore.open(store_path(out_dir), writable=True)
+    split = make_split(store, config.split_protocol, config.split_seed, config.class_threshold)
+    fit_store_normalisation(store, split)
+    sizes = {"train": int(split.train.size), "val": int(split.val.size), "test": int(split.test.size)}
+    get_run_logger().info(
+        "split by %s: %s trials; band statistics from the training trials", split.protocol, sizes
+    )
+    return sizes
+
+
+@task
+def train_frame_vae(out_dir: str, learn: dict, resume: bool) -> dict:
+    config = LearnConfig.from_dict(learn)
+    logger = get_run_logger()
+
+    def report_epoch(record: dict) -> None:
+        val = "n/a" if record["val_loss"] is None else f"{record['val_loss']:.1f}"
+        logger.info(
+            "VAE epoch %d/%d: loss %.1f (reconstruction %.1f, KL %.2f), validation %s, %.0f s",
+            record["epoch"], config.train.epochs, record["train_loss"], record["reconstruction"],
+            record["kl"], val, record["seconds"],
+        )  # fmt: skip
+
+    store = FrameStore.open(store_path(out_dir))
+    result = train_store_vae(store, config, _checkpoint_dir(out_dir), resume=resume, progress=report_epoch)
+    return {
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+    }
+
+
+@task
+def encode_frames_task(out_dir: str, learn: dict) -> dict:
+    config = LearnConfig.from_dict(learn)
+    store = FrameStore.open(store_path(out_dir), writable=True)
+    model = load_vae(_checkpoint_dir(out_dir), "best")
+    n_encoded = encode_store(
+        store, model, checkpoint_model_id(_checkpoint_dir(out_dir)), config.encode_batch_size
+    )
+    get_run_logger().info("encoded %d trial(s) with the best VAE", n_encoded)
+    return {"n_encoded": n_encoded}
+
+
+@task
+def train_emotion_lstm(out_dir: str, learn: dict) -> dict:
+    config = LearnConfig.from_dict(learn)
+    store = FrameStore.open(store_path(out_dir))
+    _, evaluation = train_store_classifier(store, config, out_dir)
+    get_run_logger().info(
+        "LSTM test accuracy %.3f (chance %.3f) on %d trials",
+        evaluation["accuracy"], evaluation["chance_accuracy"], evaluation["n"],
+    )  # fmt: skip
+    return {"test_accuracy": evaluation["accuracy"], "chance_accuracy": evaluation["chance_accuracy"]}
+
+
+@task
+def write_deap_report(
+    out_dir: str, preset: dict, run_config: dict, source_path: str, ground_truth: dict | None
+) -> dict:
+    config = LearnConfig.from_dict(preset["learn"])
+    store = FrameStore.open(store_path(out_dir))
+    report = build_deap_report(
+        out_dir,
+        store,
+        load_vae(_checkpoint_dir(out_dir), "best"),
+        load_classifier(Path(out_dir) / "checkpoints", "classifier"),
+        config,
+        FactorRules(**preset["rules"]),
+        run_config,
+        source_path,
+        ground_truth,
+    )
+    influential = [f["index"] for f in report["factors"] if f["influential"]]
+    linked = [f["index"] for f in report["factors"] if f["emotion"]["linked"]]
+    get_run_logger().info(
+        "report: %d influential factor(s) %s, emotion-linked %s", len(influential), influential, linked
+    )
+    return {
+        "report_json": str(Path(out_dir) / "report.json"),
+        "report_html": str(Path(out_dir) / "report.html"),
+        "n_influential": len(influential),
+        "linked": linked,
+        "test_accuracy": report["classification"]["test_accuracy"],
+        "chance_accuracy": report["classification"]["chance_accuracy"],
+        "ground_truth_passed": report.get("ground_truth_check", {}).get("passed"),
+    }
+
+
+@flow(name="deap")
+def deap(
+    out_dir: str,
+    data_dir: str | None = None,
+    preset: str = "demo",
+    seed: int = 0,
+    resume: bool = False,
+    synthetic_subjects: int | None = None,
+) -> dict:
+    """The whole DEAP pipeline: frames → β-VAE → Î ranking → LSTM → top-k tables → report.
+
+    Without ``data_dir`` it runs on the synthetic DEAP. ``resume`` continues VAE training from
+    its last checkpoint; stored frames and latents of the same model are never recomputed.
+    """
+    settings = deap_preset(preset, seed)
+    synthetic = None
+    ground_truth = None
+    if data_dir is None:
+        spec = SyntheticDeapSpec(n_subjects=synthetic_subjects or settings.synthetic_subjects, seed=seed)
+        synthetic = spec.to_dict()
+        ground_truth = synthetic_ground_truth(spec)
+    preprocess_deap(out_dir=out_dir, data_dir=data_dir, synthetic=synthetic)
+    learn = settings.learn.to_dict()
+    split_and_normalise(out_dir, learn)
+    train_frame_vae(out_dir, learn, resume)
+    encode_frames_task(out_dir, learn)
+    train_emotion_lstm(out_dir, learn)
+    run_config = {"preset": settings.to_dict(), "seed": seed, "resume": resume, "synthetic": synthetic}
+    source_path = (
+        data_dir if data_dir is not None else f"synthetic://deap?subjects={spec.n_subjects}&seed={seed}"
+    )
+    return write_deap_report(out_dir, settings.to_dict(), run_config, source_path, ground_truth)

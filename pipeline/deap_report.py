@@ -1,0 +1,135 @@
+"""Assemble a DEAP run's report.json and report.html from the store, the models and the settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.config import PreprocessConfig
+from pipeline.factors import FactorRules, describe_factors
+from pipeline.imaging import deap_imaging_operator
+from pipeline.learn import (
+    LearnConfig,
+    reconstruction_mse,
+    store_classes,
+    store_mi,
+    stored_split,
+)
+from pipeline.mi import MIEstimate
+from pipeline.models.sequence import EmotionLSTM, evaluate_classifier
+from pipeline.models.vae import BetaVAE
+from pipeline.report import ReportAssets, write_report
+from pipeline.report.figures import confusion_figure, mi_variance_figure, topk_figure
+from pipeline.splits import CLASS_NAMES
+from pipeline.store import FrameStore
+from pipeline.tables import topk_table
+from pipeline.validation import check_planted_blocks
+
+
+def _latents_and_classes(store: FrameStore, rows: np.ndarray, threshold: float):
+    committed, classes = store_classes(store, threshold)
+    mu = store.read_latents(rows)[0] if rows.size else np.empty((0, *store.frame_shape[:1], 0), np.float32)
+    return mu, classes[np.searchsorted(committed, rows)]
+
+
+def build_deap_report(
+    out_dir: str | Path,
+    store: FrameStore,
+    model: BetaVAE,
+    classifier: EmotionLSTM,
+    learn: LearnConfig,
+    rules: FactorRules,
+    run_config: dict,
+    source_path: str,
+    ground_truth: dict | None = None,
+) -> dict:
+    """Compute Î, the top-k tables and the factor descriptions; write report.json/.html; return the report.
+
+    Î is estimated on the frames of the training trials (no test trial influences any choice);
+    accuracies and reconstruction errors are measured on the test trials.
+    """
+    split = stored_split(store)
+    estimate: MIEstimate = store_mi(store, split.train)
+    threshold = learn.class_threshold
+    test_mu, test_classes = _latents_and_classes(store, split.test, threshold)
+    val_mu, val_classes = _latents_and_classes(store, split.val, threshold)
+    train_mu, train_classes = _latents_and_classes(store, split.train, threshold)
+    classification = evaluate_classifier(classifier, test_mu, test_classes)
+    topk = topk_table(
+        estimate,
+        reconstruction_mse=lambda keep: reconstruction_mse(model, store, split.test, keep),
+        accuracy=lambda keep: evaluate_classifier(classifier, test_mu, test_classes, keep)["accuracy"],
+    )
+    preprocess = PreprocessConfig.from_dict(store.attrs["preprocessing"])
+    factors, factor_figures, relevance = describe_factors(
+        model,
+        classifier,
+        estimate,
+        np.concatenate([train_mu, val_mu]),
+        np.concatenate([train_classes, val_classes]),
+        val_mu,
+        val_classes,
+        deap_imaging_operator(preprocess),
+        preprocess.band_names,
+        rules,
+        seed=learn.split_seed,
+    )
+    n_trials = len(store.committed_rows())
+    report = {
+        "dataset": "deap",
+        "source": {
+            "kind": store.attrs["data_kind"],
+            "path": source_path,
+            "n_trials": n_trials,
+            "n_frames": n_trials * store.frame_shape[0],
+        },
+        "config": {**run_config, "preprocessing": preprocess.to_dict(), "rules": rules.to_dict()},
+        "mi": {
+            **estimate.to_dict(),
+            "estimated_on": "training trials",
+            "influential_threshold_nats": rules.influential_threshold_nats,
+        },
+        "topk": topk,
+        "topk_units": {
+            "mse": "mean squared error per scalp pixel of the test frames, in band-normalised units",
+            "accuracy": "test accuracy of the trained LSTM with the other factors set to zero",
+        },
+        "classification": {
+            "protocol": split.protocol,
+            "test_accuracy": classification["accuracy"],
+            "chance_accuracy": classification["chance_accuracy"],
+            "confusion": classification["confusion"],
+            "class_names": list(CLASS_NAMES),
+            "class_rule": f"high = score > {threshold:g} (valence, arousal)",
+            "n_test_trials": classification["n"],
+            "split_sizes": {
+                "train": int(split.train.size),
+                "val": int(split.val.size),
+                "test": int(split.test.size),
+            },
+        },
+        "factors": factors,
+        "emotion_relevance": relevance,
+        "provenance": {
+            "package_version": __version__,
+            "store": str(store.path),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "normalisation": store.attrs.get("normalisation"),
+        },
+    }
+    if ground_truth is not None:
+        report["ground_truth"] = ground_truth
+        report["ground_truth_check"] = check_planted_blocks(factors, ground_truth)
+    assets = ReportAssets(
+        mi_variance=mi_variance_figure(
+            estimate.per_factor_nats, estimate.variance, estimate.ranking, rules.influential_threshold_nats
+        ),
+        topk=topk_figure(topk),
+        confusion=confusion_figure(classification["confusion"], CLASS_NAMES),
+        factors=factor_figures,
+    )
+    write_report(out_dir, report, assets)
+    return report

@@ -1,0 +1,225 @@
+"""Learn and rank on a frame store: split, normalise, train the β-VAE, encode, Î, classify, top-k.
+
+Each function reads what it needs from the store (or a run folder) and returns small results,
+so a flow can run them as separate tasks and a notebook can call them one by one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import PreprocessConfig
+from pipeline.errors import InputError
+from pipeline.imaging import deap_imaging_operator
+from pipeline.mi import MIAccumulator, MIEstimate
+from pipeline.models.sequence import evaluate_classifier
+from pipeline.models.vae import BetaVAE, VAEConfig
+from pipeline.normalise import BandNormalisation, fit_band_normalisation
+from pipeline.splits import Split, emotion_classes, split_by_subject, split_by_trial
+from pipeline.store import FrameStore
+from pipeline.train import (
+    ClassifierConfig,
+    TrainConfig,
+    iter_encode_frames,
+    read_frames,
+    save_classifier,
+    train_classifier,
+    train_vae,
+)
+
+Normaliser = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """Everything that decides the learned factors and their evaluation, recorded in report.json."""
+
+    vae: VAEConfig
+    train: TrainConfig
+    classifier: ClassifierConfig
+    split_protocol: str = "trial"
+    split_seed: int = 0
+    class_threshold: float = 5.0
+    encode_batch_size: int = 1024
+
+    def to_dict(self) -> dict:
+        return {
+            "vae": self.vae.to_dict(),
+            "train": self.train.to_dict(),
+            "classifier": self.classifier.to_dict(),
+            "split_protocol": self.split_protocol,
+            "split_seed": self.split_seed,
+            "class_threshold": self.class_threshold,
+            "encode_batch_size": self.encode_batch_size,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LearnConfig:
+        values = dict(values)
+        return cls(
+            vae=VAEConfig.from_dict(values.pop("vae")),
+            train=TrainConfig.from_dict(values.pop("train")),
+            classifier=ClassifierConfig.from_dict(values.pop("classifier")),
+            **values,
+        )
+
+
+def store_classes(store: FrameStore, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Committed rows of the store and their emotion class (high = score > ``threshold``)."""
+    return store.committed_rows(), emotion_classes(store.labels, threshold)
+
+
+def make_split(store: FrameStore, protocol: str, seed: int, threshold: float) -> Split:
+    """Split the store's trials; indices in the result are store rows, whole trials only."""
+    rows, classes = store_classes(store, threshold)
+    if protocol == "trial":
+        positions = split_by_trial(classes, seed=seed)
+    elif protocol == "subject":
+        positions = split_by_subject(store.subject, seed=seed)
+    else:
+        raise InputError("split_protocol", f"{protocol!r} must be 'trial' or 'subject'")
+    return Split(
+        train=rows[positions.train],
+        val=rows[positions.val],
+        test=rows[positions.test],
+        protocol=protocol,
+        seed=seed,
+    )
+
+
+def frame_mask(store: FrameStore) -> np.ndarray:
+    """Pixels that carry data: the scalp (electrodes' convex hull) for EEG, every pixel for images."""
+    attrs = store.attrs
+    if "preprocessing" in attrs:
+        return deap_imaging_operator(PreprocessConfig.from_dict(attrs["preprocessing"])).mask
+    return np.ones(store.frame_shape[-2:], dtype=bool)
+
+
+def fit_store_normalisation(store: FrameStore, split: Split) -> BandNormalisation:
+    """Band statistics of the training trials only, written to the store attrs with their split."""
+    normalisation = fit_band_normalisation(
+        store.frames,
+        frame_mask(store),
+        fitted_on={"split": "train", "protocol": split.protocol, "seed": split.seed},
+        trials=split.train,
+        where=f"{store.path}/frames",
+    )
+    store.update_attrs({"normalisation": normalisation.to_dict(), "split": split.to_dict()})
+    return normalisation
+
+
+def store_normaliser(store: FrameStore) -> Normaliser:
+    """The model-input transform recorded in the store (fitted by :func:`fit_store_normalisation`)."""
+    attrs = store.attrs
+    if "normalisation" not in attrs:
+        raise InputError(store.path, "has no normalisation statistics yet; run the learn stage first")
+    normalisation = BandNormalisation.from_dict(attrs["normalisation"])
+    mask = frame_mask(store)
+    return lambda block: normalisation.apply(block, mask)
+
+
+def stored_split(store: FrameStore) -> Split:
+    attrs = store.attrs
+    if "split" not in attrs:
+        raise InputError(store.path, "has no split yet; run the learn stage first")
+    return Split.from_dict(attrs["split"])
+
+
+def train_store_vae(
+    store: FrameStore,
+    config: LearnConfig,
+    checkpoint_dir: str | Path,
+    resume: bool = False,
+    progress: Callable[[dict], None] | None = None,
+):
+    """Train the β-VAE on the frames of the training trials (validation trials for early stopping)."""
+    split = stored_split(store)
+    return train_vae(
+        store.frames,
+        split.train,
+        split.val,
+        config.vae,
+        config.train,
+        checkpoint_dir,
+        normalise=store_normaliser(store),
+        resume=resume,
+        progress=progress,
+    )
+
+
+def checkpoint_model_id(checkpoint_dir: str | Path, which: str = "best") -> str:
+    """Identifies the trained weights, so latents of two models never mix in one store."""
+    pointer = Path(checkpoint_dir) / f"{which}.json"
+    return hashlib.sha256(pointer.read_bytes()).hexdigest()[:16]
+
+
+def encode_store(store: FrameStore, model: BetaVAE, model_id: str, batch_size: int = 1024) -> int:
+    """Write μ and log σ² of every frame of every committed trial not yet encoded by this model.
+
+    Written trial group by trial group, so a killed run resumes where it stopped.
+    """
+    if store.latent_model_id not in (None, model_id):
+        store.clear_latents()
+    todo = np.setdiff1d(store.committed_rows(), store.latent_rows())
+    normalise = store_normaliser(store)
+    for rows, mu, logvar in iter_encode_frames(model, store.frames, todo, batch_size, normalise):
+        store.write_latents(rows, mu, logvar, model_id=model_id)
+    return int(todo.size)
+
+
+def store_mi(store: FrameStore, rows: np.ndarray, trials_per_read: int = 64) -> MIEstimate:
+    """Î(X;Z_j) over every frame of ``rows``, streamed from the stored latents."""
+    accumulator = MIAccumulator()
+    for start in range(0, len(rows), trials_per_read):
+        mu, logvar = store.read_latents(rows[start : start + trials_per_read])
+        accumulator.update(mu, logvar)
+    return accumulator.result()
+
+
+def _row_classes(store: FrameStore, rows: np.ndarray, threshold: float) -> np.ndarray:
+    committed, classes = store_classes(store, threshold)
+    return classes[np.searchsorted(committed, rows)]
+
+
+def train_store_classifier(store: FrameStore, config: LearnConfig, out_dir: str | Path, progress=None):
+    """Train the LSTM on the training trials' μ sequences; report test accuracy, chance and confusion."""
+    split = stored_split(store)
+    sequences = {part: store.read_latents(getattr(split, part))[0] for part in ("train", "val", "test")}
+    classes = {part: _row_classes(store, getattr(split, part), config.class_threshold) for part in sequences}
+    has_val = classes["val"].size > 0
+    result = train_classifier(
+        sequences["train"],
+        classes["train"],
+        sequences["val"] if has_val else None,
+        classes["val"] if has_val else None,
+        config=config.classifier,
+        progress=progress,
+    )
+    save_classifier(result.model, Path(out_dir) / "checkpoints", "classifier")
+    evaluation = evaluate_classifier(result.model, sequences["test"], classes["test"])
+    return result.model, evaluation
+
+
+def reconstruction_mse(
+    model: BetaVAE, store: FrameStore, rows: np.ndarray, keep_mask: np.ndarray, trials_per_read: int = 16
+) -> float:
+    """Mean squared error per data pixel (normalised units) of the frames of ``rows``, decoded from μ
+    with the factors outside ``keep_mask`` set to zero. Pixels outside the scalp are not counted."""
+    normalise = store_normaliser(store)
+    mask = torch.from_numpy(frame_mask(store).copy())  # the cached operator's mask is read-only
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(rows), trials_per_read):
+            block = read_frames(store.frames, rows[start : start + trials_per_read], normalise)
+            frames = torch.from_numpy(block.reshape(-1, *block.shape[2:])).to(device)
+            error = (model.reconstruct(frames, keep_mask).cpu() - frames.cpu()) ** 2
+            total += float(error[..., mask].sum(dtype=torch.float64))
+            count += int(error[..., mask].numel())
+    return total / count

@@ -1,0 +1,68 @@
+"""Check a run on the synthetic DEAP against the blocks planted in it.
+
+A planted label effect is *recovered* when an emotion-linked factor has a block in the planted
+band whose electrodes overlap the planted ones with Jaccard >= ``min_jaccard``. The label-free
+distractor must show up as a block of an influential factor, and that factor must NOT be linked.
+"""
+
+from __future__ import annotations
+
+from pipeline.blocks import block_jaccard
+
+DEFAULT_MIN_JACCARD = 0.5
+
+
+def _best_match(factors: list[dict], band: str, electrodes: list[str], linked_only: bool) -> dict | None:
+    best = None
+    for factor in factors:
+        if linked_only and not factor["emotion"]["linked"]:
+            continue
+        for block in factor["blocks"]:
+            if block["band"] != band:
+                continue
+            jaccard = block_jaccard(block["electrodes"], electrodes)
+            if best is None or jaccard > best["jaccard"]:
+                best = {
+                    "factor": factor["index"],
+                    "block": block["name"],
+                    "jaccard": jaccard,
+                    "linked": factor["emotion"]["linked"],
+                    "influential": factor.get("influential", True),
+                }
+    return best
+
+
+def check_planted_blocks(
+    factors: list[dict], ground_truth: dict, min_jaccard: float = DEFAULT_MIN_JACCARD
+) -> dict:
+    """Per planted effect: the best matching reported block and whether the expectation holds.
+
+    Returns a JSON-native dict: ``effects`` (one entry per planted effect with ``label``,
+    ``band``, ``electrodes``, ``match`` and ``passed``) and ``passed`` (all of them).
+    """
+    results = []
+    for effect in ground_truth["effects"]:
+        label_free = effect["label"] == "none"
+        if label_free:
+            match = _best_match(factors, effect["band"], effect["electrodes"], linked_only=False)
+            # The distractor is the best block among all factors; it must come from an
+            # influential factor that is not linked to emotion.
+            passed = bool(
+                match and match["jaccard"] >= min_jaccard and match["influential"] and not match["linked"]
+            )
+            expectation = "an influential factor, not emotion-linked"
+        else:
+            match = _best_match(factors, effect["band"], effect["electrodes"], linked_only=True)
+            passed = bool(match and match["jaccard"] >= min_jaccard)
+            expectation = "an emotion-linked factor"
+        results.append(
+            {
+                "label": effect["label"],
+                "band": effect["band"],
+                "electrodes": list(effect["electrodes"]),
+                "expected": f"a {effect['band']} block with Jaccard >= {min_jaccard} in {expectation}",
+                "match": match,
+                "passed": passed,
+            }
+        )
+    return {"min_jaccard": min_jaccard, "effects": results, "passed": all(r["passed"] for r in results)}

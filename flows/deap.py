@@ -213,7 +213,7 @@ def write_deap_report(
         load_vae(_checkpoint_dir(out_dir), "best"),
         load_classifier(Path(out_dir) / "checkpoints", "classifier"),
         config,
-        FactorRules(**preset["rules"]),
+        FactorRules.from_dict(preset["rules"]),
         run_config,
         source_path,
         ground_truth,

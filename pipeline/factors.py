@@ -31,13 +31,24 @@ class FactorRules:
     min_reported: int = 10
     alpha: float = 0.05
     n_permutations: int = 2000
+    # Emotion is a property of the whole trial: relevance is measured on each trial's mean of μ_j
+    # over the stimulus frames (the baseline seconds carry no label effect).
+    relevance_summaries: tuple[str, ...] = ("mean",)
+    baseline_frames: int = 3
+    # 0.1 nats is 7 % of the 4-class label entropy (log 4): an emotion-linked factor must carry
+    # that much, not merely a trace that becomes significant over many trials.
+    min_relevance_nats: float = 0.1
     block_relative_threshold: float = 0.5
     # Changes below this (normalised band-power units over z in [-3, 3]) are decoder noise, not blocks.
     block_min_change: float = 0.05
     n_seed_frames: int = 16
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "relevance_summaries": list(self.relevance_summaries)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FactorRules:
+        return cls(**{**values, "relevance_summaries": tuple(values.get("relevance_summaries", ("mean",)))})
 
 
 def reported_factors(estimate: MIEstimate, rules: FactorRules) -> np.ndarray:
@@ -100,10 +111,20 @@ def describe_factors(
     # The multiple-testing family is the influential factors: only they can be linked.
     tested = influential if influential.size else reported
     information = factor_label_information(
-        selection_mu, selection_classes, n_permutations=rules.n_permutations, seed=seed, factors=tested
+        selection_mu[:, rules.baseline_frames :],
+        selection_classes,
+        n_permutations=rules.n_permutations,
+        seed=seed,
+        summaries=rules.relevance_summaries,
+        factors=tested,
     )
     linked = linked_factors(
-        estimate.per_factor_nats, information.q_values, rules.influential_threshold_nats, rules.alpha
+        estimate.per_factor_nats,
+        information.q_values,
+        rules.influential_threshold_nats,
+        rules.alpha,
+        information.relevance_nats,
+        rules.min_relevance_nats,
     )
     accuracy_drop = np.full(estimate.n_factors, np.nan)
     if classifier is not None and val_classes.size:

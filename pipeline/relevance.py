@@ -34,8 +34,11 @@ Significance
 Emotion-linked rule
     A factor j is *emotion-linked* if and only if it is **influential**, Î(X; Z_j) >
     ``influential_threshold_nats`` (0.05 nats by default), **and** its label information is
-    **significant**, BH q-value < ``alpha`` (0.05 by default). A factor that was not tested
-    (q-value NaN) is never linked.
+    **significant**, BH q-value < ``alpha`` (0.05 by default), **and**, when a minimum is given,
+    its bias-corrected label information reaches ``min_relevance_nats``. The minimum keeps a
+    factor that is mostly something else (a label-free rhythm, say) but mixes in a trace of an
+    emotion factor from being called emotion-linked just because many trials make the trace
+    significant. A factor that was not tested (q-value NaN) is never linked.
 """
 
 from __future__ import annotations
@@ -246,8 +249,10 @@ def linked_factors(
     label_q_values: np.ndarray,
     influential_threshold_nats: float = 0.05,
     alpha: float = 0.05,
+    relevance_nats: np.ndarray | None = None,
+    min_relevance_nats: float = 0.0,
 ) -> np.ndarray:
-    """Apply the emotion-linked rule (module docstring): influential and significant.
+    """Apply the emotion-linked rule (module docstring): influential, significant and large enough.
 
     Parameters
     ----------
@@ -259,6 +264,10 @@ def linked_factors(
         A factor is influential when Î(X; Z_j) is strictly above this.
     alpha : float
         False discovery rate; significant means q strictly below it.
+    relevance_nats : ndarray, shape (H,), optional
+        Bias-corrected label information (``LabelInformation.relevance_nats``).
+    min_relevance_nats : float
+        With ``relevance_nats``, a linked factor must also carry at least this much.
 
     Returns
     -------
@@ -281,7 +290,17 @@ def linked_factors(
         raise InputError("alpha", f"{alpha!r}; expected a number in (0, 1)")
     significant = np.zeros(mi_nats.shape, dtype=bool)
     np.less(label_q_values, alpha, out=significant, where=~np.isnan(label_q_values))
-    return (mi_nats > influential_threshold_nats) & significant
+    linked = (mi_nats > influential_threshold_nats) & significant
+    if relevance_nats is not None:
+        relevance_nats = np.asarray(relevance_nats, dtype=np.float64)
+        if relevance_nats.shape != mi_nats.shape:
+            raise InputError(
+                "relevance_nats", f"shape {relevance_nats.shape} differs from mi_nats {mi_nats.shape}"
+            )
+        if not np.isfinite(min_relevance_nats) or min_relevance_nats < 0:
+            raise InputError("min_relevance_nats", f"{min_relevance_nats!r}; expected >= 0")
+        linked &= relevance_nats >= min_relevance_nats
+    return linked
 
 
 def _check_positive_int(value: int, name: str) -> None:

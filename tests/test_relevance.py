@@ -209,3 +209,18 @@ def test_bad_inputs_name_what_is_wrong():
         benjamini_hochberg(np.array([0.1, 1.2]))
     with pytest.raises(InputError, match="accuracy_with_mask"):
         ablation_accuracy_drop(lambda mask: float("nan"), 3, [0])
+
+
+def test_linked_rule_can_require_a_minimum_relevance():
+    mi = np.array([0.5, 0.5, 0.5, 0.01])
+    q = np.array([0.001, 0.001, 0.2, 0.001])
+    relevance = np.array([0.4, 0.05, 0.4, 0.4])
+    assert linked_factors(mi, q).tolist() == [True, True, False, False]
+    assert linked_factors(mi, q, relevance_nats=relevance, min_relevance_nats=0.1).tolist() == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    with pytest.raises(InputError, match="relevance_nats"):
+        linked_factors(mi, q, relevance_nats=relevance[:2], min_relevance_nats=0.1)

@@ -79,7 +79,10 @@ def traverse_factor(
 
 
 def electrode_change(
-    traversal: np.ndarray, electrode_pixels: np.ndarray, statistic: str = "range"
+    traversal: np.ndarray,
+    electrode_pixels: np.ndarray,
+    statistic: str = "range",
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """How much each band changes at each electrode over a traversal.
 
@@ -95,6 +98,9 @@ def electrode_change(
         Each electrode's (row, col) position on the image grid (fractional allowed), inside
         [0, Hh-1] x [0, Ww-1].
     statistic : {"range", "std"}
+    mask : bool ndarray, shape (Hh, Ww), optional
+        Pixels that hold data (the scalp). When given, samples use only those pixels, so an
+        electrode on the outline is not averaged with the empty pixels beyond it.
 
     Returns
     -------
@@ -124,10 +130,48 @@ def electrode_change(
     values = traversal.astype(np.float64)
     per_seed = np.ptp(values, axis=0) if statistic == "range" else values.std(axis=0)
     change_maps = per_seed.mean(axis=0)
+    if mask is not None:
+        return _masked_bilinear(change_maps, electrode_pixels, _check_mask(mask, (height, width)))
     # order=1 is bilinear; "nearest" keeps electrodes on the grid's last row or column exact.
     return np.stack(
         [map_coordinates(band, electrode_pixels.T, order=1, mode="nearest") for band in change_maps]
     )
+
+
+def _check_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.shape != shape or mask.dtype != bool or not mask.any():
+        raise InputError(
+            "mask", f"shape {mask.shape}, dtype {mask.dtype}; expected a non-empty bool {shape} array"
+        )
+    return mask
+
+
+def _masked_bilinear(maps: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``maps`` (C, H, W) that use only pixels inside ``mask``.
+
+    Electrodes on the scalp's outline sit on the hull's edge, where some of their four neighbouring
+    pixels lie outside it (and hold no data). Those pixels get weight zero and the others are
+    renormalised; an electrode with no neighbour inside takes its nearest pixel inside.
+    """
+    height, width = mask.shape
+    inside_rows, inside_cols = np.nonzero(mask)
+    samples = np.empty((maps.shape[0], positions.shape[0]))
+    for electrode, (row, col) in enumerate(positions):
+        row0, col0 = min(int(row), height - 2), min(int(col), width - 2)
+        d_row, d_col = row - row0, col - col0
+        rows = np.array([row0, row0, row0 + 1, row0 + 1])
+        cols = np.array([col0, col0 + 1, col0, col0 + 1])
+        weights = np.array(
+            [(1 - d_row) * (1 - d_col), (1 - d_row) * d_col, d_row * (1 - d_col), d_row * d_col]
+        )
+        weights = weights * mask[rows, cols]
+        if weights.sum() > 1e-9:
+            samples[:, electrode] = maps[:, rows, cols] @ (weights / weights.sum())
+        else:
+            nearest = np.argmin((inside_rows - row) ** 2 + (inside_cols - col) ** 2)
+            samples[:, electrode] = maps[:, inside_rows[nearest], inside_cols[nearest]]
+    return samples
 
 
 def find_blocks(

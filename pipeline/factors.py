@@ -139,7 +139,7 @@ def describe_factors(
     factors, figures = [], {}
     for rank, index in enumerate(reported, start=1):
         traversal = traverse_factor(decode, seeds, int(index), DEFAULT_TRAVERSAL_VALUES)
-        change = electrode_change(traversal, operator.electrode_pixels)
+        change = electrode_change(traversal, operator.electrode_pixels, mask=operator.mask)
         blocks = find_blocks(
             change,
             adjacency,

@@ -184,3 +184,19 @@ def test_bad_inputs_name_what_is_wrong():
         find_blocks(change, RING_ADJACENCY, RING_NAMES[:-1], BAND_NAMES)
     with pytest.raises(InputError, match="relative_threshold"):
         find_blocks(change, RING_ADJACENCY, RING_NAMES, BAND_NAMES, relative_threshold=0.0)
+
+
+def test_masked_sampling_ignores_pixels_off_the_scalp():
+    """An electrode on the outline must not be averaged with the empty pixels beyond it."""
+    height = width = 6
+    mask = np.zeros((height, width), dtype=bool)
+    mask[:, :4] = True  # columns 4 and 5 lie off the scalp
+    change_map = np.where(mask, 2.0, 0.0)
+    traversal = np.zeros((2, 1, 1, height, width))
+    traversal[1, 0, 0] = change_map
+    positions = np.array([[2.0, 3.5], [2.0, 5.0], [2.5, 1.5]])
+    plain = electrode_change(traversal, positions)[0]
+    masked = electrode_change(traversal, positions, mask=mask)[0]
+    assert plain[0] == pytest.approx(1.0) and plain[1] == pytest.approx(0.0)
+    # Half-way to the outline and beyond it, only scalp pixels count: the full change.
+    assert masked.tolist() == pytest.approx([2.0, 2.0, 2.0])

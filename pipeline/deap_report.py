@@ -31,8 +31,8 @@ from pipeline.validation import check_planted_blocks
 
 def _latents_and_classes(store: FrameStore, rows: np.ndarray, threshold: float):
     committed, classes = store_classes(store, threshold)
-    mu = store.read_latents(rows)[0] if rows.size else np.empty((0, *store.frame_shape[:1], 0), np.float32)
-    return mu, classes[np.searchsorted(committed, rows)]
+    # Read even when ``rows`` is empty: the empty block keeps the latent width, so parts concatenate.
+    return store.read_latents(rows)[0], classes[np.searchsorted(committed, rows)]
 
 
 def build_deap_report(

@@ -7,6 +7,7 @@ so a flow can run them as separate tasks and a notebook can call them one by one
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.imaging import deap_imaging_operator
@@ -154,19 +156,45 @@ def train_store_vae(
 
 
 def checkpoint_model_id(checkpoint_dir: str | Path, which: str = "best") -> str:
-    """Identifies the trained weights, so latents of two models never mix in one store."""
-    pointer = Path(checkpoint_dir) / f"{which}.json"
-    return hashlib.sha256(pointer.read_bytes()).hexdigest()[:16]
+    """Identifies the trained weights, so latents of two models never mix in one store.
+
+    A digest of the model's configuration and tensors, not of the checkpoint files: a resumed
+    run re-saves the same weights under a new file name and keeps the id (so stored latents stay
+    valid), while any changed weight changes it.
+
+    Raises
+    ------
+    InputError
+        If the checkpoint is missing or malformed, or holds no model configuration.
+    """
+    tensors, metadata = load_checkpoint(checkpoint_dir, which)
+    if "model_config" not in metadata:
+        raise InputError(Path(checkpoint_dir) / f"{which}.json", "lacks the model configuration")
+    digest = hashlib.sha256(json.dumps(metadata["model_config"], sort_keys=True).encode())
+    # "model." holds the weights; a training state's optimizer and best-so-far tensors are not the model.
+    for name in sorted(key for key in tensors if key.startswith("model.")):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def encode_store(store: FrameStore, model: BetaVAE, model_id: str, batch_size: int = 1024) -> int:
     """Write μ and log σ² of every frame of every committed trial not yet encoded by this model.
 
-    Written trial group by trial group, so a killed run resumes where it stopped.
+    Written trial group by trial group, so a killed run resumes where it stopped. Latents of
+    another model (or written without a model id) are cleared first. Returns the number of
+    trials encoded: 0 when every committed trial already has this model's latents.
     """
-    if store.latent_model_id not in (None, model_id):
+    if not isinstance(model, BetaVAE):
+        raise InputError("model", f"expected a BetaVAE, got {type(model).__name__}")
+    if not isinstance(model_id, str) or not model_id:
+        raise InputError("model_id", f"must be a non-empty str, got {model_id!r}")
+    if store.latent_model_id != model_id:
         store.clear_latents()
     todo = np.setdiff1d(store.committed_rows(), store.latent_rows())
+    if todo.size == 0:
+        return 0
     normalise = store_normaliser(store)
     for rows, mu, logvar in iter_encode_frames(model, store.frames, todo, batch_size, normalise):
         store.write_latents(rows, mu, logvar, model_id=model_id)
@@ -211,6 +239,9 @@ def reconstruction_mse(
 ) -> float:
     """Mean squared error per data pixel (normalised units) of the frames of ``rows``, decoded from μ
     with the factors outside ``keep_mask`` set to zero. Pixels outside the scalp are not counted."""
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or rows.size == 0:
+        raise InputError(f"{store.path} rows", f"shape {rows.shape}; expected a non-empty 1-D array of rows")
     normalise = store_normaliser(store)
     mask = torch.from_numpy(frame_mask(store).copy())  # the cached operator's mask is read-only
     total, count = 0.0, 0

@@ -37,11 +37,11 @@ def deap_preset(name: str, seed: int = 0) -> DeapPreset:
         # Sized for <= 10 minutes end to end on 2 CPU cores (measured in the README).
         return DeapPreset(
             name="demo",
-            synthetic_subjects=12,
+            synthetic_subjects=8,
             learn=LearnConfig(
                 vae=VAEConfig(input_shape=DEAP_FRAME_SHAPE, n_latents=32, beta=6.0),
                 train=TrainConfig(
-                    epochs=12, batch_size=128, lr=1e-3, patience=4, seed=seed, trials_per_read=16
+                    epochs=10, batch_size=128, lr=1e-3, patience=4, seed=seed, trials_per_read=16
                 ),
                 classifier=ClassifierConfig(
                     hidden=128, epochs=80, batch_size=32, lr=1e-3, patience=12, seed=seed

@@ -75,20 +75,29 @@ def open_deap_store(out_dir: str, config: PreprocessConfig, data_kind: str) -> F
     """Create ``OUT/frames.zarr`` or reopen it for appending under the same preprocessing config.
 
     Synthetic and recorded data never share a store: a report must be able to say which it is.
+
+    Raises
+    ------
+    InputError
+        Naming the store, when it holds data of another kind or was built under another config.
     """
-    store = FrameStore.create_or_open(
-        store_path(out_dir),
+    path = store_path(out_dir)
+    # Checked before create_or_open, which would overwrite the stored kind with this run's.
+    try:
+        stored_kind = FrameStore.open(path).attrs.get("data_kind", data_kind)
+    except InputError:  # no store yet, or not a frame store: create_or_open creates it or says why
+        stored_kind = data_kind
+    if stored_kind != data_kind:
+        raise InputError(
+            path, f"holds {stored_kind} data; this run adds {data_kind} data; use a new --out folder"
+        )
+    return FrameStore.create_or_open(
+        path,
         config_hash=config.config_hash(),
         attrs=store_attrs(config, data_kind),
         frame_shape=(config.n_windows, len(config.band_names), config.grid_size, config.grid_size),
         label_width=len(LABEL_NAMES),
     )
-    stored_kind = store.attrs.get("data_kind")
-    if stored_kind != data_kind:
-        raise InputError(
-            store.path, f"holds {stored_kind} data; this run adds {data_kind} data; use a new --out folder"
-        )
-    return store
 
 
 def store_path(out_dir: str) -> str:

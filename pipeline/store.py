@@ -51,6 +51,9 @@ LATENT_MARKER = "encoded"
 # kill mid-write leaves a chunk either old or new, never torn.
 ROW_CHUNK = 4096
 LATENT_CHUNK_BYTES = 1 << 20
+# Byte-shuffled LZ4 compresses band images as well as zarr's default Zstandard (~0.65 of raw)
+# at a quarter of the time, which matters when a full DEAP ingest writes 1 GB of frames.
+FRAMES_COMPRESSOR = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
@@ -76,7 +79,9 @@ def writer_lock(path: str | os.PathLike) -> Iterator[None]:
         if not _is_local(where):
             yield
             return
-        with open(key.rstrip(os.sep) + ".lock", "a") as handle:
+        lock_path = key.rstrip(os.sep) + ".lock"
+        os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+        with open(lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -281,35 +286,37 @@ class FrameStore:
         if not isinstance(label_width, int | np.integer) or label_width < 1:
             raise InputError(where, f"label_width must be a positive int, got {label_width!r}")
 
-        group = _open_group(where, mode="a")
-        existing = dict(group.attrs)
-        if not existing and not list(group.keys()):
-            # Attrs first: a run killed while creating leaves a store the next run can complete.
-            group.attrs.update(
-                {**attrs, "config_hash": config_hash, "store_format": STORE_FORMAT, "created": _now()}
-            )
-        elif existing.get("store_format") != STORE_FORMAT:
-            raise InputError(
-                where, "is not a frame store (no store_format attribute); use a new --out folder"
-            )
-        elif existing.get("config_hash") != config_hash:
-            raise InputError(
-                where,
-                f"was built with preprocessing config {existing.get('config_hash')}, this run uses "
-                f"{config_hash}; use a new --out folder",
-            )
-        _complete_layout(group, frame_shape, int(label_width))
-        store = cls(group, where, writable=True)
-        if store.frame_shape != frame_shape or store.label_width != label_width:
-            raise InputError(
-                where,
-                f"holds frames {store.frame_shape} with {store.label_width} labels per trial; this run "
-                f"writes frames {frame_shape} with {label_width}; use a new --out folder",
-            )
-        store._may_add_trials = True
-        # Rewriting the group metadata from this non-consolidated handle also drops any
-        # consolidated snapshot, so readers see the live store until consolidate() runs again.
-        store._write_attrs(attrs)
+        # Two runs creating one store at once must not both see it empty.
+        with writer_lock(where):
+            group = _open_group(where, mode="a")
+            existing = dict(group.attrs)
+            if not existing and not list(group.keys()):
+                # Attrs first: a run killed while creating leaves a store the next run can complete.
+                group.attrs.update(
+                    {**attrs, "config_hash": config_hash, "store_format": STORE_FORMAT, "created": _now()}
+                )
+            elif existing.get("store_format") != STORE_FORMAT:
+                raise InputError(
+                    where, "is not a frame store (no store_format attribute); use a new --out folder"
+                )
+            elif existing.get("config_hash") != config_hash:
+                raise InputError(
+                    where,
+                    f"was built with preprocessing config {existing.get('config_hash')}, this run uses "
+                    f"{config_hash}; use a new --out folder",
+                )
+            _complete_layout(group, frame_shape, int(label_width))
+            store = cls(group, where, writable=True)
+            if store.frame_shape != frame_shape or store.label_width != label_width:
+                raise InputError(
+                    where,
+                    f"holds frames {store.frame_shape} with {store.label_width} labels per trial; this run "
+                    f"writes frames {frame_shape} with {label_width}; use a new --out folder",
+                )
+            store._may_add_trials = True
+            # Rewriting the group metadata from this non-consolidated handle also drops any
+            # consolidated snapshot, so readers see the live store until consolidate() runs again.
+            store._write_attrs(attrs)
         return store
 
     @classmethod
@@ -690,7 +697,13 @@ def _open_group(where: str, mode: str) -> zarr.Group:
 def _complete_layout(group: zarr.Group, frame_shape: tuple[int, ...], label_width: int) -> None:
     """Create the empty arrays the group lacks (all of them for a new store)."""
     specs = {
-        "frames": dict(shape=(0, *frame_shape), chunks=(1, *frame_shape), dtype="float32", fill_value=np.nan),
+        "frames": dict(
+            shape=(0, *frame_shape),
+            chunks=(1, *frame_shape),
+            dtype="float32",
+            fill_value=np.nan,
+            compressors=FRAMES_COMPRESSOR,
+        ),
         "labels": dict(
             shape=(0, label_width), chunks=(ROW_CHUNK, label_width), dtype="float32", fill_value=np.nan
         ),

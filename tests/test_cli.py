@@ -1,0 +1,157 @@
+"""The ``eegmi`` command line: help text, one-line errors with exit 2, exit 1 naming a bad file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
+from pipeline.ingest import store_path
+from pipeline.sources.deap import read_deap_dat
+from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject, write_synthetic_deap
+from pipeline.store import FrameStore
+
+
+@pytest.fixture(scope="module")
+def subject_files(tmp_path_factory) -> list[Path]:
+    """Three synthetic DEAP subject files of one trial each."""
+    spec = SyntheticDeapSpec(n_subjects=3, n_trials=1, seed=2)
+    return write_synthetic_deap(spec, tmp_path_factory.mktemp("deap"))
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("usage: eegmi ")
+    assert "preprocess" in out and "DEAP signals → band images → OUT/frames.zarr" in out
+
+
+def test_preprocess_help_names_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preprocess", "--help"])
+    assert exit_info.value.code == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("usage: eegmi preprocess ")
+    for option in ("--data-dir", "--synthetic", "--out", "--subjects", "--seed"):
+        assert option in out
+    assert "OUT/frames.zarr" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["preprocess", "--data-dir", "somewhere"], "the following arguments are required: --out"),
+        (["preprocess", "--synthetic", "--data-dir", "d", "--out", "o"], "not allowed with argument"),
+        (["preprocess", "--out", "o", "--subjects", "two"], "invalid int value: 'two'"),
+        (["summarise"], "invalid choice: 'summarise'"),
+    ],
+)
+def test_malformed_command_lines_exit_2_with_the_usage(capsys, argv, complaint):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("usage: eegmi")
+    assert complaint in err.splitlines()[-1]
+
+
+def _empty(folder: Path) -> str:
+    folder.mkdir()
+    return "is empty"
+
+
+def _no_subject_files(folder: Path) -> str:
+    folder.mkdir()
+    (folder / "notes.txt").write_text("DEAP arrives next week\n")
+    return "holds no subject file of any layout"
+
+
+def _missing(folder: Path) -> str:
+    return "folder does not exist"
+
+
+@pytest.mark.parametrize("make_folder", [_empty, _no_subject_files, _missing])
+def test_an_unusable_data_folder_exits_2_with_one_line_naming_it(tmp_path, capsys, make_folder):
+    folder = tmp_path / "deap"
+    problem = make_folder(folder)
+
+    code = main(["preprocess", "--data-dir", str(folder), "--out", str(tmp_path / "out")])
+
+    assert code == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"eegmi: error: {folder}: {problem}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_impossible_synthetic_data_set_exits_2_with_one_line(tmp_path, capsys):
+    code = main(["preprocess", "--synthetic", "--subjects", "0", "--out", str(tmp_path / "out")])
+    assert code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.splitlines() == [
+        "eegmi: error: SyntheticDeapSpec: n_subjects must be an integer >= 1, got 0"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_installed_command_reports_bad_input_in_one_line(tmp_path):
+    """The console script end to end: exit 2 and one stderr line, before any Prefect server starts."""
+    eegmi = Path(sys.executable).with_name("eegmi")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    missing = tmp_path / "no-such-folder"
+
+    result = subprocess.run(
+        [str(eegmi), "preprocess", "--data-dir", str(missing), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode == EXIT_BAD_INPUT
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"eegmi: error: {missing}: folder does not exist"]
+
+
+def test_a_bad_file_exits_1_naming_it_while_the_others_are_stored(
+    prefect_harness, tmp_path, capsys, subject_files
+):
+    folder = tmp_path / "deap"
+    folder.mkdir()
+    for path in subject_files:
+        shutil.copyfile(path, folder / path.name)
+    (folder / "s02.dat").write_bytes(b"\x80\x02}q\x00(X\x04\x00\x00\x00data")  # cut off after a key
+    out = tmp_path / "out"
+
+    code = main(["preprocess", "--data-dir", str(folder), "--out", str(out)])
+
+    assert code == EXIT_FAILED
+    err_lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("eegmi: error: s02.dat: truncated or corrupt pickle") for line in err_lines)
+    assert err_lines[-1] == "eegmi: 1 file(s) failed; 2 stored"
+    store = FrameStore.open(store_path(str(out)))
+    expected = [read_deap_dat(folder / name) for name in ("s01.dat", "s03.dat")]
+    assert sorted(store.source_sha256.tolist()) == sorted(trials.source_sha256 for trials in expected)
+    assert sorted(store.subject.tolist()) == [1, 3]
+
+
+def test_synthetic_preprocess_exits_0_and_reports_the_store(prefect_harness, tmp_path, capsys):
+    out = tmp_path / "out"
+
+    code = main(["preprocess", "--synthetic", "--subjects", "1", "--seed", "4", "--out", str(out)])
+
+    assert code == EXIT_OK
+    reference = generate_subject(SyntheticDeapSpec(n_subjects=1, seed=4), 1)
+    n_trials = len(reference)
+    assert capsys.readouterr().out.splitlines() == [
+        f"{store_path(str(out))}: {n_trials} trials stored ({n_trials} new from 1 file(s))"
+    ]
+    store = FrameStore.open(store_path(str(out)))
+    assert store.attrs["data_kind"] == "synthetic"
+    assert set(store.source_sha256.tolist()) == {reference.source_sha256}
+    np.testing.assert_array_equal(np.sort(store.trial), reference.trial)

@@ -1,0 +1,428 @@
+"""β-VAE training speed for the DEAP architecture (3×32×32 frames), on CPU and, where present, on CUDA.
+
+Measures:
+
+- ``cpu``: training steps (forward, loss, backward, Adam) on random frames, for 32 and 128 latents
+  and batch sizes 64, 256 and 1024, with as many torch threads as the process may use. Each
+  configuration runs ``--warmup`` steps, then ``--steps`` timed steps; frames/s = frames / time.
+- ``gpu`` (only when ``torch.cuda.is_available()``): the ``paper`` preset (128 latents, β = 6,
+  batch 1024, fp32) on DEAP's full size, 80,640 frames (32 subjects × 40 trials × 63 s), held on
+  the GPU: each epoch trains on the 80 % training share and evaluates the 10 % validation share,
+  for ``--gpu-epochs`` epochs (300, the paper's schedule, by default). Reported: training
+  frames/s, against the reference of about 236,000 frames/s measured on one NVIDIA H200, and
+  the end-to-end time. Then two epochs of the pipeline's own trainer
+  (:class:`pipeline.train.VAETrainer`), which reads the frames from host memory trial group by
+  trial group, show what the streaming costs. Without CUDA the section says why and holds no
+  numbers.
+- ``demo_estimate``: the ``demo`` preset's stages run as plain functions on a few synthetic
+  subjects (epochs capped), each timed and scaled to the preset's 12 subjects and maximum
+  epochs, to show which share of the demo's end-to-end time goes to β-VAE training.
+
+Machine information and the load averages (at the start and the end) are recorded: on a shared
+machine the load changes the numbers.
+
+Usage::
+
+    python benchmarks/train.py                     # writes benchmarks/results/train.json
+    python benchmarks/train.py --steps 3 --demo-subjects 1 --output /tmp/train.json   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
+FRAME_SHAPE = (3, 32, 32)
+CPU_LATENTS = (32, 128)
+CPU_BATCH_SIZES = (64, 256, 1024)
+FULL_DEAP_FRAMES = 32 * 40 * 63
+TRAIN_SHARE, VAL_SHARE = 0.8, 0.1
+REFERENCE = {
+    "frames_per_second": 236_000,
+    "device": "one NVIDIA H200",
+    "batch_size": 1024,
+    "precision": "fp32",
+    "what": "β-VAE training steps of the paper preset, frames held on the GPU",
+}
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def machine_info() -> dict:
+    """Cores, platform, accelerator and the library versions that decide the speed."""
+    from pipeline import __version__
+
+    info = {
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda_build": torch.version.cuda,
+        "numpy": np.__version__,
+        "eegmi": __version__,
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "cuda": torch.cuda.is_available(),
+    }
+    if info["cuda"]:
+        info["gpu_name"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
+        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    return info
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model_and_optimiser(n_latents: int, beta: float, lr: float, device: torch.device):
+    from pipeline.models.vae import VAEConfig
+
+    torch.manual_seed(0)
+    model = VAEConfig(input_shape=FRAME_SHAPE, n_latents=n_latents, beta=beta).build().to(device).train()
+    return model, torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def _train_step(model, optimiser, batch: torch.Tensor, noise: torch.Generator) -> None:
+    """One step exactly as :class:`pipeline.train.VAETrainer` takes it."""
+    loss = model.loss(batch, noise)["total"]
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+
+
+def step_throughput(n_latents: int, batch_size: int, steps: int, warmup: int, device: torch.device) -> dict:
+    """Frames per second of training steps on one random batch (the values do not change the work)."""
+    model, optimiser = _model_and_optimiser(n_latents, beta=6.0, lr=1e-3, device=device)
+    batch = torch.randn(batch_size, *FRAME_SHAPE, generator=torch.Generator().manual_seed(1)).to(device)
+    noise = torch.Generator(device=device).manual_seed(2)
+    for _ in range(warmup):
+        _train_step(model, optimiser, batch, noise)
+    _synchronise(device)
+    step_seconds = []
+    cpu_start = time.process_time()
+    for _ in range(steps):
+        start = time.perf_counter()
+        _train_step(model, optimiser, batch, noise)
+        _synchronise(device)
+        step_seconds.append(time.perf_counter() - start)
+    cpu_seconds = time.process_time() - cpu_start
+    total = sum(step_seconds)
+    return {
+        "n_latents": n_latents,
+        "batch_size": batch_size,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "seconds": total,
+        "median_step_seconds": float(np.median(step_seconds)),
+        "frames_per_second": batch_size * steps / total,
+        "cpu_seconds": cpu_seconds,
+        "frames_per_cpu_second": batch_size * steps / cpu_seconds,
+    }
+
+
+def cpu_section(steps: int, warmup: int) -> dict:
+    device = torch.device("cpu")
+    runs = []
+    for n_latents in CPU_LATENTS:
+        for batch_size in CPU_BATCH_SIZES:
+            runs.append(step_throughput(n_latents, batch_size, steps, warmup, device))
+            print(
+                f"cpu: {n_latents} latents, batch {batch_size}: {runs[-1]['frames_per_second']:.0f} frames/s",
+                file=sys.stderr,
+            )
+    paper_like = next(run for run in runs if run["n_latents"] == 128 and run["batch_size"] == 1024)
+    train_frames = round(TRAIN_SHARE * FULL_DEAP_FRAMES)
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "data": "random normal frames, one batch reused (the values do not change the work)",
+        "runs": runs,
+        "paper_preset_epoch_seconds_estimate": train_frames / paper_like["frames_per_second"],
+        "paper_preset_300_epochs_hours_estimate": 300 * train_frames / paper_like["frames_per_second"] / 3600,
+        "ratio_to_reference": paper_like["frames_per_second"] / REFERENCE["frames_per_second"],
+    }
+
+
+def resident_training(epochs: int, device: torch.device, n_frames: int = FULL_DEAP_FRAMES) -> dict:
+    """The paper preset's training loop with every frame already on ``device``."""
+    from pipeline.presets import deap_preset
+
+    preset = deap_preset("paper").learn
+    batch_size = preset.train.batch_size
+    model, optimiser = _model_and_optimiser(preset.vae.n_latents, preset.vae.beta, preset.train.lr, device)
+    frames = torch.randn(n_frames, *FRAME_SHAPE, generator=torch.Generator().manual_seed(1)).to(device)
+    n_train, n_val = round(TRAIN_SHARE * n_frames), round(VAL_SHARE * n_frames)
+    train, val = frames[:n_train], frames[n_train : n_train + n_val]
+    noise = torch.Generator(device=device).manual_seed(2)
+    order_generator = torch.Generator(device=device).manual_seed(3)
+
+    def epoch() -> None:
+        model.train()
+        order = torch.randperm(n_train, device=device, generator=order_generator)
+        for start in range(0, n_train, batch_size):
+            _train_step(model, optimiser, train[order[start : start + batch_size]], noise)
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, n_val, batch_size):
+                model.loss(val[start : start + batch_size], noise)
+
+    epoch()  # warm-up: cuDNN picks its algorithms, the allocator fills its pools
+    _synchronise(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        epoch()
+    _synchronise(device)
+    seconds = time.perf_counter() - start
+    return {
+        "n_frames": n_frames,
+        "train_frames_per_epoch": n_train,
+        "val_frames_per_epoch": n_val,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "n_latents": preset.vae.n_latents,
+        "precision": "fp32",
+        "seconds": seconds,
+        "epoch_seconds": seconds / epochs,
+        "train_frames_per_second": n_train * epochs / seconds,
+        "end_to_end_seconds_300_epochs": 300 * seconds / epochs,
+    }
+
+
+def pipeline_trainer_epochs(epochs: int, device: torch.device, n_frames: int = FULL_DEAP_FRAMES) -> dict:
+    """The pipeline's VAETrainer on host frames (n_trials, 63, 3, 32, 32): streaming included."""
+    from pipeline.presets import deap_preset
+    from pipeline.train import TrainConfig, train_vae
+
+    preset = deap_preset("paper").learn
+    n_trials = n_frames // 63
+    frames = np.random.default_rng(1).standard_normal((n_trials, 63, *FRAME_SHAPE), dtype=np.float32)
+    rows = np.random.default_rng(2).permutation(n_trials)
+    n_train, n_val = round(TRAIN_SHARE * n_trials), round(VAL_SHARE * n_trials)
+    train_config = TrainConfig(**{**preset.train.to_dict(), "epochs": epochs, "device": str(device)})
+    with tempfile.TemporaryDirectory() as checkpoints:
+        result = train_vae(
+            frames, rows[:n_train], rows[n_train : n_train + n_val], preset.vae, train_config, checkpoints
+        )
+    epoch_seconds = [record["seconds"] for record in result.history]
+    steady = epoch_seconds[1:] or epoch_seconds
+    return {
+        "epochs": epochs,
+        "epoch_seconds": epoch_seconds,
+        "train_frames_per_second_after_first_epoch": n_train * 63 / float(np.mean(steady)),
+        "trials_per_read": train_config.trials_per_read,
+    }
+
+
+def gpu_section(epochs: int) -> dict:
+    if not torch.cuda.is_available():
+        return {
+            "paper_preset_full_deap": None,
+            "pipeline_trainer": None,
+            "ratio_to_reference": None,
+            "reason": "torch.cuda.is_available() is False here "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): no GPU result was measured",
+        }
+    device = torch.device("cuda")
+    resident = resident_training(epochs, device)
+    print(f"gpu: {resident['train_frames_per_second']:.0f} frames/s", file=sys.stderr)
+    return {
+        "paper_preset_full_deap": resident,
+        "pipeline_trainer": pipeline_trainer_epochs(2, device),
+        "ratio_to_reference": resident["train_frames_per_second"] / REFERENCE["frames_per_second"],
+        "reason": None,
+    }
+
+
+def demo_estimate(n_subjects: int, vae_epochs: int, classifier_epochs: int) -> dict:
+    """Time the demo preset's stages on ``n_subjects`` synthetic subjects and scale them to the preset.
+
+    Preprocessing, normalisation, encoding and one epoch of either model grow with the number of
+    trials; training time is one epoch's time × the preset's maximum epochs (early stopping can
+    only shorten it). The report is dominated by a fixed number of factor figures and is not
+    scaled. Prefect's server start (once per ``eegmi`` call) is not included.
+    """
+    from pipeline.config import PreprocessConfig
+    from pipeline.deap_report import build_deap_report
+    from pipeline.ingest import ingest_trials, open_deap_store
+    from pipeline.learn import (
+        LearnConfig,
+        checkpoint_model_id,
+        encode_store,
+        fit_store_normalisation,
+        make_split,
+        train_store_classifier,
+        train_store_vae,
+    )
+    from pipeline.presets import deap_preset
+    from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
+    from pipeline.train import ClassifierConfig, TrainConfig, load_classifier, load_vae
+
+    preset = deap_preset("demo")
+    spec = SyntheticDeapSpec(n_subjects=n_subjects)
+    measured = preset.learn
+    learn = LearnConfig(
+        vae=measured.vae,
+        # Patience >= epochs, so exactly the capped number of epochs runs.
+        train=TrainConfig(**{**measured.train.to_dict(), "epochs": vae_epochs, "patience": vae_epochs}),
+        classifier=ClassifierConfig(
+            **{**measured.classifier.to_dict(), "epochs": classifier_epochs, "patience": classifier_epochs}
+        ),
+        split_protocol=measured.split_protocol,
+        split_seed=measured.split_seed,
+        class_threshold=measured.class_threshold,
+        encode_batch_size=measured.encode_batch_size,
+    )
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as out_dir:
+        config = PreprocessConfig()
+        start = time.perf_counter()
+        store = open_deap_store(out_dir, config, "synthetic")
+        for subject in range(1, n_subjects + 1):
+            ingest_trials(store, generate_subject(spec, subject), config)
+        seconds["preprocess"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        fit_store_normalisation(store, make_split(store, learn.split_protocol, learn.split_seed, 5.0))
+        seconds["split_and_normalise"] = time.perf_counter() - start
+
+        checkpoints = Path(out_dir) / "checkpoints" / "vae"
+        result = train_store_vae(store, learn, checkpoints)
+        vae_epoch_seconds = [record["seconds"] for record in result.history]
+        seconds["vae_training"] = sum(vae_epoch_seconds)
+
+        start = time.perf_counter()
+        encode_store(store, load_vae(checkpoints), checkpoint_model_id(checkpoints), learn.encode_batch_size)
+        seconds["encode"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        train_store_classifier(store, learn, out_dir)
+        seconds["lstm_training"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        build_deap_report(
+            out_dir,
+            store,
+            load_vae(checkpoints),
+            load_classifier(Path(out_dir) / "checkpoints", "classifier"),
+            learn,
+            preset.rules,
+            {"preset": preset.to_dict(), "seed": 0},
+            f"synthetic://deap?subjects={n_subjects}",
+        )
+        seconds["report"] = time.perf_counter() - start
+        n_trials = len(store.committed_rows())
+
+    trial_scale = preset.synthetic_subjects * spec.n_trials / n_trials
+    # The steady epoch (the first also pays one-off set-up costs).
+    vae_epoch = vae_epoch_seconds[-1]
+    scaled = {
+        "preprocess": seconds["preprocess"] * trial_scale,
+        "split_and_normalise": seconds["split_and_normalise"] * trial_scale,
+        "vae_training": vae_epoch * trial_scale * preset.learn.train.epochs,
+        "encode": seconds["encode"] * trial_scale,
+        "lstm_training": seconds["lstm_training"] / classifier_epochs * trial_scale
+        * preset.learn.classifier.epochs,
+        "report": seconds["report"],
+    }  # fmt: skip
+    total = sum(scaled.values())
+    return {
+        "measured_on": {
+            "subjects": n_subjects,
+            "trials": n_trials,
+            "vae_epochs": vae_epochs,
+            "lstm_epochs": classifier_epochs,
+            "vae_epoch_seconds": vae_epoch_seconds,
+        },
+        "measured_seconds": seconds,
+        "demo_preset": {
+            "subjects": preset.synthetic_subjects,
+            "trials": preset.synthetic_subjects * spec.n_trials,
+            "vae_max_epochs": preset.learn.train.epochs,
+            "lstm_max_epochs": preset.learn.classifier.epochs,
+        },
+        "scaled_seconds": scaled,
+        "end_to_end_seconds_estimate": total,
+        "share": {stage: value / total for stage, value in scaled.items()},
+        "vae_training_share": scaled["vae_training"] / total,
+        "note": "training stages at their maximum epochs (early stopping only shortens them); the report "
+        "stage is not scaled (its figures are a fixed cost, its permutation tests grow with the trials); "
+        "Prefect's server start is not included",
+    }
+
+
+def run(steps: int, warmup: int, gpu_epochs: int, demo_subjects: int, demo_vae_epochs: int) -> dict:
+    torch.set_num_threads(usable_cores())
+    loads = [os.getloadavg()]
+    results: dict = {
+        "benchmark": "train",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "load_average_start": list(loads[0]),
+        "cuda": torch.cuda.is_available(),
+        "reference": REFERENCE,
+    }
+    results["cpu"] = cpu_section(steps, warmup)
+    loads.append(os.getloadavg())
+    results["gpu"] = gpu_section(gpu_epochs)
+    results["demo_estimate"] = demo_estimate(demo_subjects, demo_vae_epochs, classifier_epochs=5)
+    loads.append(os.getloadavg())
+    results["load_average_end"] = list(loads[-1])
+    # Other work competed for the CPU: every time is slower than on an idle machine.
+    results["shared_machine_busy"] = any(load[0] > usable_cores() / 2 for load in loads)
+    return results
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=_positive_int, default=5, help="timed CPU steps per configuration")
+    parser.add_argument("--warmup", type=_positive_int, default=2, help="untimed CPU steps first")
+    parser.add_argument(
+        "--gpu-epochs", type=_positive_int, default=300, help="timed epochs on the GPU (the paper's 300)"
+    )
+    parser.add_argument(
+        "--demo-subjects", type=_positive_int, default=2, help="synthetic subjects the demo stages run on"
+    )
+    parser.add_argument("--demo-vae-epochs", type=_positive_int, default=2, help="VAE epochs actually run")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file (default {RESULTS})")
+    args = parser.parse_args(argv)
+    results = run(args.steps, args.warmup, args.gpu_epochs, args.demo_subjects, args.demo_vae_epochs)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    cpu = results["cpu"]
+    print(f"wrote {args.output}", file=sys.stderr)
+    print(
+        f"CPU ({cpu['torch_threads']} threads), 128 latents, batch 1024: "
+        f"{math.floor(cpu['runs'][-1]['frames_per_second'])} frames/s; "
+        f"demo VAE share ≈ {results['demo_estimate']['vae_training_share']:.0%}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,9 @@ a crafted file cannot run code.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import importlib
+import io
 import os
 import pickle
 import re
@@ -108,8 +110,13 @@ def _numeric_array(where: Path, key: str, value: Any) -> np.ndarray:
     return value
 
 
-def _trials_from_arrays(path: Path, contents: dict, kind: str, subject: int | None) -> Trials:
-    """Validate DEAP's ``data``/``labels`` arrays and keep the EEG channels."""
+def _trials_from_arrays(
+    path: Path, contents: dict, kind: str, subject: int | None, sha256: str | None = None
+) -> Trials:
+    """Validate DEAP's ``data``/``labels`` arrays and keep the EEG channels.
+
+    ``sha256`` is the file's digest when the caller already holds its bytes; else it is read.
+    """
     missing = [key for key in _REQUIRED_KEYS if key not in contents]
     if missing:
         found = sorted(str(key) for key in contents if not str(key).startswith("__"))
@@ -132,7 +139,7 @@ def _trials_from_arrays(path: Path, contents: dict, kind: str, subject: int | No
         subject=np.full(n_trials, subject_id, dtype=np.int32),
         trial=np.arange(n_trials, dtype=np.int32),
         source=str(path),
-        source_sha256=file_sha256(path),
+        source_sha256=sha256 or file_sha256(path),
         kind=kind,
     )
 
@@ -162,7 +169,9 @@ def read_deap_dat(path: str | os.PathLike, subject: int | None = None) -> Trials
     """
     path = Path(path)
     _check_is_file(path)
-    with path.open("rb") as handle:
+    # One read serves both the content hash and the unpickler (the files are ~100 MB each).
+    raw = path.read_bytes()
+    with io.BytesIO(raw) as handle:
         try:
             contents = _ArrayOnlyUnpickler(handle, str(path)).load()
         except InputError:  # a refused global; InputError is a ValueError, so it must pass first
@@ -175,7 +184,7 @@ def read_deap_dat(path: str | os.PathLike, subject: int | None = None) -> Trials
     # Python 3 pickles written with bytes keys come back as bytes even under latin1.
     contents = {(key.decode("latin1") if isinstance(key, bytes) else key): value
                 for key, value in contents.items()}  # fmt: skip
-    return _trials_from_arrays(path, contents, "deap-python", subject)
+    return _trials_from_arrays(path, contents, "deap-python", subject, hashlib.sha256(raw).hexdigest())
 
 
 def read_deap_mat(path: str | os.PathLike, subject: int | None = None) -> Trials:

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.futures import as_completed
 
+from flows.runners import cluster_safe, exclusive_run, preprocess_task_runner
 from pipeline.config import PreprocessConfig
 from pipeline.deap_report import build_deap_report
 from pipeline.errors import InputError
@@ -23,6 +24,7 @@ from pipeline.learn import (
 )
 from pipeline.manifests import check_folder, load_manifest
 from pipeline.presets import deap_preset
+from pipeline.runlock import begin_update, finish_update
 from pipeline.sources.deap import read_source_file
 from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
 from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
@@ -55,17 +57,20 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
 def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
     trials = read_source_file(path)
-    return ingest_trials(open_deap_store(out_dir, preprocess, data_kind), trials, preprocess).to_dict()
+    store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
+    return ingest_trials(store, trials, preprocess).to_dict()
 
 
 @task(retries=1, retry_condition_fn=_retry_unless_bad_input)
 def ingest_synthetic_subject(spec: dict, subject: int, out_dir: str, config: dict) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
     trials = generate_subject(SyntheticDeapSpec.from_dict(spec), subject)
-    return ingest_trials(open_deap_store(out_dir, preprocess, "synthetic"), trials, preprocess).to_dict()
+    store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic"))
+    return ingest_trials(store, trials, preprocess).to_dict()
 
 
 @flow(name="deap-preprocess")
+@exclusive_run()
 def preprocess_deap(
     out_dir: str,
     data_dir: str | None = None,
@@ -235,6 +240,7 @@ def write_deap_report(
 
 
 @flow(name="deap")
+@exclusive_run(local_only=True)
 def deap(
     out_dir: str,
     data_dir: str | None = None,
@@ -242,6 +248,8 @@ def deap(
     seed: int = 0,
     resume: bool = False,
     synthetic_subjects: int | None = None,
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
 ) -> dict:
     """The whole DEAP pipeline: frames → β-VAE → Î ranking → LSTM → top-k tables → report.
 
@@ -255,14 +263,20 @@ def deap(
         spec = SyntheticDeapSpec(n_subjects=synthetic_subjects or settings.synthetic_subjects, seed=seed)
         synthetic = spec.to_dict()
         ground_truth = synthetic_ground_truth(spec)
-    preprocess_deap(out_dir=out_dir, data_dir=data_dir, synthetic=synthetic)
+    preprocess = preprocess_deap.with_options(task_runner=preprocess_task_runner(dask_address, dask_workers))
+    preprocess(out_dir=out_dir, data_dir=data_dir, synthetic=synthetic)
     learn = settings.learn.to_dict()
+    # Until the report is written, a killed run leaves a marker telling the next run what to finish.
+    begin_update(out_dir, settings.to_dict(), "training")
     split_and_normalise(out_dir, learn)
     train_frame_vae(out_dir, learn, resume)
     encode_frames_task(out_dir, learn)
     train_emotion_lstm(out_dir, learn)
+    begin_update(out_dir, settings.to_dict(), "report")
     run_config = {"preset": settings.to_dict(), "seed": seed, "resume": resume, "synthetic": synthetic}
     source_path = (
         data_dir if data_dir is not None else f"synthetic://deap?subjects={spec.n_subjects}&seed={seed}"
     )
-    return write_deap_report(out_dir, settings.to_dict(), run_config, source_path, ground_truth)
+    written = write_deap_report(out_dir, settings.to_dict(), run_config, source_path, ground_truth)
+    finish_update(out_dir)
+    return written

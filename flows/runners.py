@@ -1,0 +1,138 @@
+"""How flows run: where their tasks execute (threads or a Dask cluster) and one run per folder at a time.
+
+Preprocessing is one task per source file. By default the tasks run on threads of the flow's
+process (:class:`~prefect.task_runners.ThreadPoolTaskRunner`); the band-power and imaging
+work is numpy, which releases the GIL. For many files, or files on another machine, the same
+tasks run on a Dask cluster through prefect-dask's ``DaskTaskRunner``: an existing scheduler
+(``dask_address="tcp://host:8786"``) or a ``distributed.LocalCluster`` of ``dask_workers``
+worker processes started for the run and stopped after it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from pipeline.errors import InputError
+from pipeline.runlock import check_run_folder, output_errors, run_lock
+from pipeline.store import FrameStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DASK_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
+
+
+def preprocess_task_runner(dask_address: str | None = None, dask_workers: int | None = None) -> TaskRunner:
+    """The task runner for a preprocessing flow.
+
+    Parameters
+    ----------
+    dask_address : str, optional
+        Address of a running Dask scheduler, e.g. ``"tcp://10.0.0.5:8786"``. Its workers must
+        import ``eegmi`` (same version) and reach the data folder and the run folder.
+    dask_workers : int, optional
+        Start a ``distributed.LocalCluster`` with this many single-threaded worker processes.
+
+    Returns
+    -------
+    TaskRunner
+        A ``ThreadPoolTaskRunner`` when neither is given, else a ``DaskTaskRunner``.
+
+    Raises
+    ------
+    InputError
+        When both are given, the address has no Dask scheme, or the worker count is not a
+        positive integer.
+    """
+    if dask_address is not None and dask_workers is not None:
+        raise InputError("--dask-address", "give a scheduler address or a number of local workers, not both")
+    if dask_address is not None:
+        if not isinstance(dask_address, str) or not dask_address.startswith(_DASK_SCHEMES):
+            raise InputError(
+                "--dask-address", f"{dask_address!r} is not a Dask scheduler address like tcp://host:8786"
+            )
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=dask_address)
+    if dask_workers is not None:
+        if isinstance(dask_workers, bool) or not isinstance(dask_workers, int) or dask_workers < 1:
+            raise InputError("--dask-workers", f"must be a positive integer, got {dask_workers!r}")
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            # One thread per process: the work is CPU-bound, and numpy's own threads would
+            # otherwise oversubscribe the cores.
+            cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True},
+        )
+    return ThreadPoolTaskRunner()
+
+
+class _ClusterLockedWrites:
+    """A frame store whose trial writes take a Dask-cluster-wide lock named after the store.
+
+    The store's own writer lock covers the threads and processes of one machine; workers on
+    several machines writing one store (typically at an fsspec URL) need the scheduler's lock.
+    Only writes are serialised: reading and band-power work still run in parallel.
+    """
+
+    def __init__(self, store: FrameStore, lock: Any):
+        self._store = store
+        self._lock = lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def add_trials(self, *args: Any, **kwargs: Any) -> int:
+        with self._lock:
+            return self._store.add_trials(*args, **kwargs)
+
+
+def cluster_safe(store: FrameStore) -> FrameStore:
+    """``store`` itself, or inside a Dask worker a view of it whose trial writes take a cluster-wide lock."""
+    try:
+        from distributed import Lock, get_worker
+
+        get_worker()
+    except (ImportError, ValueError):  # not running on a Dask worker
+        return store
+    return _ClusterLockedWrites(store, Lock(f"eegmi-store:{store.path}"))  # type: ignore[return-value]
+
+
+def exclusive_run(*, local_only: bool = False) -> Callable[[F], F]:
+    """Decorate a flow function so that it holds its run folder (``out_dir``) from start to end.
+
+    The folder is checked first (created, writable; with ``local_only`` a URL is refused), a
+    second run on the same folder waits for the first, and a write the file system refuses
+    (full, read-only) ends the run with one :class:`~pipeline.runlock.OutputLocationError`.
+    Put it below ``@flow`` so Prefect sees the function's own signature.
+    """
+
+    def decorate(function: F) -> F:
+        signature = inspect.signature(function)
+        if "out_dir" not in signature.parameters:
+            raise TypeError(f"{function.__qualname__} has no out_dir parameter to lock")
+
+        @functools.wraps(function)
+        def run_exclusively(*args: Any, **kwargs: Any) -> Any:
+            out_dir = signature.bind(*args, **kwargs).arguments["out_dir"]
+            check_run_folder(out_dir, local_only=local_only)
+            try:
+                warn = get_run_logger().warning
+            except MissingContextError:  # called as plain ``flow.fn(...)``, outside a flow run
+                warn = logging.getLogger(__name__).warning
+            with (
+                run_lock(out_dir, flow=function.__name__, on_wait=warn),
+                output_errors(out_dir),
+            ):
+                return function(*args, **kwargs)
+
+        return run_exclusively  # type: ignore[return-value]
+
+    return decorate

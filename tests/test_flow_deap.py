@@ -152,3 +152,22 @@ def test_factors_follow_the_ranking_and_the_html_report_is_written(flow_run):
     assert html.lstrip().lower().startswith("<!doctype html")
     accuracy = format_sig3(report["classification"]["test_accuracy"])
     assert f'<tr><th>Test accuracy</th><td class="num">{accuracy}</td></tr>' in html
+
+
+@pytest.mark.timeout(300)
+def test_inspect_report_notebook_executes_on_the_run(flow_run, monkeypatch):
+    """notebooks/inspect_report.ipynb runs top to bottom on a real run folder."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    out_dir, _, report = flow_run
+    monkeypatch.setenv("EEGMI_RUN", str(out_dir))
+    notebook = nbformat.read("notebooks/inspect_report.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=180, kernel_name="python3").execute()
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(not any(o.output_type == "error" for o in cell.outputs) for cell in code_cells)
+    printed = "".join(o.text for cell in code_cells for o in cell.outputs if o.output_type == "stream")
+    top = report["mi"]["ranking"][0]
+    assert f"z{top}" in printed and f"{report['mi']['total_nats']:.3f}" in printed
+    images = [o for cell in code_cells for o in cell.outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # the factor's topomap, its traversal, the re-thresholded topomap

@@ -27,18 +27,31 @@ def _add_preprocess(commands: argparse._SubParsersAction) -> None:
         "--subjects", type=int, default=None, help="synthetic data only: number of subjects (default 32)"
     )
     parser.add_argument("--seed", type=int, default=0, help="synthetic data only: generator seed")
+    _add_dask_options(parser)
     parser.set_defaults(run=_run_preprocess)
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
-    from flows.deap import SourceFilesFailed, preprocess_deap
+    from pipeline.manifests import check_folder
+    from pipeline.sources.synthetic import SyntheticDeapSpec
 
     synthetic = None
-    if args.data_dir is None:
+    # Bad input is reported here, in one line, before a Prefect server starts for the flow.
+    if args.data_dir is not None:
+        check_folder(args.data_dir, "deap")
+    else:
         synthetic = {"seed": args.seed}
         if args.subjects is not None:
             synthetic["n_subjects"] = args.subjects
-    state = preprocess_deap(out_dir=args.out, data_dir=args.data_dir, synthetic=synthetic, return_state=True)
+        SyntheticDeapSpec.from_dict(synthetic)
+
+    from flows.deap import SourceFilesFailed, preprocess_deap
+    from flows.runners import preprocess_task_runner
+
+    runner = preprocess_task_runner(args.dask_address, args.dask_workers)
+    state = preprocess_deap.with_options(task_runner=runner)(
+        out_dir=args.out, data_dir=args.data_dir, synthetic=synthetic, return_state=True
+    )
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, SourceFilesFailed):
         for name, why in outcome.failures.items():
@@ -84,6 +97,7 @@ def _add_deap(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="synthetic data only: number of subjects (default: the preset's)",
     )
+    _add_dask_options(parser)
     parser.set_defaults(run=_run_deap)
 
 
@@ -97,6 +111,8 @@ def _run_deap(args: argparse.Namespace) -> int:
         seed=args.seed,
         resume=args.resume,
         synthetic_subjects=args.subjects,
+        dask_address=args.dask_address,
+        dask_workers=args.dask_workers,
         return_state=True,
     )
     outcome = state.result(raise_on_failure=False)
@@ -116,6 +132,172 @@ def _run_deap(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_dask_options(parser: argparse.ArgumentParser) -> None:
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--dask-address",
+        metavar="ADDRESS",
+        help="preprocess on a running Dask cluster, e.g. tcp://10.0.0.5:8786 (its workers must reach "
+        "the data and the run folder)",
+    )
+    cluster.add_argument(
+        "--dask-workers",
+        type=int,
+        metavar="N",
+        help="preprocess on a Dask LocalCluster of N worker processes started for this run",
+    )
+
+
+def _add_ingest(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "ingest",
+        help="add new recordings to a run: store, encode with its model, rewrite the report",
+        description="Add recordings (.bdf .edf .fif .fif.gz .set .vhdr, each with <stem>_labels.csv "
+        "beside it) to OUT/frames.zarr without touching stored trials; a file already stored (same "
+        "bytes) is skipped. If OUT holds trained models, the new trials are encoded with them and the "
+        "report is rewritten without retraining; --retrain fits the models again on everything stored.",
+    )
+    parser.add_argument("recordings", nargs="*", metavar="RECORDING", help="recording files")
+    parser.add_argument(
+        "--inbox", metavar="DIR", help="take the recordings in DIR not stored before (see `eegmi serve`)"
+    )
+    parser.add_argument("--out", required=True, help="run folder; the store is OUT/frames.zarr")
+    parser.add_argument("--retrain", action="store_true", help="refit split, β-VAE and LSTM on everything")
+    parser.add_argument(
+        "--interpolate-missing",
+        action="store_true",
+        help="interpolate up to 8 missing DEAP channels instead of refusing the recording",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("demo", "paper"),
+        default=None,
+        help="settings for --retrain (default: those recorded in OUT/report.json, else demo)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for --preset")
+    _add_dask_options(parser)
+    parser.set_defaults(run=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from pipeline.errors import InputError
+
+    if args.recordings and args.inbox:
+        raise InputError("eegmi ingest", "give recording files or --inbox DIR, not both")
+    if not (args.recordings or args.inbox or args.retrain):
+        raise InputError("eegmi ingest", "nothing to do: give recording files, --inbox DIR or --retrain")
+    from flows.deap import SourceFilesFailed
+    from flows.ingest import ingest_inbox, ingest_recordings
+
+    common = {
+        "out_dir": args.out,
+        "retrain": args.retrain,
+        "interpolate_missing": args.interpolate_missing,
+        "preset": args.preset,
+        "seed": args.seed,
+        "dask_address": args.dask_address,
+        "dask_workers": args.dask_workers,
+    }
+    if args.inbox:
+        state = ingest_inbox(inbox_dir=args.inbox, **common, return_state=True)
+    else:
+        state = ingest_recordings(recordings=args.recordings, **common, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, SourceFilesFailed):
+        for name, why in outcome.failures.items():
+            print(f"eegmi: error: {name}: {why}", file=sys.stderr)
+        n_failed, n_stored = len(outcome.failures), outcome.n_stored_files
+        print(f"eegmi: {n_failed} recording(s) failed; {n_stored} stored and processed", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(outcome, BaseException):
+        raise outcome
+    print(
+        f"{outcome['store']}: {outcome['n_trials_stored']} trials stored "
+        f"({outcome['n_trials_new']} new from {outcome['n_recordings']} recording(s))"
+    )
+    if outcome["action"] == "nothing stored":
+        print("no trials stored yet: nothing to train, encode or report")
+    elif outcome["action"] == "stored only":
+        print(f"no trained models in {args.out} yet: run `eegmi ingest --retrain --out {args.out}` to train")
+    else:
+        print(f"models {outcome['action']}; {outcome['n_encoded']} trial(s) encoded")
+        print(f"report: {outcome['report_html']}")
+    return EXIT_OK
+
+
+def _add_schedule_options(parser: argparse.ArgumentParser) -> None:
+    from flows.deployments import DEFAULT_NIGHTLY_CRON, DEFAULT_SETTLE_SECONDS, DEFAULT_WEEKLY_CRON
+
+    parser.add_argument("--inbox", required=True, metavar="DIR", help="folder new recordings are put in")
+    parser.add_argument("--out", required=True, help="run folder the recordings are added to")
+    parser.add_argument(
+        "--nightly", default=DEFAULT_NIGHTLY_CRON, metavar="CRON", help="cron of the nightly ingest"
+    )
+    parser.add_argument(
+        "--weekly", default=DEFAULT_WEEKLY_CRON, metavar="CRON", help="cron of the weekly retrain"
+    )
+    parser.add_argument("--timezone", default="UTC", help="IANA zone of the cron times (default UTC)")
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=DEFAULT_SETTLE_SECONDS,
+        help="leave files changed more recently than this for the next run (still being copied)",
+    )
+    parser.add_argument(
+        "--interpolate-missing", action="store_true", help="interpolate up to 8 missing DEAP channels"
+    )
+
+
+def _schedule_specs(args: argparse.Namespace) -> list:
+    from flows.deployments import deployment_specs
+
+    return deployment_specs(
+        args.inbox,
+        args.out,
+        nightly_cron=args.nightly,
+        weekly_cron=args.weekly,
+        timezone=args.timezone,
+        interpolate_missing=args.interpolate_missing,
+        settle_seconds=args.settle_seconds,
+    )
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve the scheduled runs: nightly ingest of an inbox, weekly retrain",
+        description="Register the nightly-ingest and weekly-retrain deployments with the Prefect API "
+        "(PREFECT_API_URL, or a temporary local server) and run them on schedule until Ctrl-C.",
+    )
+    _add_schedule_options(parser)
+    parser.add_argument("--limit", type=int, default=None, help="most runs at once")
+    parser.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from flows.deployments import serve_deployments
+
+    serve_deployments(_schedule_specs(args), limit=args.limit)
+    return EXIT_OK
+
+
+def _add_deployments(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "deployments",
+        help="list the scheduled runs `eegmi serve` would serve, without starting anything",
+        description="Print each deployment with its cron schedule, next run and parameters.",
+    )
+    _add_schedule_options(parser)
+    parser.set_defaults(run=_run_deployments)
+
+
+def _run_deployments(args: argparse.Namespace) -> int:
+    from flows.deployments import describe
+
+    print(describe(_schedule_specs(args)))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eegmi",
@@ -124,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_preprocess(commands)
     _add_deap(commands)
+    _add_ingest(commands)
+    _add_serve(commands)
+    _add_deployments(commands)
     return parser
 
 

@@ -1,0 +1,433 @@
+"""Image batches into the frame store, and the image store read back: split, frames, latents.
+
+An image store is a frame store (:mod:`pipeline.store`) whose rows are single images:
+``frames`` (n, 1, C, H, W) in [0, 1], ``labels`` (n, 1) the class or -1, ``source`` the file an
+image came from (one IDX file holds many images, a JPEG one) and ``trial`` the image's position
+in it, so a row's key ``(source_sha256, trial)`` names one image and re-running an ingest never
+stores an image twice. Images have no subjects: the ``subject`` column holds the image's part of
+the reader's split instead (0 train, 1 validation, 2 test), fixed when the image is stored, so
+a resumed or repeated run trains and evaluates on exactly the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import zarr
+
+from pipeline import __version__
+from pipeline.errors import InputError
+from pipeline.image_presets import IMAGE_DATASETS, SplitCaps
+from pipeline.ingest import store_path
+from pipeline.models.vae import BetaVAE
+from pipeline.sources.celeba import SkippedImage
+from pipeline.sources.images import SPLIT_NAMES, ImageBatch, check_whole_number
+from pipeline.splits import Split
+from pipeline.store import FrameStore
+from pipeline.train import iter_encode_frames
+
+IMAGE_DATA_KINDS: tuple[str, ...] = ("idx", "images", "synthetic")
+SPLIT_PROTOCOL = "image"
+FRAME_UNITS = "pixel intensity in [0, 1]"
+SUBJECT_MEANING = "images have no subjects: the column holds the image's split part (0 train, 1 val, 2 test)"
+_READ_BLOCK_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class ImageStoreConfig:
+    """What makes the stored pixels and their split: a store refuses images made any other way.
+
+    Attributes
+    ----------
+    dataset : str
+        ``"mnist"`` or ``"celeba"``.
+    image_shape : (C, H, W)
+        Shape of every stored image.
+    preprocessing : str
+        How the reader turned file contents into pixels in [0, 1].
+    split_rule : str
+        How the reader assigned each image to train, validation or test.
+    split_seed : int
+        Seed of that assignment.
+    """
+
+    dataset: str
+    image_shape: tuple[int, int, int]
+    preprocessing: str
+    split_rule: str
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        where = "ImageStoreConfig"
+        if self.dataset not in IMAGE_DATASETS:
+            raise InputError(where, f"dataset {self.dataset!r} is not one of {IMAGE_DATASETS}")
+        shape = tuple(self.image_shape)
+        if len(shape) != 3:
+            raise InputError(where, f"image_shape {self.image_shape!r} is not (C, H, W)")
+        object.__setattr__(
+            self, "image_shape", tuple(check_whole_number(n, f"{where}.image_shape") for n in shape)
+        )
+        for name in ("preprocessing", "split_rule"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise InputError(where, f"{name} must be a non-empty description")
+        check_whole_number(self.split_seed, f"{where}.split_seed", minimum=0)
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "image_shape": list(self.image_shape),
+            "preprocessing": self.preprocessing,
+            "split_rule": self.split_rule,
+            "split_seed": int(self.split_seed),
+        }
+
+    def config_hash(self) -> str:
+        """Short stable hash (first 16 hex digits of SHA-256), the store's ``config_hash``."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _store_attrs(config: ImageStoreConfig, data_kind: str, data_source: str, extra: dict) -> dict:
+    return {
+        "dataset": config.dataset,
+        "data_kind": data_kind,
+        "data_source": data_source,
+        "image_config": config.to_dict(),
+        "image_shape": list(config.image_shape),
+        "label_names": ["class"],
+        "frame_units": FRAME_UNITS,
+        "subject_meaning": SUBJECT_MEANING,
+        "package_version": __version__,
+        **extra,
+    }
+
+
+def open_image_store(
+    out_dir: str | os.PathLike,
+    config: ImageStoreConfig,
+    data_kind: str,
+    data_source: str,
+    extra_attrs: dict | None = None,
+) -> FrameStore:
+    """Create ``OUT/frames.zarr`` for images, or reopen it to append images of the same source.
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        The run folder (local path or fsspec URL).
+    config : ImageStoreConfig
+        Pixel preprocessing and split; part of the store's configuration hash.
+    data_kind : str
+        ``"idx"`` (MNIST files), ``"images"`` (JPEG folders, scikit-learn's digits) or
+        ``"synthetic"`` (procedural images); becomes the report's ``source.kind``.
+    data_source : str
+        The data folder, or the ``embedded://`` name of a generated set.
+    extra_attrs : dict, optional
+        JSON-native attributes to record as well (e.g. the procedural ground truth).
+
+    Returns
+    -------
+    FrameStore
+        A writable handle; frames (n, 1, C, H, W), one label per image.
+
+    Raises
+    ------
+    InputError
+        Naming the store when it holds another kind or source of images, or was built under
+        another configuration or image shape.
+    """
+    if not isinstance(config, ImageStoreConfig):
+        raise InputError("config", f"expected an ImageStoreConfig, got {type(config).__name__}")
+    if data_kind not in IMAGE_DATA_KINDS:
+        raise InputError("data_kind", f"{data_kind!r} is not one of {IMAGE_DATA_KINDS}")
+    if not isinstance(data_source, str) or not data_source:
+        raise InputError("data_source", f"{data_source!r} must name the data folder or embedded set")
+    path = store_path(os.fspath(out_dir))
+    # Checked before create_or_open, which would overwrite the stored kind and source with this run's.
+    try:
+        stored = FrameStore.open(path).attrs
+    except InputError:  # no store yet, or not a frame store: create_or_open creates it or says why
+        stored = {}
+    for key, value in (("data_kind", data_kind), ("data_source", data_source)):
+        if key in stored and stored[key] != value:
+            raise InputError(
+                path,
+                f"holds images of {key} {stored[key]!r}; this run adds {value!r}; use a new --out folder",
+            )
+    return FrameStore.create_or_open(
+        path,
+        config_hash=config.config_hash(),
+        attrs=_store_attrs(config, data_kind, data_source, dict(extra_attrs or {})),
+        frame_shape=(1, *config.image_shape),
+        label_width=1,
+    )
+
+
+@dataclass
+class ImageIngestResult:
+    """What an ingest read and stored; JSON-small, so it can travel as a Prefect result.
+
+    ``taken`` counts the images of each part within the caps (stored now or before),
+    ``n_written`` those newly stored, ``skipped`` the unreadable images the reader named.
+    """
+
+    n_read: int = 0
+    n_written: int = 0
+    n_sources: int = 0
+    taken: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLIT_NAMES, 0))
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "n_read": self.n_read,
+            "n_written": self.n_written,
+            "n_sources": self.n_sources,
+            "taken": dict(self.taken),
+            "skipped": [dict(entry) for entry in self.skipped],
+        }
+
+
+def _within_caps(split: np.ndarray, caps: tuple[int | None, ...], taken: list[int]) -> np.ndarray:
+    """Which images of a batch still fit their part's cap, in stream order; updates ``taken``."""
+    keep = np.zeros(split.shape, dtype=bool)
+    for part, cap in enumerate(caps):
+        members = np.flatnonzero(split == part)
+        room = members.size if cap is None else max(0, cap - taken[part])
+        keep[members[:room]] = True
+        taken[part] += min(room, members.size)
+    return keep
+
+
+def _caps_full(caps: tuple[int | None, ...], taken: list[int]) -> bool:
+    return all(cap is not None and count >= cap for cap, count in zip(caps, taken, strict=True))
+
+
+def _as_rows(rows: Iterable[int]) -> np.ndarray:
+    return rows if isinstance(rows, np.ndarray) else np.fromiter(rows, dtype=np.int64)
+
+
+def _check_image_store(store: FrameStore) -> tuple[int, int, int]:
+    if not isinstance(store, FrameStore):
+        raise InputError("store", f"expected a FrameStore, got {type(store).__name__}")
+    if len(store.frame_shape) != 4 or store.frame_shape[0] != 1 or store.label_width != 1:
+        raise InputError(
+            store.path,
+            f"holds frames {store.frame_shape} with {store.label_width} labels; an image store holds "
+            "(1, C, H, W) frames with one label",
+        )
+    return tuple(store.frame_shape[1:])
+
+
+def ingest_image_batches(
+    store: FrameStore,
+    batches: Iterable[ImageBatch],
+    caps: SplitCaps | None = None,
+    progress: Callable[[dict], None] | None = None,
+    skipped: Sequence[SkippedImage] | None = None,
+) -> ImageIngestResult:
+    """Store the images of a reader's batches that the store does not hold yet.
+
+    Each image is stored under its source file and its position in it, so a repeated ingest
+    writes nothing new and an interrupted one resumes where it stopped: the store commits the
+    images of one source in one batch together, so a kill never leaves an image half-stored.
+
+    Parameters
+    ----------
+    store : FrameStore
+        A writable image store from :func:`open_image_store`.
+    batches : iterable of ImageBatch
+        A reader's stream; every batch must carry a split and the store's image shape. Only
+        one batch is held at a time.
+    caps : SplitCaps, optional
+        Take at most this many images of each part, the first ones of the stream; reading
+        stops once every part is full. Images stored earlier count towards the caps, so a
+        repeated run selects the same images.
+    progress : callable, optional
+        Called after each batch with the counts so far (``ImageIngestResult.to_dict()``).
+    skipped : list of SkippedImage, optional
+        The list the reader records unreadable images in (``iter_celeba(..., skipped=...)``);
+        its entries end up in the result's ``skipped``.
+
+    Returns
+    -------
+    ImageIngestResult
+
+    Raises
+    ------
+    InputError
+        Naming the batch's origin when a batch is not an ImageBatch, carries no split, or
+        holds images of another shape.
+    """
+    image_shape = _check_image_store(store)
+    if caps is not None and not isinstance(caps, SplitCaps):
+        raise InputError("caps", f"expected SplitCaps, got {type(caps).__name__}")
+    cap_values = (caps or SplitCaps()).as_tuple()
+    stored = store.stored_keys()
+    taken = [0, 0, 0]
+    sources: set[str] = set()
+    result = ImageIngestResult()
+    for batch in batches:
+        if not isinstance(batch, ImageBatch):
+            raise InputError("batches", f"yielded a {type(batch).__name__}; expected ImageBatch")
+        if batch.split is None:
+            raise InputError(batch.origin, "batch carries no train/val/test split; the image store needs one")
+        if batch.image_shape != image_shape:
+            raise InputError(
+                batch.origin, f"images are {batch.image_shape}; the store {store.path} holds {image_shape}"
+            )
+        result.n_read += len(batch)
+        keep = np.flatnonzero(_within_caps(batch.split, cap_values, taken))
+        by_source: dict[tuple[str, str], list[int]] = {}
+        for position in keep:
+            by_source.setdefault((batch.names[position], batch.source_sha256[position]), []).append(position)
+        for (name, sha), positions in by_source.items():
+            sources.add(sha)
+            new = [p for p in positions if (sha, int(batch.index[p])) not in stored]
+            if new:
+                result.n_written += store.add_trials(
+                    frames=batch.images[new][:, None],
+                    labels=batch.labels[new],
+                    subject=batch.split[new].astype(np.int32),
+                    trial=batch.index[new],
+                    source=name,
+                    source_sha256=sha,
+                )
+        result.taken = dict(zip(SPLIT_NAMES, taken, strict=True))
+        result.n_sources = len(sources)
+        if progress is not None:
+            progress(result.to_dict())
+        if _caps_full(cap_values, taken):
+            break
+    result.skipped = [{"name": entry.name, "reason": entry.reason} for entry in skipped or ()]
+    return result
+
+
+def image_split(store: FrameStore, caps: SplitCaps | None = None) -> Split:
+    """The store's images by part, as store rows: the first ``caps`` of each part in row order.
+
+    Returns
+    -------
+    Split
+        ``train``, ``val`` and ``test`` rows (int64, ascending), protocol ``"image"`` and the
+        seed of the reader's split.
+
+    Raises
+    ------
+    InputError
+        Naming the store when it holds no training image or a row's part is not 0, 1 or 2.
+    """
+    _check_image_store(store)
+    rows = store.committed_rows()
+    parts = store.subject
+    bad = ~np.isin(parts, (0, 1, 2))
+    if bad.any():
+        raise InputError(store.path, f"rows {rows[bad][:5].tolist()} have no split part (subject 0, 1 or 2)")
+    cap_values = (caps or SplitCaps()).as_tuple()
+    selected = [rows[parts == part][:cap] for part, cap in enumerate(cap_values)]
+    if selected[0].size == 0:
+        raise InputError(store.path, "holds no training image")
+    seed = int(store.attrs.get("image_config", {}).get("split_seed", 0))
+    return Split(
+        train=selected[0].astype(np.int64),
+        val=selected[1].astype(np.int64),
+        test=selected[2].astype(np.int64),
+        protocol=SPLIT_PROTOCOL,
+        seed=seed,
+    )
+
+
+class FramesInMemory:
+    """Frames of chosen store rows, read once, indexed by store row like ``FrameStore.frames``.
+
+    Training reads every image once per epoch; a zarr chunk per image costs about a
+    millisecond to open, so data sets that fit in memory are read once instead. Only the
+    chosen rows are held; asking for another row raises.
+
+    Parameters
+    ----------
+    store : FrameStore
+    rows : int array-like
+        Committed rows to hold.
+    """
+
+    def __init__(self, store: FrameStore, rows: Iterable[int]):
+        rows = np.unique(_as_rows(rows))
+        self.shape = (store.n_rows, *store.frame_shape)
+        self._position = np.full(store.n_rows, -1, dtype=np.int64)
+        self._position[rows] = np.arange(rows.size)
+        self._where = f"{store.path}/frames"
+        blocks = [
+            store.read_frames(rows[i : i + _READ_BLOCK_ROWS]) for i in range(0, rows.size, _READ_BLOCK_ROWS)
+        ]
+        self._frames = np.concatenate(blocks) if blocks else np.empty((0, *store.frame_shape), np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._frames.nbytes)
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        position = self._position[int(row)]
+        if position < 0:
+            raise InputError(self._where, f"row {int(row)} was not read into memory")
+        return self._frames[position]
+
+
+def frames_for(
+    store: FrameStore, rows: Iterable[int], memory_budget_bytes: int
+) -> FramesInMemory | zarr.Array:
+    """The frames of ``rows`` in memory if they fit ``memory_budget_bytes``, else the store's zarr array."""
+    rows = _as_rows(rows)
+    frame_bytes = 4 * int(np.prod(store.frame_shape))
+    if rows.size * frame_bytes <= memory_budget_bytes:
+        return FramesInMemory(store, rows)
+    return store.frames
+
+
+def encode_image_store(
+    store: FrameStore,
+    model: BetaVAE,
+    model_id: str,
+    rows: Iterable[int],
+    frames=None,
+    batch_size: int = 512,
+) -> int:
+    """Write μ and log σ² of the images of ``rows`` that this model has not encoded yet.
+
+    Latents of another model are cleared first. Written group by group, so a killed run resumes
+    where it stopped.
+
+    Parameters
+    ----------
+    store : FrameStore
+        A writable image store.
+    model : BetaVAE
+    model_id : str
+        Identifies the weights (e.g. ``pipeline.learn.checkpoint_model_id``).
+    rows : int array-like
+        Committed rows to encode.
+    frames : array-like, optional
+        ``store.frames`` or a :class:`FramesInMemory` holding ``rows``; the store's by default.
+    batch_size : int
+        Images per encoder pass.
+
+    Returns
+    -------
+    int
+        Number of images encoded now.
+    """
+    _check_image_store(store)
+    if store.latent_model_id not in (None, model_id):
+        store.clear_latents()
+    todo = np.setdiff1d(_as_rows(rows), store.latent_rows())
+    if todo.size == 0:
+        return 0
+    for group, mu, logvar in iter_encode_frames(
+        model, store.frames if frames is None else frames, todo, batch_size
+    ):
+        store.write_latents(group, mu, logvar, model_id=model_id)
+    return int(todo.size)

@@ -1,0 +1,216 @@
+"""The image flows end to end through the CLI (eegmi mnist, eegmi celeba) and their report stages."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flows.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from pipeline.errors import InputError
+from pipeline.image_report import (
+    information_cutoff,
+    masked_reconstruction_mse,
+    traversal_montage,
+)
+from pipeline.mi import DEFAULT_TOPK_PERCENTS, estimate_mi
+from pipeline.models.vae import VAEConfig
+from pipeline.report.figures import PNG_SIGNATURE
+from pipeline.sources.celeba import IMAGE_FOLDER, PARTITION_FILE
+from pipeline.sources.images import SPLIT_TEST
+from pipeline.sources.mnist import MNIST_FILES, digits_as_mnist, write_idx
+from pipeline.store import FrameStore
+from pipeline.train import load_vae
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+CORRUPT = "000005.jpg"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def digits_idx_folder(tmp_path):
+    """scikit-learn's digits as MNIST IDX files: 60 training and 30 test images."""
+    digits = digits_as_mnist()
+    pixels = np.round(digits.images[:, 0] * 255).astype(np.uint8)
+    labels = digits.labels[:, 0].astype(np.uint8)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    write_idx(folder / (MNIST_FILES["train_images"] + ".gz"), pixels[:60])
+    write_idx(folder / MNIST_FILES["train_labels"], labels[:60])
+    write_idx(folder / MNIST_FILES["test_images"], pixels[60:90])
+    write_idx(folder / MNIST_FILES["test_labels"], labels[60:90])
+    return folder
+
+
+def _read_report(out):
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+
+
+def test_mnist_flow_writes_table_2_and_montages_and_a_rerun_adds_nothing(tmp_path, digits_idx_folder, capsys):
+    out = tmp_path / "run"
+    assert main(["mnist", "--data-dir", str(digits_idx_folder), "--out", str(out)]) == EXIT_OK
+    printed = capsys.readouterr().out
+    report = _read_report(out)
+    mi = report["mi"]
+    per_factor = np.array(mi["per_factor_nats"])
+    assert report["dataset"] == "mnist" and report["source"]["kind"] == "idx"
+    assert report["source"]["taken"] == {"train": 54, "val": 6, "test": 30}
+    assert per_factor.size == 128 and mi["estimated_on"] == "30 test images"
+    assert f"Î: {mi['n_influential']} of 128 factor(s) influential" in printed
+    assert mi["n_influential"] == np.count_nonzero(per_factor > mi["influential_threshold_nats"])
+
+    # Î, Table 2's errors and its 0 % row, recomputed from the store and the checkpoint.
+    store = FrameStore.open(out / "frames.zarr")
+    test_rows = store.committed_rows()[store.subject == SPLIT_TEST]
+    assert sorted(store.source[store.subject == SPLIT_TEST]) == [MNIST_FILES["test_images"]] * 30
+    np.testing.assert_allclose(
+        per_factor, estimate_mi(*store.read_latents(test_rows)).per_factor_nats, rtol=1e-9
+    )
+    model = load_vae(out / "checkpoints" / "vae")
+    images = torch.from_numpy(store.read_frames(test_rows)[:, 0])
+    with torch.no_grad():
+        mse_all = float(((model.reconstruct(images) - images) ** 2).mean())
+        mse_none = float(((model.decode(torch.zeros(1, 128)) - images) ** 2).mean())
+    topk = {row["percent"]: row for row in report["topk"]}
+    assert tuple(topk) == DEFAULT_TOPK_PERCENTS
+    assert topk[100]["mse"] == pytest.approx(mse_all, rel=1e-4) and topk[0]["mse"] == pytest.approx(
+        mse_none, rel=1e-4
+    )
+    assert topk[100]["total_mi_nats"] == pytest.approx(mi["total_nats"]) and topk[0]["total_mi_nats"] == 0
+    for row in report["topk"]:
+        assert row["accuracy"] is None and row["sse_per_image"] == pytest.approx(row["mse"] * 784)
+
+    cutoff = report["information_cutoff"]
+    cumulative = np.cumsum(np.sort(per_factor)[::-1])
+    k = cutoff["n_factors"]
+    assert cumulative[k - 1] >= 0.99 * mi["total_nats"] * (1 - 1e-9)
+    assert k == 1 or cumulative[k - 2] < 0.99 * mi["total_nats"]
+    assert cutoff["mse_all_factors"] == pytest.approx(mse_all, rel=1e-4)
+    assert cutoff["within_tolerance"] == (cutoff["mse"] <= 1.05 * cutoff["mse_all_factors"])
+
+    factors = report["factors"]
+    assert [f["index"] for f in factors] == mi["ranking"][:10]
+    assert [f["rank"] for f in factors] == list(range(1, 11))
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for factor in factors:
+        figure = out / "figures" / f"factor_{factor['index']:03d}_traversal.png"
+        assert figure.read_bytes().startswith(PNG_SIGNATURE)
+        assert f'id="factor-{factor["index"]}"' in html
+
+    latents_before = store.read_latents(store.committed_rows())[0]
+    assert main(["mnist", "--data-dir", str(digits_idx_folder), "--out", str(out), "--resume"]) == EXIT_OK
+    store = FrameStore.open(out / "frames.zarr")
+    assert len(store.committed_rows()) == 90
+    np.testing.assert_array_equal(store.read_latents(store.committed_rows())[0], latents_before)
+    assert _read_report(out)["mi"]["per_factor_nats"] == mi["per_factor_nats"]
+
+
+def test_mnist_flow_names_a_bad_idx_file_and_exits_2(tmp_path, digits_idx_folder, capsys):
+    bad = digits_idx_folder / MNIST_FILES["test_images"]
+    bad.write_bytes(b"\x12\x34\x08\x03" + bad.read_bytes()[4:])
+    assert (
+        main(["mnist", "--data-dir", str(digits_idx_folder), "--out", str(tmp_path / "run")])
+        == EXIT_BAD_INPUT
+    )
+    error = capsys.readouterr().err
+    assert f"{bad}: bad magic number" in error
+
+
+def _write_face(path, i):
+    """A 178x218 image: a square whose colour and position change with i, on grey."""
+    pixels = np.full((218, 178, 3), 90, dtype=np.uint8)
+    top, left = 40 + 6 * (i % 7), 20 + 9 * (i % 5)
+    pixels[top : top + 70, left : left + 70] = (25 * i % 256, 200 - 10 * i, 60 + 12 * i)
+    Image.fromarray(pixels).save(path, quality=92)
+
+
+def test_celeba_flow_names_and_skips_a_corrupt_jpeg_and_stores_the_rest(tmp_path, capsys):
+    root = tmp_path / "celeba"
+    (root / IMAGE_FOLDER).mkdir(parents=True)
+    names = [f"{i:06d}.jpg" for i in range(1, 13)]
+    for i, name in enumerate(names, start=1):
+        _write_face(root / IMAGE_FOLDER / name, i)
+    corrupt = root / IMAGE_FOLDER / CORRUPT
+    corrupt.write_bytes(corrupt.read_bytes()[:300])
+    parts = [0] * 8 + [1] * 2 + [2] * 2
+    (root / PARTITION_FILE).write_text("".join(f"{n} {p}\n" for n, p in zip(names, parts, strict=True)))
+    out = tmp_path / "run"
+
+    assert main(["celeba", "--data-dir", str(root), "--out", str(out)]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert f"skipped unreadable image {CORRUPT}" in captured.err
+    store = FrameStore.open(out / "frames.zarr")
+    assert sorted(store.source.tolist()) == [name for name in names if name != CORRUPT]
+    assert store.frame_shape == (1, 3, 64, 64)
+    report = _read_report(out)
+    assert [entry["name"] for entry in report["source"]["skipped"]] == [CORRUPT]
+    assert report["dataset"] == "celeba" and report["source"]["kind"] == "images"
+    assert report["source"]["n_images"] == 11 and report["split_sizes"] == {"train": 7, "val": 2, "test": 2}
+    assert len(report["mi"]["per_factor_nats"]) == 32 and report["config"]["preset"]["vae"]["likelihood"] == (
+        "gaussian-mixture"
+    )
+    assert "ground_truth" not in report
+    assert (out / "report.html").stat().st_size > 10_000
+
+
+def test_masked_reconstruction_mse_equals_reconstructing_with_the_mask():
+    torch.manual_seed(3)
+    model = VAEConfig((1, 28, 28), n_latents=6, likelihood="bernoulli").build().eval()
+    images = torch.rand(9, 1, 28, 28)
+    keep = np.array([True, False, True, True, False, False])
+    with torch.no_grad():
+        mu = model.encode(images)[0].numpy()
+        expected = float(((model.reconstruct(images, keep) - images) ** 2).mean())
+    assert masked_reconstruction_mse(model, images.numpy(), mu, keep) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(InputError, match=r"mu: shape \(9, 5\)"):
+        masked_reconstruction_mse(model, images.numpy(), mu[:, :5], keep)
+
+
+def test_information_cutoff_keeps_the_fewest_factors_holding_99_percent():
+    # Factor j's posterior mean spreads with standard deviation a_j, its posterior sd is 0.1.
+    rng = np.random.default_rng(0)
+    spreads = np.array([0.0, 3.0, 0.0, 1.0, 0.02, 0.3])
+    mu = rng.standard_normal((20_000, 6)) * spreads
+    estimate = estimate_mi(mu, np.full_like(mu, np.log(0.01)))
+    ranked = estimate.per_factor_nats[estimate.ranking]
+    share_of_top_3 = ranked[:3].sum() / ranked.sum()
+    assert (
+        list(estimate.ranking[:3]) == [1, 3, 5]
+        and share_of_top_3 > 0.99
+        and ranked[:2].sum() < 0.99 * ranked.sum()
+    )
+
+    def mse_of(keep):  # the error grows with the information left out
+        return 1.0 + float(estimate.per_factor_nats[~keep].sum())
+
+    cutoff = information_cutoff(estimate, mse_of)
+    assert cutoff["n_factors"] == 3 and cutoff["mi_nats"] == pytest.approx(ranked[:3].sum())
+    assert cutoff["mse_all_factors"] == 1.0 and cutoff["relative_increase"] == pytest.approx(ranked[3:].sum())
+    assert cutoff["within_tolerance"] == (ranked[3:].sum() <= 0.05)
+    strict = information_cutoff(estimate, mse_of, share=1.0, tolerance=0.0)
+    # All of Î sits in the four factors whose posterior means move; the two constant ones add nothing.
+    assert np.count_nonzero(estimate.per_factor_nats) == 4
+    assert strict["n_factors"] == 4 and strict["relative_increase"] == 0.0 and strict["within_tolerance"]
+
+
+def test_traversal_montage_draws_one_row_per_seed_and_checks_its_input():
+    grey = np.random.default_rng(1).random((7, 3, 1, 28, 28))
+    colour = np.random.default_rng(2).random((5, 4, 3, 64, 64)) * 1.2  # overshoot is clipped
+    small = Image.open(io.BytesIO(traversal_montage(grey, np.linspace(-3, 3, 7))))
+    large = Image.open(io.BytesIO(traversal_montage(colour, np.linspace(-2, 2, 5), ["a", "b", "c", "d"])))
+    assert small.width > small.height and large.height > small.height
+    with pytest.raises(InputError, match="expected \\(n_values, n_seeds, 1 or 3, H, W\\)"):
+        traversal_montage(grey[:, :, :, :, :, None], np.linspace(-3, 3, 7))
+    with pytest.raises(InputError, match="values: has shape \\(6,\\)"):
+        traversal_montage(grey, np.linspace(-3, 3, 6))
+    with pytest.raises(InputError, match="row_labels: has 2 labels for 3 seed images"):
+        traversal_montage(grey, np.linspace(-3, 3, 7), ["x", "y"])

@@ -10,6 +10,12 @@ from flows._runtime import configure_offline_prefect
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def _print_file_failures(failures: dict[str, str]) -> None:
+    """One stderr line per source file that failed, naming it and what is wrong."""
+    for name, why in failures.items():
+        print(f"eegmi: error: {name}: {why}", file=sys.stderr)
+
+
 def _add_preprocess(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "preprocess",
@@ -54,8 +60,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     )
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, SourceFilesFailed):
-        for name, why in outcome.failures.items():
-            print(f"eegmi: error: {name}: {why}", file=sys.stderr)
+        _print_file_failures(outcome.failures)
         n_failed, n_stored = len(outcome.failures), outcome.n_stored_files
         print(f"eegmi: {n_failed} file(s) failed; {n_stored} stored", file=sys.stderr)
         return EXIT_FAILED
@@ -117,8 +122,7 @@ def _run_deap(args: argparse.Namespace) -> int:
     )
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, SourceFilesFailed):
-        for name, why in outcome.failures.items():
-            print(f"eegmi: error: {name}: {why}", file=sys.stderr)
+        _print_file_failures(outcome.failures)
         print("eegmi: stopped before training: fix or remove the files above and rerun", file=sys.stderr)
         return EXIT_FAILED
     if isinstance(outcome, BaseException):
@@ -204,8 +208,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
         state = ingest_recordings(recordings=args.recordings, **common, return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, SourceFilesFailed):
-        for name, why in outcome.failures.items():
-            print(f"eegmi: error: {name}: {why}", file=sys.stderr)
+        _print_file_failures(outcome.failures)
         n_failed, n_stored = len(outcome.failures), outcome.n_stored_files
         print(f"eegmi: {n_failed} recording(s) failed; {n_stored} stored and processed", file=sys.stderr)
         return EXIT_FAILED

@@ -311,7 +311,8 @@ def run(
         "n_files": len(files),
         "file_bytes": sum(path.stat().st_size for path in files),
         "files": "DEAP data_preprocessed_python layout (float64, 40 channels) written by "
-        "pipeline.sources.synthetic.write_synthetic_deap: Python 3 pickles, protocol 2",
+        "pipeline.sources.synthetic.write_synthetic_deap: Python 3 pickles, protocol 4 (array bytes "
+        "stored verbatim, as in DEAP's own cPickle files)",
         "generate_seconds": generate_seconds,
         "page_cache": "files written just before (or by an earlier run) and likely cached in memory",
     }

@@ -69,7 +69,7 @@ def ingest_synthetic_subject(spec: dict, subject: int, out_dir: str, config: dic
     return ingest_trials(store, trials, preprocess).to_dict()
 
 
-@flow(name="deap-preprocess")
+@flow(name="deap-preprocess", task_runner=preprocess_task_runner())
 @exclusive_run()
 def preprocess_deap(
     out_dir: str,

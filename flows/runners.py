@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -71,7 +72,16 @@ def preprocess_task_runner(dask_address: str | None = None, dask_workers: int | 
             # otherwise oversubscribe the cores.
             cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True},
         )
-    return ThreadPoolTaskRunner()
+    # One thread per usable core: the work is CPU-bound, and every extra thread holds another
+    # ~100 MB file in memory while it waits (measured: 2 threads beat 6 by a fifth on 2 cores).
+    return ThreadPoolTaskRunner(max_workers=usable_cores())
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 class _ClusterLockedWrites:

@@ -167,11 +167,43 @@ def _as_finite_float32(values: Any, where: str, name: str, shape: tuple[int | No
         raise InputError(where, f"{name} has shape {array.shape}; expected ({expected})")
     if array.size and not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise InputError(where, f"{name} has dtype {array.dtype}; expected real numbers")
-    array = array.astype(np.float32)
-    n_bad = int(np.count_nonzero(~np.isfinite(array)))
-    if n_bad:
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        n_bad = int(np.count_nonzero(~np.isfinite(array)))
         raise InputError(where, f"{name} holds {n_bad} non-finite values")
     return array
+
+
+def _contiguous_runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(first row, stop row, offset into rows)`` for each run of consecutive ``rows``."""
+    if rows.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [rows.size]])
+    return [(int(rows[a]), int(rows[b - 1]) + 1, int(a)) for a, b in zip(starts, stops, strict=True)]
+
+
+def write_rows(array: zarr.Array, rows: np.ndarray, values: np.ndarray) -> None:
+    """``array[rows] = values`` as one slice write per run of consecutive rows.
+
+    zarr's orthogonal indexing is about twice as slow as slicing for whole-chunk writes, and
+    the rows a store reserves are almost always one run.
+    """
+    values = np.asarray(values)
+    for start, stop, offset in _contiguous_runs(np.asarray(rows, dtype=np.int64)):
+        array[start:stop] = values[offset : offset + stop - start]
+
+
+def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` in the order given, read as one slice per run of consecutive sorted rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    out = np.empty((rows.size, *array.shape[1:]), dtype=array.dtype)
+    for start, stop, offset in _contiguous_runs(ordered):
+        out[order[offset : offset + stop - start]] = array[start:stop]
+    return out
 
 
 def _strings(array: np.ndarray) -> np.ndarray:
@@ -207,8 +239,9 @@ class FrameStore:
         self.writable = writable
         # Only create_or_open, which checks the caller's config hash, may add trials.
         self._may_add_trials = False
+        present = set(group.array_keys())
         for name in (*ROW_ARRAYS, COMMIT_ARRAY):
-            if name not in group.array_keys():
+            if name not in present:
                 raise InputError(path, f"is not a frame store: array {name!r} is missing")
         self._load_rows()
 
@@ -292,7 +325,7 @@ class FrameStore:
             existing = dict(group.attrs)
             if not existing and not list(group.keys()):
                 # Attrs first: a run killed while creating leaves a store the next run can complete.
-                group.attrs.update(
+                group.update_attributes(
                     {**attrs, "config_hash": config_hash, "store_format": STORE_FORMAT, "created": _now()}
                 )
             elif existing.get("store_format") != STORE_FORMAT:
@@ -387,7 +420,7 @@ class FrameStore:
     def read_frames(self, rows: Iterable[int]) -> np.ndarray:
         """Frames of the given committed rows, float32 (len(rows), *frame_shape)."""
         rows = self._check_committed(rows, "rows")
-        return np.asarray(self._arrays["frames"].oindex[rows], dtype=np.float32)
+        return read_rows(self._arrays["frames"], rows)
 
     @property
     def labels(self) -> np.ndarray:
@@ -498,12 +531,12 @@ class FrameStore:
             if not n_new:
                 return 0
             rows = self._reserve_rows(n_new)
-            self._arrays["frames"].oindex[rows] = frames[new]
-            self._arrays["labels"].oindex[rows] = labels[new]
-            self._arrays["subject"].oindex[rows] = subject[new]
-            self._arrays["trial"].oindex[rows] = trial[new]
-            self._arrays["source"].oindex[rows] = np.array([source] * n_new)
-            self._arrays["source_sha256"].oindex[rows] = np.array([source_sha256] * n_new)
+            write_rows(self._arrays["frames"], rows, frames[new])
+            write_rows(self._arrays["labels"], rows, labels[new])
+            write_rows(self._arrays["subject"], rows, subject[new])
+            write_rows(self._arrays["trial"], rows, trial[new])
+            write_rows(self._arrays["source"], rows, np.array([source] * n_new))
+            write_rows(self._arrays["source_sha256"], rows, np.array([source_sha256] * n_new))
             self._commit(rows)
             for row, index in zip(rows, trial[new], strict=True):
                 self._row_of_key[(source_sha256, int(index))] = int(row)
@@ -572,9 +605,9 @@ class FrameStore:
         if model_id is not None and (not isinstance(model_id, str) or not model_id):
             raise InputError(self.path, f"model_id must be a non-empty str, got {model_id!r}")
         latents = self._require_latents(mu_shape[2], model_id)
-        latents["mu"].oindex[rows] = mu
-        latents["logvar"].oindex[rows] = logvar
-        latents[LATENT_MARKER].oindex[rows] = True
+        write_rows(latents["mu"], rows, mu)
+        write_rows(latents["logvar"], rows, logvar)
+        write_rows(latents[LATENT_MARKER], rows, np.ones(rows.size, dtype=bool))
         self._write_attrs({})
 
     def read_latents(self, rows: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -585,8 +618,8 @@ class FrameStore:
             raise InputError(self.path, f"rows {missing[:10].tolist()} have no latents")
         latents = self._group[LATENTS_GROUP]
         return (
-            np.asarray(latents["mu"].oindex[rows], dtype=np.float32),
-            np.asarray(latents["logvar"].oindex[rows], dtype=np.float32),
+            read_rows(latents["mu"], rows),
+            read_rows(latents["logvar"], rows),
         )
 
     def clear_latents(self) -> None:
@@ -603,7 +636,8 @@ class FrameStore:
             raise InputError(self.path, "is opened read-only; use FrameStore.open(path, writable=True)")
 
     def _write_attrs(self, values: dict) -> None:
-        self._group.attrs.update({**values, "package_version": __version__, "updated": _now()})
+        # One metadata write; ``attrs.update`` would rewrite zarr.json once per key.
+        self._group.update_attributes({**values, "package_version": __version__, "updated": _now()})
 
     def _read_committed(self, name: str) -> np.ndarray:
         return self._arrays[name][: self.n_rows][self._committed]
@@ -639,7 +673,7 @@ class FrameStore:
         return free.astype(np.int64)
 
     def _commit(self, rows: np.ndarray) -> None:
-        self._arrays[COMMIT_ARRAY].oindex[rows] = True
+        write_rows(self._arrays[COMMIT_ARRAY], rows, np.ones(rows.size, dtype=bool))
         self._committed[rows] = True
 
     def _require_latents(self, latent_size: int, model_id: str | None) -> zarr.Group:

@@ -416,3 +416,21 @@ def test_two_processes_ingesting_at_once_store_each_trial_once(tmp_path):
     fresh = _contents_by_key(FrameStore.open(tmp_path / "fresh.zarr"))
     for key, (frames, labels, _, _) in _contents_by_key(store).items():
         assert frames.tobytes() == fresh[key][0].tobytes() and labels.tobytes() == fresh[key][1].tobytes()
+
+
+def test_row_runs_read_and_write_in_the_order_given(tmp_path):
+    from pipeline.store import read_rows, write_rows
+
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=(12, 3), chunks=(1, 3), dtype="float32", fill_value=np.nan
+    )
+    rows = np.array([7, 2, 3, 4, 9, 10, 0])  # runs 7 | 2-4 | 9-10 | 0, in no sorted order
+    values = np.arange(rows.size * 3, dtype=np.float32).reshape(rows.size, 3)
+    write_rows(array, rows, values)
+
+    expected = np.full((12, 3), np.nan, dtype=np.float32)
+    expected[rows] = values
+    np.testing.assert_array_equal(array[:], expected)
+    np.testing.assert_array_equal(read_rows(array, rows), values)
+    np.testing.assert_array_equal(read_rows(array, rows[::-1]), values[::-1])
+    assert read_rows(array, np.array([], dtype=np.int64)).shape == (0, 3)

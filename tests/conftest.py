@@ -22,3 +22,11 @@ def prefect_harness():
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
+
+@pytest.fixture(scope="session")
+def small_deap_run(prefect_harness, tmp_path_factory):
+    """One run of the ``deap`` flow on 3 small synthetic subjects: (out_dir, flow result, report)."""
+    from small_deap_run import run_small_deap_flow
+
+    return run_small_deap_flow(tmp_path_factory.mktemp("deap-run"))
+

@@ -270,3 +270,38 @@ def test_report_renders_in_chromium(browser, tmp_path):
     inside_banner = pixels[int(banner["top"]) + 6, int(banner["left"]) + 6]
     np.testing.assert_allclose(inside_banner, np.array([0xFD, 0xEC, 0xEA]) / 255, atol=0.02)
     assert pixels.std() > 0.05
+
+
+def test_report_of_a_small_run_renders_in_chromium(browser, small_deap_run, tmp_path):
+    """report.html exactly as the ``deap`` flow wrote it: loads cleanly, every card and figure shown."""
+    out_dir, _, report = small_deap_run
+    session = _open_page(browser, (out_dir / "report.html").resolve().as_uri())
+    events = browser.events_of(session)
+    page = browser.send("Runtime.evaluate", {"expression": PAGE_PROBE, "returnByValue": True},
+                        session=session)["result"]["value"]
+    height = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]["height"]
+    screenshot = _full_page_screenshot(browser, session, height)
+    (tmp_path / "small-run-report.png").write_bytes(screenshot)
+    if os.environ.get("EEGMI_SCREENSHOT_DIR"):
+        target_dir = Path(os.environ["EEGMI_SCREENSHOT_DIR"])
+        target_dir.mkdir(parents=True, exist_ok=True)
+        (target_dir / "small-run-report.png").write_bytes(screenshot)
+
+    assert _problems(events) == []
+    requested = _requested_urls(events)
+    assert requested and all(url.startswith(("file://", "data:")) for url in requested), requested
+    assert "synthetic" in page["title"] and page["scripts"] == 0
+    assert page["scrollWidth"] <= VIEWPORT[0]
+    assert page["banner"]["text"].startswith("Synthetic data — not a recording")
+
+    # A card per reported factor, in report order, each with its topomaps and traversal strip,
+    # and the blocks report.json names for it.
+    assert [card["id"] for card in page["cards"]] == [f"factor-{f['index']}" for f in report["factors"]]
+    for card, factor in zip(page["cards"], report["factors"], strict=True):
+        assert card["images"] == 2
+        assert card["blocks"] == [f"{block['name']} ({block['band']})" for block in factor["blocks"]]
+    # The run's figures (Î vs variance, top-k, confusion) plus two per card, all decoded and legible.
+    assert len(page["images"]) == 3 + 2 * len(report["factors"])
+    assert all(image["complete"] and image["data"] and image["width"] > 100 for image in page["images"])
+    assert all(image["shownWidth"] > 200 for image in page["images"])
+    assert screenshot.startswith(PNG_SIGNATURE) and png_size(screenshot)[0] == VIEWPORT[0]

@@ -1,0 +1,64 @@
+"""A small synthetic DEAP run of the whole ``deap`` flow, shared by the flow, notebook and browser tests."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.factors import FactorRules
+from pipeline.learn import LearnConfig
+from pipeline.models.vae import VAEConfig
+from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset
+from pipeline.sources.synthetic import SyntheticDeapSpec
+from pipeline.train import ClassifierConfig, TrainConfig
+
+N_SUBJECTS = 3
+TRIALS_PER_SUBJECT = 8
+N_LATENTS = 4
+SEED = 3
+
+
+@dataclass(frozen=True)
+class SmallSyntheticSpec(SyntheticDeapSpec):
+    """The synthetic DEAP with fewer trials per subject; the flow has no setting for it."""
+
+    n_trials: int = TRIALS_PER_SUBJECT
+
+
+def tiny_preset(name: str, seed: int = 0) -> DeapPreset:
+    """A preset that runs in seconds: few latents, one VAE epoch, a small LSTM, few permutations, and
+    figures for the influential factors only (at least one), since each factor's maps take a while."""
+    return DeapPreset(
+        name=f"tiny-{name}",
+        synthetic_subjects=N_SUBJECTS,
+        learn=LearnConfig(
+            vae=VAEConfig(input_shape=DEAP_FRAME_SHAPE, n_latents=N_LATENTS, beta=4.0),
+            train=TrainConfig(epochs=1, batch_size=64, seed=seed, trials_per_read=8, device="cpu"),
+            classifier=ClassifierConfig(hidden=8, epochs=3, batch_size=8, seed=seed, device="cpu"),
+            split_seed=seed,
+        ),
+        rules=FactorRules(min_reported=1, n_permutations=50, n_seed_frames=4),
+    )
+
+
+def run_small_deap_flow(out_dir: Path) -> tuple[Path, dict, dict]:
+    """Run the flow on 3 synthetic subjects into ``out_dir``; returns (out_dir, flow result, report)."""
+    import flows.deap
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(flows.deap, "deap_preset", tiny_preset)
+            patch.setattr(flows.deap, "SyntheticDeapSpec", SmallSyntheticSpec)
+            result = flows.deap.deap(
+                out_dir=str(out_dir), preset="demo", seed=SEED, synthetic_subjects=N_SUBJECTS
+            )
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((out_dir / "report.json").read_text())
+    return out_dir, result, report

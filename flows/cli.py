@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from flows._runtime import configure_offline_prefect
@@ -343,54 +344,35 @@ def _print_image_outcome(outcome: dict) -> None:
         )
 
 
-def _add_mnist(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "mnist",
-        help="MNIST through the same stages: store, β-VAE, Î ranking, Table 2, traversals, report",
-        description="Store MNIST's IDX files (or, without --data-dir, scikit-learn's 1797 digits laid out "
-        "like MNIST), train the paper's 128-latent β-VAE, rank its factors by Î(X;Z_j) and write "
+# Each image data set's command runs the flow flows.<dataset>.<dataset>; only the texts differ.
+_IMAGE_COMMANDS: dict[str, dict[str, str]] = {
+    "mnist": {
+        "help": "MNIST through the same stages: store, β-VAE, Î ranking, Table 2, traversals, report",
+        "description": "Store MNIST's IDX files (or, without --data-dir, scikit-learn's 1797 digits laid "
+        "out like MNIST), train the paper's 128-latent β-VAE, rank its factors by Î(X;Z_j) and write "
         "OUT/report.json and OUT/report.html with traversal montages of the top factors.",
-    )
-    _add_image_options(parser, "mnist", "folder of the four MNIST IDX files, raw or .gz (Fashion-MNIST too)")
-    parser.set_defaults(run=_run_mnist)
-
-
-def _run_mnist(args: argparse.Namespace) -> int:
-    from flows.mnist import mnist
-
-    state = mnist(
-        out_dir=args.out,
-        data_dir=args.data_dir,
-        preset=args.preset,
-        seed=args.seed,
-        resume=args.resume,
-        return_state=True,
-    )
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, BaseException):
-        raise outcome
-    _print_image_outcome(outcome)
-    return EXIT_OK
-
-
-def _add_celeba(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "celeba",
-        help="CelebA through the same stages: store, β-VAE, Î ranking, Table 2, traversals, report",
-        description="Store CelebA's aligned JPEGs as 64x64 RGB (or, without --data-dir, procedural images "
-        "with 4 known factors), train the paper's β-VAE, rank its factors by Î(X;Z_j) and write "
+        "data_help": "folder of the four MNIST IDX files, raw or .gz (Fashion-MNIST too)",
+    },
+    "celeba": {
+        "help": "CelebA through the same stages: store, β-VAE, Î ranking, Table 2, traversals, report",
+        "description": "Store CelebA's aligned JPEGs as 64x64 RGB (or, without --data-dir, procedural "
+        "images with 4 known factors), train the paper's β-VAE, rank its factors by Î(X;Z_j) and write "
         "OUT/report.json and OUT/report.html. An unreadable image is named and skipped.",
-    )
-    _add_image_options(
-        parser, "celeba", "CelebA root holding img_align_celeba/ (and list_eval_partition.txt)"
-    )
-    parser.set_defaults(run=_run_celeba)
+        "data_help": "CelebA root holding img_align_celeba/ (and list_eval_partition.txt)",
+    },
+}
 
 
-def _run_celeba(args: argparse.Namespace) -> int:
-    from flows.celeba import celeba
+def _add_image_commands(commands: argparse._SubParsersAction) -> None:
+    for dataset, texts in _IMAGE_COMMANDS.items():
+        parser = commands.add_parser(dataset, help=texts["help"], description=texts["description"])
+        _add_image_options(parser, dataset, texts["data_help"])
+        parser.set_defaults(run=_run_image_flow, dataset=dataset)
 
-    state = celeba(
+
+def _run_image_flow(args: argparse.Namespace) -> int:
+    flow = getattr(importlib.import_module(f"flows.{args.dataset}"), args.dataset)
+    state = flow(
         out_dir=args.out,
         data_dir=args.data_dir,
         preset=args.preset,
@@ -413,8 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_preprocess(commands)
     _add_deap(commands)
-    _add_mnist(commands)
-    _add_celeba(commands)
+    _add_image_commands(commands)
     _add_ingest(commands)
     _add_serve(commands)
     _add_deployments(commands)

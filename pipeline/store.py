@@ -30,7 +30,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -155,6 +155,16 @@ def _as_row_vector(values: Any, where: str, name: str, n_expected: int) -> np.nd
     if array.size and (array.min() < info.min or array.max() > info.max):
         raise InputError(where, f"{name} holds values outside the int32 range")
     return array.astype(np.int32)
+
+
+def _per_row_names(values: str | Sequence[str], name: str, n_expected: int, where: str) -> list[str]:
+    """One string for every row: a single str repeated, or a sequence of ``n_expected`` str."""
+    if isinstance(values, str):
+        return [values] * n_expected
+    names = list(values) if isinstance(values, Sequence | np.ndarray) else None
+    if names is None or len(names) != n_expected or not all(isinstance(v, str) for v in names):
+        raise InputError(where, f"{name} must be a str or {n_expected} str (one per trial), got {values!r}")
+    return names
 
 
 def _as_finite_float32(values: Any, where: str, name: str, shape: tuple[int | None, ...]) -> np.ndarray:
@@ -476,10 +486,10 @@ class FrameStore:
         labels: np.ndarray,
         subject: np.ndarray,
         trial: np.ndarray,
-        source: str,
-        source_sha256: str,
+        source: str | Sequence[str],
+        source_sha256: str | Sequence[str],
     ) -> int:
-        """Write the trials of one source file that the store does not hold yet.
+        """Write the trials of one source file (or one file per trial) that the store does not hold yet.
 
         Parameters
         ----------
@@ -488,11 +498,13 @@ class FrameStore:
         labels : array (k, label_width)
             Finite real values, stored as float32.
         subject, trial : int arrays (k,)
-            Subject id and the trial's index within its source file (unique, >= 0).
-        source : str
-            Path or name of the source file.
-        source_sha256 : str
-            64 lowercase hex digits: SHA-256 of the source file.
+            Subject id and the trial's index within its source file (>= 0; each
+            ``(source_sha256, trial)`` pair once).
+        source : str or sequence of k str
+            Path or name of the source file, or of each trial's file: a data set of one image
+            per file (CelebA's JPEGs) writes many files in one call.
+        source_sha256 : str or sequence of k str
+            64 lowercase hex digits: SHA-256 of the source file, or of each trial's file.
 
         Returns
         -------
@@ -508,25 +520,30 @@ class FrameStore:
         """
         if not self._may_add_trials:
             raise InputError(self.path, "adding trials needs a handle from FrameStore.create_or_open")
-        if not isinstance(source, str) or not source:
-            raise InputError(self.path, f"source must be a non-empty str, got {source!r}")
-        if not isinstance(source_sha256, str) or not _SHA256_HEX.fullmatch(source_sha256):
-            raise InputError(source, f"source_sha256 must be 64 lowercase hex digits, got {source_sha256!r}")
-        frames = _as_finite_float32(frames, source, "frames", (None, *self.frame_shape))
+        where = source if isinstance(source, str) else self.path
+        frames = _as_finite_float32(frames, where, "frames", (None, *self.frame_shape))
         n_trials = frames.shape[0]
-        labels = _as_finite_float32(labels, source, "labels", (n_trials, self.label_width))
-        subject = _as_row_vector(subject, source, "subject", n_trials)
-        trial = _as_row_vector(trial, source, "trial", n_trials)
+        sources = _per_row_names(source, "source", n_trials, self.path)
+        shas = _per_row_names(source_sha256, "source_sha256", n_trials, self.path)
+        for name, sha in zip(sources, shas, strict=True):
+            if not name:
+                raise InputError(self.path, f"source must be a non-empty str, got {name!r}")
+            if not _SHA256_HEX.fullmatch(sha):
+                raise InputError(name, f"source_sha256 must be 64 lowercase hex digits, got {sha!r}")
+        labels = _as_finite_float32(labels, where, "labels", (n_trials, self.label_width))
+        subject = _as_row_vector(subject, where, "subject", n_trials)
+        trial = _as_row_vector(trial, where, "trial", n_trials)
         if n_trials and trial.min() < 0:
-            raise InputError(source, "trial holds negative indices")
-        if np.unique(trial).size != n_trials:
-            raise InputError(source, "trial holds repeated indices; each (file, trial) must be unique")
+            raise InputError(where, "trial holds negative indices")
+        if len(set(zip(shas, trial.tolist(), strict=True))) != n_trials:
+            raise InputError(where, "trial holds repeated indices; each (file, trial) must be unique")
 
         with writer_lock(self.path):
             # Another handle (a parallel task, another process) may have added rows since this
             # one was opened; reserving from a stale view would overwrite them.
             self._load_rows()
-            new = np.array([(source_sha256, int(t)) not in self._row_of_key for t in trial], dtype=bool)
+            keys = zip(shas, trial.tolist(), strict=True)
+            new = np.array([key not in self._row_of_key for key in keys], dtype=bool)
             n_new = int(np.count_nonzero(new))
             if not n_new:
                 return 0
@@ -535,11 +552,11 @@ class FrameStore:
             write_rows(self._arrays["labels"], rows, labels[new])
             write_rows(self._arrays["subject"], rows, subject[new])
             write_rows(self._arrays["trial"], rows, trial[new])
-            write_rows(self._arrays["source"], rows, np.array([source] * n_new))
-            write_rows(self._arrays["source_sha256"], rows, np.array([source_sha256] * n_new))
+            write_rows(self._arrays["source"], rows, np.array(sources)[new])
+            write_rows(self._arrays["source_sha256"], rows, np.array(shas)[new])
             self._commit(rows)
-            for row, index in zip(rows, trial[new], strict=True):
-                self._row_of_key[(source_sha256, int(index))] = int(row)
+            for row, sha, index in zip(rows, np.array(shas)[new], trial[new], strict=True):
+                self._row_of_key[(str(sha), int(index))] = int(row)
             self._write_attrs({})
         return n_new
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pipeline.errors import InputError
 from pipeline.factors import FactorRules
@@ -31,40 +32,54 @@ class DeapPreset:
         }
 
 
+class _Scale(NamedTuple):
+    """What differs between the presets; the model (β = 6, LSTM 128) and optimisers are shared."""
+
+    synthetic_subjects: int
+    n_latents: int
+    vae_epochs: int
+    vae_batch_size: int
+    vae_patience: int
+    trials_per_read: int
+    lstm_epochs: int
+    lstm_patience: int
+
+
+_SCALES = {
+    # Sized for <= 10 minutes end to end on 2 CPU cores (measured in the README).
+    "demo": _Scale(8, 32, 10, 128, 4, 16, 80, 12),
+    # Appendix A.3/A.4: 128 latents, beta = 6, 300 epochs, LSTM 128; meant for a GPU.
+    "paper": _Scale(32, 128, 300, 1024, 30, 64, 200, 20),
+}
+
+
 def deap_preset(name: str, seed: int = 0) -> DeapPreset:
     """The ``demo`` or ``paper`` preset with every seed set to ``seed``."""
-    if name == "demo":
-        # Sized for <= 10 minutes end to end on 2 CPU cores (measured in the README).
-        return DeapPreset(
-            name="demo",
-            synthetic_subjects=8,
-            learn=LearnConfig(
-                vae=VAEConfig(input_shape=DEAP_FRAME_SHAPE, n_latents=32, beta=6.0),
-                train=TrainConfig(
-                    epochs=10, batch_size=128, lr=1e-3, patience=4, seed=seed, trials_per_read=16
-                ),
-                classifier=ClassifierConfig(
-                    hidden=128, epochs=80, batch_size=32, lr=1e-3, patience=12, seed=seed
-                ),
-                split_seed=seed,
+    if name not in _SCALES:
+        raise InputError("preset", f"{name!r} is not a preset; choose one of {sorted(_SCALES)}")
+    scale = _SCALES[name]
+    return DeapPreset(
+        name=name,
+        synthetic_subjects=scale.synthetic_subjects,
+        learn=LearnConfig(
+            vae=VAEConfig(input_shape=DEAP_FRAME_SHAPE, n_latents=scale.n_latents, beta=6.0),
+            train=TrainConfig(
+                epochs=scale.vae_epochs,
+                batch_size=scale.vae_batch_size,
+                lr=1e-3,
+                patience=scale.vae_patience,
+                seed=seed,
+                trials_per_read=scale.trials_per_read,
             ),
-            rules=FactorRules(),
-        )
-    if name == "paper":
-        # Appendix A.3/A.4: 128 latents, beta = 6, 300 epochs, LSTM 128; meant for a GPU.
-        return DeapPreset(
-            name="paper",
-            synthetic_subjects=32,
-            learn=LearnConfig(
-                vae=VAEConfig(input_shape=DEAP_FRAME_SHAPE, n_latents=128, beta=6.0),
-                train=TrainConfig(
-                    epochs=300, batch_size=1024, lr=1e-3, patience=30, seed=seed, trials_per_read=64
-                ),
-                classifier=ClassifierConfig(
-                    hidden=128, epochs=200, batch_size=32, lr=1e-3, patience=20, seed=seed
-                ),
-                split_seed=seed,
+            classifier=ClassifierConfig(
+                hidden=128,
+                epochs=scale.lstm_epochs,
+                batch_size=32,
+                lr=1e-3,
+                patience=scale.lstm_patience,
+                seed=seed,
             ),
-            rules=FactorRules(),
-        )
-    raise InputError("preset", f"{name!r} is not a preset; choose 'demo' or 'paper'")
+            split_seed=seed,
+        ),
+        rules=FactorRules(),
+    )

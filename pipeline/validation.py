@@ -63,9 +63,14 @@ def check_planted_blocks(
                 "label": effect["label"],
                 "band": effect["band"],
                 "electrodes": list(effect["electrodes"]),
-                "expected": f"a {effect['band']} block with Jaccard >= {min_jaccard} in {expectation}",
+                "expected": f"{_article(effect['band'])} {effect['band']} block with Jaccard "
+                f">= {min_jaccard} in {expectation}",
                 "match": match,
                 "passed": passed,
             }
         )
     return {"min_jaccard": min_jaccard, "effects": results, "passed": all(r["passed"] for r in results)}
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"

@@ -15,7 +15,7 @@ Measures:
   trial group, show what the streaming costs. Without CUDA the section says why and holds no
   numbers.
 - ``demo_estimate``: the ``demo`` preset's stages run as plain functions on a few synthetic
-  subjects (epochs capped), each timed and scaled to the preset's 12 subjects and maximum
+  subjects (epochs capped), each timed and scaled to the preset's subjects and maximum
   epochs, to show which share of the demo's end-to-end time goes to β-VAE training.
 
 Machine information and the load averages (at the start and the end) are recorded: on a shared

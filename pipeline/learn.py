@@ -77,13 +77,28 @@ def store_classes(store: FrameStore, threshold: float) -> tuple[np.ndarray, np.n
     return store.committed_rows(), emotion_classes(store.labels, threshold)
 
 
+def content_order(store: FrameStore) -> np.ndarray:
+    """Positions of the committed rows sorted by (subject, source file SHA-256, trial).
+
+    Parallel ingestion stores files in whichever order their tasks finish, so row numbers differ
+    between two ingests of the same data; anything seeded that walks the trials follows this
+    order instead, so that a run's split, batches and results depend on the data and the seed only.
+    """
+    return np.lexsort((store.trial, store.source_sha256, store.subject))
+
+
 def make_split(store: FrameStore, protocol: str, seed: int, threshold: float) -> Split:
-    """Split the store's trials; indices in the result are store rows, whole trials only."""
+    """Split the store's trials; indices in the result are store rows, whole trials only.
+
+    Each part lists its rows in :func:`content_order`, which the seeded shuffles of training follow.
+    """
     rows, classes = store_classes(store, threshold)
+    order = content_order(store)
+    rows, classes, subjects = rows[order], classes[order], store.subject[order]
     if protocol == "trial":
         positions = split_by_trial(classes, seed=seed)
     elif protocol == "subject":
-        positions = split_by_subject(store.subject, seed=seed)
+        positions = split_by_subject(subjects, seed=seed)
     else:
         raise InputError("split_protocol", f"{protocol!r} must be 'trial' or 'subject'")
     return Split(

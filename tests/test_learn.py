@@ -184,6 +184,39 @@ def test_every_trial_lands_in_exactly_one_part(base_store, protocol, seed):
     assert split.train.size and split.val.size and split.test.size
 
 
+@pytest.mark.parametrize("protocol", ["trial", "subject"])
+def test_the_split_does_not_depend_on_the_order_files_were_stored_in(tmp_path, protocol):
+    """Parallel ingestion stores files in the order their tasks finish; the split must not notice."""
+    rng = np.random.default_rng(5)
+    files = [
+        {
+            "frames": rng.standard_normal((10, 2, 3, 4, 4)).astype(np.float32),
+            "labels": rng.uniform(1, 9, (10, 4)).astype(np.float32),
+            "subject": np.full(10, subject, dtype=np.int32),
+            "trial": np.arange(10, dtype=np.int32),
+            "source": f"s{subject:02d}.dat",
+            "source_sha256": f"{subject:064x}",
+        }
+        for subject in (1, 2, 3, 4)
+    ]
+    keys = []
+    for name, file_order in (("forward", [0, 1, 2, 3]), ("shuffled", [2, 0, 3, 1])):
+        store = FrameStore.create_or_open(
+            tmp_path / name, config_hash="cfg", attrs={}, frame_shape=(2, 3, 4, 4), label_width=4
+        )
+        for index in file_order:
+            store.add_trials(**files[index])
+        split = make_split(store, protocol, seed=3, threshold=THRESHOLD)
+        position = {int(row): i for i, row in enumerate(store.committed_rows())}
+        keys.append([
+            [(int(store.subject[position[int(row)]]), int(store.trial[position[int(row)]])) for row in part]
+            for part in (split.train, split.val, split.test)
+        ])
+    # The same trials in the same order (the order training shuffles from), whatever the rows.
+    assert keys[0] == keys[1]
+    assert sum(len(part) for part in keys[0]) == 40
+
+
 def test_an_unknown_split_protocol_is_refused(base_store):
     with pytest.raises(InputError, match="'frames' must be 'trial' or 'subject'"):
         make_split(FrameStore.open(base_store), "frames", seed=0, threshold=THRESHOLD)

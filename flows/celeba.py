@@ -13,7 +13,12 @@ from flows.mnist import learn_and_report, progress_logger
 from pipeline.image_ingest import ImageStoreConfig, ingest_image_batches, open_image_store
 from pipeline.image_presets import CELEBA_IMAGE_SHAPE, ImagePreset, image_preset
 from pipeline.sources.celeba import ALIGNED_CROP, PARTITION_FILE, check_celeba_folder, iter_celeba
-from pipeline.sources.procedural import EMBEDDED_PROCEDURAL, ProceduralSpec, iter_procedural_images
+from pipeline.sources.procedural import (
+    EMBEDDED_PROCEDURAL,
+    FACTORS,
+    ProceduralSpec,
+    iter_procedural_images,
+)
 
 _JPEG_BATCH = 256
 _PROCEDURAL_BATCH = 512
@@ -24,10 +29,16 @@ def celeba_store_config(procedural: bool, seed: int) -> ImageStoreConfig:
     """How the CelebA reader (or the procedural generator) makes pixels and splits them."""
     side = CELEBA_IMAGE_SHAPE[1]
     if procedural:
+        # The generator's ranges and edge are part of the description, so a store of images drawn
+        # by another version of the generator is refused instead of mixed with these.
+        factors = "; ".join(
+            f"{f.name} [{f.low:.3g}, {f.high:.3g}] or {f.fixed:.3g}" for f in FACTORS.values()
+        )
         return ImageStoreConfig(
             dataset="celeba",
             image_shape=CELEBA_IMAGE_SHAPE,
-            preprocessing=f"procedural ellipses rendered at {side}x{side} RGB in [0, 1]",
+            preprocessing=f"procedural ellipses rendered at {side}x{side} RGB in [0, 1]: {factors}; "
+            f"edge scale {ProceduralSpec().edge_px:g} px",
             split_rule="seeded permutation, 0.8 train / 0.1 val / 0.1 test, exact counts",
             split_seed=seed,
         )

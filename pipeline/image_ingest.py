@@ -234,7 +234,7 @@ def ingest_image_batches(
 
     Each image is stored under its source file and its position in it, so a repeated ingest
     writes nothing new and an interrupted one resumes where it stopped: the store commits the
-    images of one source in one batch together, so a kill never leaves an image half-stored.
+    new images of a batch together, in one write, so a kill never leaves an image half-stored.
 
     Parameters
     ----------
@@ -282,21 +282,25 @@ def ingest_image_batches(
             )
         result.n_read += len(batch)
         keep = np.flatnonzero(_within_caps(batch.split, cap_values, taken))
-        by_source: dict[tuple[str, str], list[int]] = {}
+        sources.update(batch.source_sha256[p] for p in keep)
+        new = []
         for position in keep:
-            by_source.setdefault((batch.names[position], batch.source_sha256[position]), []).append(position)
-        for (name, sha), positions in by_source.items():
-            sources.add(sha)
-            new = [p for p in positions if (sha, int(batch.index[p])) not in stored]
-            if new:
-                result.n_written += store.add_trials(
-                    frames=batch.images[new][:, None],
-                    labels=batch.labels[new],
-                    subject=batch.split[new].astype(np.int32),
-                    trial=batch.index[new],
-                    source=name,
-                    source_sha256=sha,
-                )
+            key = (batch.source_sha256[position], int(batch.index[position]))
+            if key not in stored:  # also keeps the second of two identical files out of the batch
+                stored.add(key)
+                new.append(position)
+        if new:
+            # One store write per batch, whatever the number of source files in it: a JPEG
+            # folder has one image per file, and a store write costs about as much for one
+            # image as for a batch of them.
+            result.n_written += store.add_trials(
+                frames=batch.images[new][:, None],
+                labels=batch.labels[new],
+                subject=batch.split[new].astype(np.int32),
+                trial=batch.index[new],
+                source=[batch.names[p] for p in new],
+                source_sha256=[batch.source_sha256[p] for p in new],
+            )
         result.taken = dict(zip(SPLIT_NAMES, taken, strict=True))
         result.n_sources = len(sources)
         if progress is not None:

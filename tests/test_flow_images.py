@@ -17,6 +17,7 @@ from pipeline.image_report import (
 )
 from pipeline.mi import DEFAULT_TOPK_PERCENTS, estimate_mi
 from pipeline.models.vae import VAEConfig
+from pipeline.report import ReportAssets, render_report_html
 from pipeline.report.figures import PNG_SIGNATURE
 from pipeline.sources.celeba import IMAGE_FOLDER, PARTITION_FILE
 from pipeline.sources.images import SPLIT_TEST
@@ -24,7 +25,6 @@ from pipeline.sources.mnist import MNIST_FILES, digits_as_mnist, write_idx
 from pipeline.store import FrameStore
 from pipeline.train import load_vae
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
 CORRUPT = "000005.jpg"
 
 
@@ -55,6 +55,7 @@ def _read_report(out):
     return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_mnist_flow_writes_table_2_and_montages_and_a_rerun_adds_nothing(tmp_path, digits_idx_folder, capsys):
     out = tmp_path / "run"
     assert main(["mnist", "--data-dir", str(digits_idx_folder), "--out", str(out)]) == EXIT_OK
@@ -114,6 +115,7 @@ def test_mnist_flow_writes_table_2_and_montages_and_a_rerun_adds_nothing(tmp_pat
     assert _read_report(out)["mi"]["per_factor_nats"] == mi["per_factor_nats"]
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_mnist_flow_names_a_bad_idx_file_and_exits_2(tmp_path, digits_idx_folder, capsys):
     bad = digits_idx_folder / MNIST_FILES["test_images"]
     bad.write_bytes(b"\x12\x34\x08\x03" + bad.read_bytes()[4:])
@@ -133,6 +135,7 @@ def _write_face(path, i):
     Image.fromarray(pixels).save(path, quality=92)
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_celeba_flow_names_and_skips_a_corrupt_jpeg_and_stores_the_rest(tmp_path, capsys):
     root = tmp_path / "celeba"
     (root / IMAGE_FOLDER).mkdir(parents=True)
@@ -159,7 +162,9 @@ def test_celeba_flow_names_and_skips_a_corrupt_jpeg_and_stores_the_rest(tmp_path
         "gaussian-mixture"
     )
     assert "ground_truth" not in report
-    assert (out / "report.html").stat().st_size > 10_000
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert len(html) > 10_000 and "Influential factors and their traversals — CelebA" in html
+    assert "electrode" not in html.lower() and "emotion" not in html.lower()
 
 
 def test_masked_reconstruction_mse_equals_reconstructing_with_the_mask():
@@ -214,3 +219,51 @@ def test_traversal_montage_draws_one_row_per_seed_and_checks_its_input():
         traversal_montage(grey, np.linspace(-3, 3, 6))
     with pytest.raises(InputError, match="row_labels: has 2 labels for 3 seed images"):
         traversal_montage(grey, np.linspace(-3, 3, 7), ["x", "y"])
+
+
+def _page(dataset: str, source_kind: str, **extra) -> str:
+    """The HTML of a small report of ``dataset`` with one factor card showing a traversal."""
+    mi = np.array([2.5, 1.5, 0.01, 0.0])
+    report = {
+        "dataset": dataset,
+        "source": {"kind": source_kind, "path": "somewhere", "n_trials": 400, "n_frames": 400},
+        "config": {"seed": 0},
+        "mi": {"per_factor_nats": mi, "variance": [1.0, 0.8, 0.01, 0.0], "kl_prior_nats": mi + 0.1,
+               "total_nats": mi.sum(), "ranking": [0, 1, 2, 3], "n_influential": 2,
+               "influential_threshold_nats": 0.05},
+        "factors": [{"index": 0, "rank": 1, "mi_nats": 2.5, "variance": 1.0}],
+        "provenance": {"package_version": "0.1.0", "store": "run/frames.zarr", "created": "2024-05-01"},
+        **extra,
+    }  # fmt: skip
+    png = PNG_SIGNATURE + b"figure"
+    return render_report_html(report, ReportAssets(mi_variance=png, factors={0: {"traversal": png}}))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "source_kind", "heading"),
+    [("mnist", "idx", "MNIST"), ("celeba", "images", "CelebA"), ("celeba", "synthetic", "CelebA")],
+)
+def test_an_image_report_speaks_of_images_and_traversals_never_of_electrodes_or_emotion(
+    dataset, source_kind, heading
+):
+    check = {"n_true_factors": 4, "n_influential": 2, "within_one": False}
+    extra = {"ground_truth_check": check} if source_kind == "synthetic" else {}
+    page = _page(dataset, source_kind, **extra)
+    words = " ".join(page.split())  # the template wraps its lines; compare text with single spaces
+    assert "electrode" not in words.lower() and "emotion" not in words.lower()
+    assert "decoded frames" not in words.lower()
+    assert f"<h1>Influential factors and their traversals — {heading}</h1>" in words
+    assert "<tr><th>Images</th><td>400</td></tr>" in words
+    assert "Decoded images while z<sub>0</sub> alone is varied" in words
+    assert '2</div> <div class="label">influential factors (Î above 0.0500 nats)' in words
+    if source_kind == "synthetic":
+        assert "Procedural images — not CelebA" in words
+        assert "true generative factors (found 2: NOT within k ± 1)" in words
+    else:
+        assert 'id="synthetic-banner"' not in words and "true generative factors" not in words
+
+    # The same report read as DEAP keeps the EEG wording.
+    deap = _page("deap", "synthetic")
+    assert "emotion-linked electrode blocks — DEAP" in deap and "Synthetic data — not a recording" in deap
+    assert "electrode" in deap.lower() and "<tr><th>Frames</th><td>400</td></tr>" in deap
+    assert "influential factors (Î above" not in deap

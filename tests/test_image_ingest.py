@@ -21,6 +21,7 @@ from pipeline.sources.celeba import IMAGE_FOLDER, iter_celeba
 from pipeline.sources.images import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, ImageBatch, seeded_split
 from pipeline.sources.mnist import MNIST_FILES, iter_mnist_folder, write_idx
 from pipeline.sources.trials import file_sha256
+from pipeline.store import FrameStore
 
 N_TRAIN, N_TEST = 40, 12
 
@@ -162,6 +163,53 @@ def test_celeba_folder_with_a_corrupt_jpeg_stores_the_others_one_source_each(tmp
         for name, row in zip(store.source, store.committed_rows(), strict=True)
     }
     assert means["000006.jpg"] == pytest.approx(150 / 255, abs=2 / 255)
+
+
+def test_a_jpeg_folder_is_written_one_store_call_per_batch_and_resumes_after_a_kill(tmp_path, monkeypatch):
+    image_dir = tmp_path / "celeba" / IMAGE_FOLDER
+    image_dir.mkdir(parents=True)
+    for i in range(1, 12):
+        _write_jpeg(image_dir / f"{i:06d}.jpg", 20 * i)
+    (image_dir / "000005.jpg").write_bytes(b"not a jpeg")
+    # The same bytes under two names: one image, stored once.
+    (image_dir / "000011.jpg").write_bytes((image_dir / "000010.jpg").read_bytes())
+    config = _config(shape=(3, 64, 64), dataset="celeba")
+    writes = []
+    original = FrameStore.add_trials
+
+    def counted(self, **arrays):
+        writes.append(list(arrays["source"]))
+        return original(self, **arrays)
+
+    monkeypatch.setattr(FrameStore, "add_trials", counted)
+
+    def killed_after_one_batch():
+        for number, batch in enumerate(iter_celeba(tmp_path / "celeba", batch_size=4)):
+            if number == 1:
+                raise KeyboardInterrupt
+            yield batch
+
+    store = open_image_store(tmp_path / "run", config, "images", "x")
+    with pytest.raises(KeyboardInterrupt):
+        ingest_image_batches(store, killed_after_one_batch())
+    assert writes == [["000001.jpg", "000002.jpg", "000003.jpg", "000004.jpg"]]
+    assert len(store.committed_rows()) == 4
+
+    skipped = []
+    resumed = open_image_store(tmp_path / "run", config, "images", "x")
+    result = ingest_image_batches(
+        resumed, iter_celeba(tmp_path / "celeba", batch_size=4, skipped=skipped), skipped=skipped
+    )
+    # 10 readable files in batches of 4, 4, 2: the first batch was stored before the kill.
+    assert writes[1:] == [["000006.jpg", "000007.jpg", "000008.jpg", "000009.jpg"], ["000010.jpg"]]
+    assert result.n_written == 5 and result.n_sources == 9 and len(resumed.committed_rows()) == 9
+    assert [entry["name"] for entry in result.skipped] == ["000005.jpg"]
+    rows_by_name = dict(zip(resumed.source.tolist(), resumed.committed_rows().tolist(), strict=True))
+    sha_by_name = dict(zip(resumed.source.tolist(), resumed.source_sha256.tolist(), strict=True))
+    assert sha_by_name["000009.jpg"] == file_sha256(image_dir / "000009.jpg")
+    assert float(resumed.read_frames([rows_by_name["000009.jpg"]]).mean()) == pytest.approx(
+        180 / 255, abs=2 / 255
+    )
 
 
 def test_a_store_refuses_another_source_seed_or_shape(tmp_path):

@@ -408,7 +408,8 @@ def render_report_html(report: Mapping, assets: ReportAssets) -> str:
     """Render the report as one self-contained HTML page.
 
     Sections without data (no ``topk``, ``classification``, ``factors`` or ``emotion``)
-    are left out, so the same page serves DEAP and the image data sets. A synthetic
+    are left out, so the same page serves DEAP and the image data sets; an image data set's
+    page speaks of images and traversals, DEAP's of frames and electrode blocks. A synthetic
     source gets a prominent banner saying the numbers describe generated data.
 
     Parameters
@@ -438,11 +439,14 @@ def render_report_html(report: Mapping, assets: ReportAssets) -> str:
     return _environment().get_template("report.html.j2").render(
         report=report,
         dataset_title=DATASET_TITLES[report["dataset"]],
+        # Image data sets have images, factors and traversals; electrodes and emotion are DEAP's.
+        image_data=report["dataset"] != "deap",
         n_factors=len(report["mi"]["per_factor_nats"]),
         top_factor_rows=_top_factor_rows(report["mi"]),
         config_rows=flatten_config(report["config"]),
-        provenance_extra=[(k, _config_text(v)) for k, v in report["provenance"].items()
-                          if k not in _REQUIRED_SECTIONS["provenance"]],
+        # Nested extras (e.g. the band normalisation and the split it was fitted on) as one row each.
+        provenance_extra=flatten_config({k: v for k, v in report["provenance"].items()
+                                         if k not in _REQUIRED_SECTIONS["provenance"]}),
         n_classes=len(classification["confusion"]) if classification is not None else None,
         factor_cards=cards,
         n_linked=sum(card["emotion"]["linked"] for card in with_emotion) if with_emotion else None,

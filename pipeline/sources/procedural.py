@@ -5,8 +5,17 @@ chosen generative factors (by default position x, position y, radius and hue; op
 background grey level and elongation) are drawn independently and uniformly from their
 ranges; the others stay at fixed values. Because the true number of factors and their values
 are known, a run on these images shows whether the mutual-information ranking singles out k
-influential latent factors. The edge is a logistic ramp about one pixel wide, so every factor
-moves pixel values smoothly and a small VAE can learn it.
+influential latent factors.
+
+Every factor is drawn so that a small VAE sees it as one smooth factor of the pixels. The
+ellipse is large (6 to 16 pixels in radius at 64x64) and its edge a soft logistic ramp (scale
+2 pixels: coverage rises from 12 % to 88 % over 8 pixels). Its centre moves over the middle
+fifth of each axis (13 pixels), less than the ellipse is wide, so the images along a shift
+overlap and change gradually; moved over half the frame, a small β-VAE spread x and y over four
+latents and left radius and hue unused. The hue spans one sector of the HSV circle (red to
+yellow), along which the colour moves on a straight line in RGB; a range around the circle
+draws a loop in RGB, which a VAE tends to encode with two latents. The calibration runs are
+listed in ``pipeline.image_presets``.
 """
 
 from __future__ import annotations
@@ -50,15 +59,14 @@ class FactorRange:
 FACTORS: dict[str, FactorRange] = {
     factor.name: factor
     for factor in (
-        FactorRange("x", 0.3, 0.7, 0.5, "horizontal centre of the ellipse, as a fraction of the width"),
-        FactorRange("y", 0.3, 0.7, 0.5, "vertical centre of the ellipse, as a fraction of the height"),
+        FactorRange("x", 0.4, 0.6, 0.5, "horizontal centre of the ellipse, as a fraction of the width"),
+        FactorRange("y", 0.4, 0.6, 0.5, "vertical centre of the ellipse, as a fraction of the height"),
         FactorRange(
-            "radius", 0.08, 0.2, 0.14, "geometric-mean radius of the ellipse, as a fraction of the side"
+            "radius", 0.1, 0.25, 0.175, "geometric-mean radius of the ellipse, as a fraction of the side"
         ),
-        # The hue circle stops short of closing (0.8 < 1) so that every hue value is distinct.
-        FactorRange(
-            "hue", 0.0, 0.8, 0.55, "hue of the ellipse on the HSV circle (0 red, 0.33 green, 0.67 blue)"
-        ),
+        # One sector of the hue circle: green rises from its floor to full while red stays full and
+        # blue at its floor, a straight line in RGB.
+        FactorRange("hue", 0.0, 1 / 6, 1 / 12, "hue of the ellipse on the HSV circle (0 red, 1/6 yellow)"),
         FactorRange("background", 0.05, 0.45, 0.2, "grey level of the background"),
         FactorRange(
             "elongation", 0.5, 1.0, 1.0, "vertical over horizontal axis of the ellipse, at equal area"
@@ -85,7 +93,8 @@ class ProceduralSpec:
     split_fractions : (float, float, float)
         Train, validation and test fractions (exact counts, seeded permutation).
     edge_px : float
-        Scale of the logistic edge of the ellipse, in pixels.
+        Scale of the logistic edge of the ellipse, in pixels (coverage rises from 12 % to 88 %
+        over four scales).
     """
 
     seed: int = 0
@@ -93,7 +102,7 @@ class ProceduralSpec:
     size: int = 64
     factors: tuple[str, ...] = DEFAULT_FACTORS
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
-    edge_px: float = 1.0
+    edge_px: float = 2.0
 
     def __post_init__(self) -> None:
         where = "ProceduralSpec"

@@ -35,7 +35,7 @@ from pipeline.train import TrainConfig, train_vae
 SIZE = 32
 N_LATENTS = 10
 # The seeds of the demo's calibration (pipeline.image_presets); the claim must hold for each.
-# Seed 0 runs with the suite; the other calibration seeds take 3 to 4 minutes each and run on
+# Seed 0 runs with the suite; the other calibration seeds take about 2 minutes each and run on
 # request (``pytest -m calibration``), to keep the suite within 10 minutes on 2 cores.
 CALIBRATION_SEEDS = (
     0,
@@ -44,8 +44,8 @@ CALIBRATION_SEEDS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
+@pytest.fixture
+def one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -87,7 +87,7 @@ def _train(epochs: int, seed: int) -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, patience=epochs, seed=seed, trials_per_read=500)
 
 
-def test_one_true_factor_gives_one_influential_factor_and_the_other_latents_collapse(tmp_path):
+def test_one_true_factor_gives_one_influential_factor_and_the_other_latents_collapse(tmp_path, one_thread):
     """Sanity version (about 20 s on one core): k = 1 (the background grey level), k ± 1 found."""
     spec = ProceduralSpec(seed=0, n_images=1000, size=SIZE, factors=("background",))
     count, per_factor = influential_count(tmp_path, spec, _vae(), _train(epochs=6, seed=0))
@@ -102,8 +102,9 @@ def test_one_true_factor_gives_one_influential_factor_and_the_other_latents_coll
 def test_the_demo_finds_the_intrinsic_dimension_within_one(tmp_path, seed):
     """The paper's claim where users see it: ``eegmi celeba``'s demo settings on its 64x64 images.
 
-    Slow (3 to 4 minutes per seed on one idle core): it trains the demo preset's β-VAE for its
-    30 epochs, because the claim is about what the demo reports, and shorter runs are not.
+    Slow (about 2 minutes per seed on 2 idle cores): it trains the demo preset's β-VAE for its
+    30 epochs, because the claim is about what the demo reports, and shorter runs are not. It
+    uses torch's threads as ``eegmi celeba`` does (the calibration ran on one thread).
     """
     settings = image_preset("celeba", "demo", seed=seed, embedded=True)
     spec = ProceduralSpec(seed=seed, n_images=settings.embedded_images, size=CELEBA_IMAGE_SHAPE[1])

@@ -183,6 +183,16 @@ def _full_page_screenshot(devtools: DevTools, session: str, height: float) -> by
     return base64.b64decode(shot["data"])
 
 
+def _keep_screenshot(screenshot: bytes, tmp_path: Path, name: str) -> None:
+    """Write the screenshot beside the test, and to ``$EEGMI_SCREENSHOT_DIR`` when set, to look at."""
+    folders = [tmp_path]
+    if os.environ.get("EEGMI_SCREENSHOT_DIR"):
+        folders.append(Path(os.environ["EEGMI_SCREENSHOT_DIR"]))
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(screenshot)
+
+
 def _problems(events: list[dict]) -> list[str]:
     """Console errors and warnings, uncaught exceptions and failed loads of one page."""
     problems = []
@@ -230,12 +240,7 @@ def test_report_renders_in_chromium(browser, tmp_path):
                         session=session)["result"]["value"]
     height = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]["height"]
     screenshot = _full_page_screenshot(browser, session, height)
-    screenshot_path = tmp_path / "report.png"
-    screenshot_path.write_bytes(screenshot)
-    if os.environ.get("EEGMI_SCREENSHOT_DIR"):
-        target_dir = Path(os.environ["EEGMI_SCREENSHOT_DIR"])
-        target_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(screenshot_path, target_dir / "report.png")
+    _keep_screenshot(screenshot, tmp_path, "report.png")
 
     assert _problems(events) == []
     requested = _requested_urls(events)
@@ -281,11 +286,7 @@ def test_report_of_a_small_run_renders_in_chromium(browser, small_deap_run, tmp_
                         session=session)["result"]["value"]
     height = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]["height"]
     screenshot = _full_page_screenshot(browser, session, height)
-    (tmp_path / "small-run-report.png").write_bytes(screenshot)
-    if os.environ.get("EEGMI_SCREENSHOT_DIR"):
-        target_dir = Path(os.environ["EEGMI_SCREENSHOT_DIR"])
-        target_dir.mkdir(parents=True, exist_ok=True)
-        (target_dir / "small-run-report.png").write_bytes(screenshot)
+    _keep_screenshot(screenshot, tmp_path, "small-run-report.png")
 
     assert _problems(events) == []
     requested = _requested_urls(events)

@@ -18,6 +18,18 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Hold torch to one intra-op thread, as the test's subprocesses do: a result compared bitwise
+    across processes must come from reductions split the same way."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for every flow test of the session (starting one costs ~10 s)."""

@@ -75,8 +75,10 @@ def test_matches_a_direct_per_window_loop():
 
 def test_chunking_does_not_change_the_result():
     signals = noise_trials(n_trials=3, seed=2)
-    np.testing.assert_array_equal(
-        band_log_power(signals, trials_per_chunk=1), band_log_power(signals, trials_per_chunk=64)
+    # The band sums are a BLAS matrix product whose kernel depends on the chunk's size, so chunking
+    # may move a value by float32 rounding, never by more.
+    np.testing.assert_array_max_ulp(
+        band_log_power(signals, trials_per_chunk=1), band_log_power(signals, trials_per_chunk=64), maxulp=2
     )
 
 
@@ -85,7 +87,11 @@ def test_a_flat_channel_gives_the_finite_floor():
     signals[0, 5] = 0.0
     log_power = band_log_power(signals)
     assert np.isfinite(log_power).all()
-    np.testing.assert_array_equal(log_power[0, :, 5], np.float32(np.log10(LOG_POWER_FLOOR)))
+    # float32 log10 is within an ulp of the true value, and which ulp depends on the CPU's SIMD
+    # path (AVX-512 gives -10.000001 for log10(1e-10)): compare at float32 resolution.
+    np.testing.assert_allclose(
+        log_power[0, :, 5], np.log10(LOG_POWER_FLOOR), rtol=4 * np.finfo(np.float32).eps
+    )
     assert np.all(log_power[0, :, 4] > np.log10(LOG_POWER_FLOOR) + 5)
 
 

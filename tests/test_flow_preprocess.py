@@ -54,7 +54,10 @@ def _stored_by_key(store: FrameStore) -> dict[tuple[str, int], int]:
 
 
 def _assert_store_holds_exactly(store: FrameStore, files: list[Path]) -> None:
-    """Every trial of ``files`` once, with frames, labels and provenance equal to the readers' output."""
+    """Every trial of ``files`` once, with frames, labels and provenance equal to the readers' output.
+
+    Bitwise: the flow ran the same reader and preprocessing code in this process, on the same shapes.
+    """
     config = PreprocessConfig()
     rows = _stored_by_key(store)
     position_of_row = {int(row): position for position, row in enumerate(store.committed_rows())}
@@ -343,6 +346,7 @@ def test_a_killed_cli_run_resumes_to_the_uninterrupted_result(prefect_harness, t
     reference = _trial_records(FrameStore.open(store_path(str(tmp_path / "uninterrupted"))))
     assert len(resumed) == n_total == len(reference)
     assert resumed.keys() == reference.keys()
+    # Bitwise: kill-and-resume runs the same code on the same machine as the uninterrupted run.
     for key, (frames, labels, subject, source) in reference.items():
         np.testing.assert_array_equal(resumed[key][0], frames, strict=True)
         np.testing.assert_array_equal(resumed[key][1], labels, strict=True)

@@ -281,6 +281,8 @@ def test_training_without_normalisation_statistics_is_refused(base_store, tmp_pa
 
 
 # -------------------------------------------------------------------------------------- encoding
+# The stored latents are compared bitwise with encode_frames: the same model encodes the same rows in
+# batches of the same size in this process, so the same kernels run on the same inputs.
 
 
 def test_encode_store_writes_every_committed_trial_once(base_store, trained, tmp_path):
@@ -452,7 +454,11 @@ def test_the_lstm_learns_from_training_and_validation_sequences_only(encoded, tm
 # ------------------------------------------------------------------------------------ kill/resume
 
 
-def test_a_killed_vae_training_resumes_to_the_uninterrupted_weights_and_ranking(base_store, tmp_path):
+# Bitwise equality is right here: the same training code runs on the same machine with one torch
+# thread in the killed subprocess and in this process.
+def test_a_killed_vae_training_resumes_to_the_uninterrupted_weights_and_ranking(
+    base_store, tmp_path, one_torch_thread
+):
     store = copy_store(base_store, tmp_path / "run")
     # A hand-made split with 3 training trials keeps the three runs below short.
     rows = store.committed_rows()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from flows.progress import progress_display
 from pipeline.image_ingest import (
     ImageStoreConfig,
     encode_image_store,
@@ -123,10 +124,11 @@ def train_image_vae(out_dir: str, preset: dict, resume: bool) -> dict:
             record["kl"], val, record["seconds"],
         )  # fmt: skip
 
-    result = train_vae(
-        frames, split.train, split.val, settings.vae, train_config, _checkpoint_dir(out_dir),
-        resume=resume, progress=report_epoch,
-    )  # fmt: skip
+    with progress_display(logger.info) as show:
+        result = train_vae(
+            frames, split.train, split.val, settings.vae, train_config, _checkpoint_dir(out_dir),
+            resume=resume, progress=report_epoch, steps=show,
+        )  # fmt: skip
     return {
         "n_train": int(split.train.size),
         "n_val": int(split.val.size),

@@ -37,6 +37,7 @@ from pipeline.checkpoint import checkpoint_exists, load_checkpoint, save_checkpo
 from pipeline.errors import InputError
 from pipeline.models.sequence import N_CLASSES, EmotionLSTM, check_sequences
 from pipeline.models.vae import BetaVAE, VAEConfig, config_from_dict
+from pipeline.progress import Progress
 
 __all__ = [
     "ClassifierConfig",
@@ -357,6 +358,9 @@ class VAETrainer:
         Maps a float32 block (k, n_frames, C, H, W) to the model's input scale.
     progress : callable, optional
         Called after every epoch with that epoch's history dict.
+    steps : callable, optional
+        ``steps(stage, done, total)`` after every training step of an epoch (see
+        :mod:`pipeline.progress`).
     """
 
     def __init__(
@@ -369,6 +373,7 @@ class VAETrainer:
         checkpoint_dir: str | os.PathLike,
         normalise: Normaliser | None = None,
         progress: Callable[[dict], None] | None = None,
+        steps: Progress | None = None,
     ):
         if not isinstance(model_config, VAEConfig):
             raise InputError("model_config", f"expected a VAEConfig, got {type(model_config).__name__}")
@@ -389,6 +394,7 @@ class VAETrainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.normalise = normalise
         self.progress = progress
+        self.steps = steps
         self.device = select_device(train_config.device)
         self.monitor = "val_loss" if self.val_rows.size else "train_loss"
         self._use_autocast = train_config.mixed_precision and self.device.type == "cuda"
@@ -444,8 +450,15 @@ class VAETrainer:
             optimizer.step()
             sums += values * len(batch)
             count += len(batch)
+            self._report_step(epoch, batch_index)
         train_loss, reconstruction, kl = (sums / count).tolist()
         return {"train_loss": train_loss, "reconstruction": reconstruction, "kl": kl}
+
+    def _report_step(self, epoch: int, done: int) -> None:
+        if self.steps is not None:
+            n_frames = self.train_rows.size * _frames_shape(self.frames)[1]
+            total = -(-n_frames // self.config.batch_size)  # the last batch may be short
+            self.steps(f"VAE epoch {epoch}/{self.config.epochs} (steps)", done, total)
 
     def _validation_loss(self, model: BetaVAE, epoch: int, last_good: int) -> float | None:
         if not self.val_rows.size:
@@ -626,10 +639,11 @@ def train_vae(
     normalise: Normaliser | None = None,
     resume: bool = False,
     progress: Callable[[dict], None] | None = None,
+    steps: Progress | None = None,
 ) -> TrainResult:
     """Train a β-VAE; see :class:`VAETrainer` for the parameters and :meth:`VAETrainer.fit` for resuming."""
     trainer = VAETrainer(
-        frames, train_rows, val_rows, model_config, train_config, checkpoint_dir, normalise, progress
+        frames, train_rows, val_rows, model_config, train_config, checkpoint_dir, normalise, progress, steps
     )
     return trainer.fit(resume=resume)
 

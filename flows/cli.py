@@ -103,6 +103,16 @@ def _add_deap(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="synthetic data only: number of subjects (default: the preset's)",
     )
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="bf16 autocast for β-VAE training on a GPU (ignored on CPU)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the β-VAE before training (pays a compilation first; meant for a GPU)",
+    )
     _add_dask_options(parser)
     parser.set_defaults(run=_run_deap)
 
@@ -119,6 +129,8 @@ def _run_deap(args: argparse.Namespace) -> int:
         synthetic_subjects=args.subjects,
         dask_address=args.dask_address,
         dask_workers=args.dask_workers,
+        mixed_precision=args.mixed_precision,
+        compile_model=args.compile,
         return_state=True,
     )
     outcome = state.result(raise_on_failure=False)

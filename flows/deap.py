@@ -25,7 +25,7 @@ from pipeline.learn import (
     train_store_vae,
 )
 from pipeline.manifests import check_folder, load_manifest
-from pipeline.presets import deap_preset
+from pipeline.presets import deap_preset, with_training_options
 from pipeline.runlock import begin_update, finish_update
 from pipeline.sources.deap import read_source_file
 from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
@@ -261,13 +261,17 @@ def deap(
     synthetic_subjects: int | None = None,
     dask_address: str | None = None,
     dask_workers: int | None = None,
+    mixed_precision: bool = False,
+    compile_model: bool = False,
 ) -> dict:
     """The whole DEAP pipeline: frames → β-VAE → Î ranking → LSTM → top-k tables → report.
 
     Without ``data_dir`` it runs on the synthetic DEAP. ``resume`` continues VAE training from
     its last checkpoint; stored frames and latents of the same model are never recomputed.
+    ``mixed_precision`` (bf16 autocast, CUDA only) and ``compile_model`` (``torch.compile`` of
+    the β-VAE) change the speed of training, not what it computes beyond rounding.
     """
-    settings = deap_preset(preset, seed)
+    settings = with_training_options(deap_preset(preset, seed), mixed_precision, compile_model)
     synthetic = None
     ground_truth = None
     if data_dir is None:

@@ -111,6 +111,14 @@ class TrainConfig:
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
     mixed_precision : bool
         bf16 autocast for the forward pass; used on CUDA only, ignored on CPU.
+    frames_on_device : bool
+        Read the training and validation frames once, normalised, into one tensor on the
+        training device, and cut every epoch's batches from it (the same batches, in the same
+        order, as streaming them trial group by trial group). Needs
+        (train + validation frames) × 4 bytes × C·H·W of device memory.
+    compile_model : bool
+        ``torch.compile`` the encoder and decoder (weights and checkpoints unchanged). Pays a
+        compilation at the start; meant for CUDA, where it needs no system compiler.
     """
 
     epochs: int = 300
@@ -121,6 +129,8 @@ class TrainConfig:
     trials_per_read: int = 8
     device: str = "auto"
     mixed_precision: bool = False
+    frames_on_device: bool = False
+    compile_model: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "trials_per_read"):
@@ -128,8 +138,9 @@ class TrainConfig:
         _check_learning_rate(self.lr)
         _check_seed(self.seed)
         _check_device_name(self.device)
-        if not isinstance(self.mixed_precision, bool):
-            raise InputError("mixed_precision", f"{self.mixed_precision!r} must be true or false")
+        for name in ("mixed_precision", "frames_on_device", "compile_model"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(name, f"{getattr(self, name)!r} must be true or false")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -398,6 +409,8 @@ class VAETrainer:
         self.device = select_device(train_config.device)
         self.monitor = "val_loss" if self.val_rows.size else "train_loss"
         self._use_autocast = train_config.mixed_precision and self.device.type == "cuda"
+        self._resident: torch.Tensor | None = None
+        self._resident_position: np.ndarray | None = None
 
     # ----------------------------------------------------------------- batches
     def _batches(self, rows: np.ndarray, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
@@ -405,6 +418,9 @@ class VAETrainer:
 
         Frames left over after a group's last full batch open the next group's first batch.
         """
+        if self._resident is not None:
+            yield from self._resident_batches(rows, rng)
+            return
         size = self.config.batch_size
         group = self.config.trials_per_read
         order = rng.permutation(rows) if rng is not None else rows
@@ -423,8 +439,46 @@ class VAETrainer:
         if carry is not None:
             yield carry
 
-    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+    def _to_device(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(batch, torch.Tensor):  # cut from the frames held on the device
+            return batch
         return torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+
+    # ------------------------------------------------------ throughput options
+    def _hold_frames_on_device(self) -> None:
+        """Read the training and validation trials once into one tensor on the device."""
+        rows = np.concatenate([self.train_rows, self.val_rows])
+        n_frames, image = _frames_shape(self.frames)[1], _frames_shape(self.frames)[2:]
+        resident = torch.empty((rows.size * n_frames, *image), dtype=torch.float32, device=self.device)
+        group = self.config.trials_per_read
+        for start in range(0, rows.size, group):
+            block = read_frames(self.frames, rows[start : start + group], self.normalise)
+            first = start * n_frames
+            resident[first : first + block.shape[0] * n_frames] = self._to_device(block.reshape(-1, *image))
+        position = np.full(_frames_shape(self.frames)[0], -1, dtype=np.int64)
+        position[rows] = np.arange(rows.size)
+        self._resident, self._resident_position = resident, position
+
+    def _resident_batches(self, rows: np.ndarray, rng: np.random.Generator | None) -> Iterator[torch.Tensor]:
+        """The batches :meth:`_batches` streams, drawn with the same random calls, cut on the device."""
+        n_frames = _frames_shape(self.frames)[1]
+        group = self.config.trials_per_read
+        order = rng.permutation(rows) if rng is not None else rows
+        indices = []
+        for start in range(0, order.size, group):
+            trials = self._resident_position[order[start : start + group]]
+            frames = (trials[:, None] * n_frames + np.arange(n_frames)).reshape(-1)
+            indices.append(frames[rng.permutation(frames.size)] if rng is not None else frames)
+        flat = torch.from_numpy(np.concatenate(indices)).to(self.device)
+        for begin in range(0, flat.numel(), self.config.batch_size):
+            yield self._resident[flat[begin : begin + self.config.batch_size]]
+
+    def _prepared_model(self, model: BetaVAE) -> BetaVAE:
+        """Apply the compile option in place: parameter names, and so checkpoints, stay the same."""
+        if self.config.compile_model:
+            model.encoder.compile()
+            model.decoder.compile()
+        return model
 
     # ------------------------------------------------------------------ epochs
     def _train_epoch(
@@ -587,7 +641,9 @@ class VAETrainer:
         InputError
             For bad frames, rows or configurations, or a checkpoint that cannot be resumed.
         """
-        model = _initialised_vae(self.model_config, self.config.seed).to(self.device)
+        model = self._prepared_model(_initialised_vae(self.model_config, self.config.seed).to(self.device))
+        if self.config.frames_on_device:
+            self._hold_frames_on_device()
         optimizer = torch.optim.Adam(model.parameters(), lr=self.config.lr)
         if resume and checkpoint_exists(self.checkpoint_dir, "last"):
             history, best, stopped_early = self._restore(model, optimizer)

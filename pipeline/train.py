@@ -119,6 +119,11 @@ class TrainConfig:
     compile_model : bool
         ``torch.compile`` the encoder and decoder (weights and checkpoints unchanged). Pays a
         compilation at the start; meant for CUDA, where it needs no system compiler.
+    channels_last : bool
+        Keep the weights and batches in channels-last memory order during training (1.5–2×
+        more frames/s on CPU, measured in ``benchmarks/train.py``; the checkpoints are the
+        usual contiguous tensors). The convolutions sum in another order, so the weights
+        differ from a channels-first run in the last bits.
     """
 
     epochs: int = 300
@@ -131,6 +136,7 @@ class TrainConfig:
     mixed_precision: bool = False
     frames_on_device: bool = False
     compile_model: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "trials_per_read"):
@@ -138,7 +144,7 @@ class TrainConfig:
         _check_learning_rate(self.lr)
         _check_seed(self.seed)
         _check_device_name(self.device)
-        for name in ("mixed_precision", "frames_on_device", "compile_model"):
+        for name in ("mixed_precision", "frames_on_device", "compile_model", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(name, f"{getattr(self, name)!r} must be true or false")
 
@@ -440,9 +446,11 @@ class VAETrainer:
             yield carry
 
     def _to_device(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
-        if isinstance(batch, torch.Tensor):  # cut from the frames held on the device
-            return batch
-        return torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        if not isinstance(batch, torch.Tensor):  # else cut from the frames held on the device
+            batch = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        if self.config.channels_last:
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
 
     # ------------------------------------------------------ throughput options
     def _hold_frames_on_device(self) -> None:
@@ -474,7 +482,9 @@ class VAETrainer:
             yield self._resident[flat[begin : begin + self.config.batch_size]]
 
     def _prepared_model(self, model: BetaVAE) -> BetaVAE:
-        """Apply the compile option in place: parameter names, and so checkpoints, stay the same."""
+        """Apply the memory-order and compile options; parameter names, and so checkpoints, stay the same."""
+        if self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         if self.config.compile_model:
             model.encoder.compile()
             model.decoder.compile()

@@ -487,16 +487,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-vae-epochs", type=_positive_int, default=2, help="VAE epochs actually run")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file (default {RESULTS})")
     parser.add_argument(
-        "--only-cpu-options", action="store_true", help="measure only the CPU options; print, write nothing"
+        "--only-cpu-options",
+        action="store_true",
+        help="measure only the CPU options; print them, or write them to --output when given",
     )
     args = parser.parse_args(argv)
     if args.only_cpu_options:
         torch.set_num_threads(usable_cores())
         load = os.getloadavg()
         options = cpu_options(args.steps, args.warmup, repeats=3)
-        print(
-            json.dumps({"load_average_start": load, **options, "load_average_end": os.getloadavg()}, indent=2)
+        text = json.dumps(
+            {
+                "benchmark": "train --only-cpu-options",
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": machine_info(),
+                "load_average_start": load,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                **options,
+                "load_average_end": os.getloadavg(),
+            },
+            indent=2,
         )
+        if args.output == RESULTS:  # the full benchmark's file is not replaced by a partial run
+            print(text)
+        else:
+            args.output.write_text(text + "\n")
         return 0
     results = run(args.steps, args.warmup, args.gpu_epochs, args.demo_subjects, args.demo_vae_epochs)
     args.output.parent.mkdir(parents=True, exist_ok=True)

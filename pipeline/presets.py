@@ -72,6 +72,8 @@ def deap_preset(name: str, seed: int = 0) -> DeapPreset:
                 trials_per_read=scale.trials_per_read,
                 # 80,640 frames at DEAP's full size are 1 GB: held on a GPU, nothing is read twice.
                 frames_on_device=name == "paper",
+                # 1.5-2x the CPU frames/s (benchmarks/train.py, cpu_options); same findings.
+                channels_last=name == "demo",
             ),
             classifier=ClassifierConfig(
                 hidden=128,

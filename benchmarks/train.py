@@ -40,8 +40,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-import torch
+from pipeline.threads import apply_thread_environment, choose_thread_policy
+
+# As the eegmi command does, before torch starts its threads: one per usable core (the load is
+# recorded, not acted on, so runs stay comparable) and OpenMP threads that sleep while waiting.
+apply_thread_environment(choose_thread_policy(load_average=0.0))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 FRAME_SHAPE = (3, 32, 32)
@@ -158,6 +164,75 @@ def cpu_section(steps: int, warmup: int) -> dict:
         "paper_preset_epoch_seconds_estimate": train_frames / paper_like["frames_per_second"],
         "paper_preset_300_epochs_hours_estimate": 300 * train_frames / paper_like["frames_per_second"] / 3600,
         "ratio_to_reference": paper_like["frames_per_second"] / REFERENCE["frames_per_second"],
+    }
+
+
+DEMO_LATENTS = 32
+CPU_OPTION_BATCHES = (64, 128, 256)
+
+
+def _option_step_seconds(option: str, batch_size: int, steps: int, warmup: int) -> float:
+    """Median seconds of a demo-size training step (32 latents) with one CPU option applied."""
+    from pipeline.models.vae import VAEConfig
+
+    torch.manual_seed(0)
+    model = VAEConfig(input_shape=FRAME_SHAPE, n_latents=DEMO_LATENTS, beta=6.0).build().train()
+    batch = torch.randn(batch_size, *FRAME_SHAPE, generator=torch.Generator().manual_seed(1))
+    if option == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    noise = torch.Generator().manual_seed(2)
+    bf16 = option == "bf16_autocast"
+    times = []
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(batch, noise)["total"]
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def cpu_options(steps: int, warmup: int, repeats: int) -> dict:
+    """Frames/s of the demo preset's β-VAE step with channels-last, bf16 autocast and other batch sizes.
+
+    The options are interleaved ``repeats`` times and each keeps its median, so that a change in
+    the machine's load during the run hits every option alike. torch.compile is not among them:
+    on CPU it needs a system C compiler (a fresh install may have none) and its first call took
+    minutes on 2 busy cores.
+    """
+    options = ["fp32", "channels_last"]
+    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if bf16:
+        options.append("bf16_autocast")
+    seconds: dict[tuple[str, int], list[float]] = {}
+    for _ in range(repeats):
+        for batch_size in CPU_OPTION_BATCHES:
+            for option in options:
+                step = _option_step_seconds(option, batch_size, steps, warmup)
+                seconds.setdefault((option, batch_size), []).append(step)
+    runs = [
+        {
+            "option": option,
+            "batch_size": batch_size,
+            "median_step_seconds": float(np.median(values)),
+            "frames_per_second": batch_size / float(np.median(values)),
+        }
+        for (option, batch_size), values in seconds.items()
+    ]
+    baseline = {run["batch_size"]: run["frames_per_second"] for run in runs if run["option"] == "fp32"}
+    for run in runs:
+        run["speedup_over_fp32_same_batch"] = run["frames_per_second"] / baseline[run["batch_size"]]
+    return {
+        "n_latents": DEMO_LATENTS,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16_supported": bool(bf16),
+        "repeats": repeats,
+        "runs": runs,
     }
 
 
@@ -380,6 +455,7 @@ def run(steps: int, warmup: int, gpu_epochs: int, demo_subjects: int, demo_vae_e
         "reference": REFERENCE,
     }
     results["cpu"] = cpu_section(steps, warmup)
+    results["cpu_options"] = cpu_options(steps, warmup, repeats=3)
     loads.append(os.getloadavg())
     results["gpu"] = gpu_section(gpu_epochs)
     results["demo_estimate"] = demo_estimate(demo_subjects, demo_vae_epochs, classifier_epochs=5)
@@ -410,7 +486,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--demo-vae-epochs", type=_positive_int, default=2, help="VAE epochs actually run")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file (default {RESULTS})")
+    parser.add_argument(
+        "--only-cpu-options",
+        action="store_true",
+        help="measure only the CPU options; print them, or write them to --output when given",
+    )
     args = parser.parse_args(argv)
+    if args.only_cpu_options:
+        torch.set_num_threads(usable_cores())
+        load = os.getloadavg()
+        options = cpu_options(args.steps, args.warmup, repeats=3)
+        text = json.dumps(
+            {
+                "benchmark": "train --only-cpu-options",
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": machine_info(),
+                "load_average_start": load,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                **options,
+                "load_average_end": os.getloadavg(),
+            },
+            indent=2,
+        )
+        if args.output == RESULTS:  # the full benchmark's file is not replaced by a partial run
+            print(text)
+        else:
+            args.output.write_text(text + "\n")
+        return 0
     results = run(args.steps, args.warmup, args.gpu_epochs, args.demo_subjects, args.demo_vae_epochs)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")

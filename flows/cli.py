@@ -103,6 +103,16 @@ def _add_deap(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="synthetic data only: number of subjects (default: the preset's)",
     )
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="bf16 autocast for β-VAE training on a GPU (ignored on CPU)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the β-VAE before training (pays a compilation first; meant for a GPU)",
+    )
     _add_dask_options(parser)
     parser.set_defaults(run=_run_deap)
 
@@ -119,6 +129,8 @@ def _run_deap(args: argparse.Namespace) -> int:
         synthetic_subjects=args.subjects,
         dask_address=args.dask_address,
         dask_workers=args.dask_workers,
+        mixed_precision=args.mixed_precision,
+        compile_model=args.compile,
         return_state=True,
     )
     outcome = state.result(raise_on_failure=False)
@@ -387,11 +399,44 @@ def _run_image_flow(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _thread_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for torch and numpy, and parallel preprocessing tasks (default: the usable "
+        "cores less those other work keeps busy; OMP_NUM_THREADS also sets it)",
+    )
+    return options
+
+
+class _WithThreadOptions(argparse._SubParsersAction):
+    """Every command takes --threads (after the command name, like its other options)."""
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs.setdefault("parents", []).append(_thread_options())
+        return super().add_parser(name, **kwargs)
+
+
+def configure_threads(args: argparse.Namespace) -> None:
+    """Apply the thread policy (pipeline.threads) before torch or numpy starts its thread pools."""
+    from pipeline.threads import apply_thread_environment, choose_thread_policy
+
+    # Scheduled runs start later, under whatever load there is then: only the cores count.
+    load = 0.0 if args.command == "serve" else None
+    policy = choose_thread_policy(args.threads, load_average=load)
+    apply_thread_environment(policy)
+    if "torch" in sys.modules:  # already loaded (eegmi called from Python): set its pool directly
+        sys.modules["torch"].set_num_threads(policy.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eegmi",
         description="Influential VAE factors and emotion-carrying scalp regions in EEG (Liu et al.).",
     )
+    parser.register("action", "parsers", _WithThreadOptions)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_preprocess(commands)
     _add_deap(commands)
@@ -408,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import InputError
 
     try:
+        configure_threads(args)
         return args.run(args)
     except InputError as error:
         print(f"eegmi: error: {error}", file=sys.stderr)

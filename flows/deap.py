@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.futures import as_completed
 
+from flows.progress import epoch_progress, progress_display
 from flows.runners import cluster_safe, exclusive_run, preprocess_task_runner
 from pipeline.config import PreprocessConfig
 from pipeline.deap_report import build_deap_report
@@ -23,7 +25,7 @@ from pipeline.learn import (
     train_store_vae,
 )
 from pipeline.manifests import check_folder, load_manifest
-from pipeline.presets import deap_preset
+from pipeline.presets import deap_preset, with_training_options
 from pipeline.runlock import begin_update, finish_update
 from pipeline.sources.deap import read_source_file
 from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
@@ -174,7 +176,11 @@ def train_frame_vae(out_dir: str, learn: dict, resume: bool) -> dict:
         )  # fmt: skip
 
     store = FrameStore.open(store_path(out_dir))
-    result = train_store_vae(store, config, _checkpoint_dir(out_dir), resume=resume, progress=report_epoch)
+    logger.info("training the β-VAE on %d torch thread(s)", torch.get_num_threads())
+    with progress_display(logger.info) as show:
+        result = train_store_vae(
+            store, config, _checkpoint_dir(out_dir), resume=resume, progress=report_epoch, steps=show
+        )
     return {
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
@@ -187,10 +193,11 @@ def encode_frames_task(out_dir: str, learn: dict) -> dict:
     config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir), writable=True)
     model = load_vae(_checkpoint_dir(out_dir), "best")
-    n_encoded = encode_store(
-        store, model, checkpoint_model_id(_checkpoint_dir(out_dir)), config.encode_batch_size
-    )
-    get_run_logger().info("encoded %d trial(s) with the best VAE", n_encoded)
+    logger = get_run_logger()
+    with progress_display(logger.info) as show:
+        model_id = checkpoint_model_id(_checkpoint_dir(out_dir))
+        n_encoded = encode_store(store, model, model_id, config.encode_batch_size, progress=show)
+    logger.info("encoded %d trial(s) with the best VAE", n_encoded)
     return {"n_encoded": n_encoded}
 
 
@@ -198,7 +205,9 @@ def encode_frames_task(out_dir: str, learn: dict) -> dict:
 def train_emotion_lstm(out_dir: str, learn: dict) -> dict:
     config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir))
-    _, evaluation = train_store_classifier(store, config, out_dir)
+    with progress_display(get_run_logger().info) as show:
+        epochs = epoch_progress(show, "LSTM (epochs)", config.classifier.epochs)
+        _, evaluation = train_store_classifier(store, config, out_dir, progress=epochs)
     get_run_logger().info(
         "LSTM test accuracy %.3f (chance %.3f) on %d trials",
         evaluation["accuracy"], evaluation["chance_accuracy"], evaluation["n"],
@@ -212,17 +221,19 @@ def write_deap_report(
 ) -> dict:
     config = LearnConfig.from_dict(preset["learn"])
     store = FrameStore.open(store_path(out_dir))
-    report = build_deap_report(
-        out_dir,
-        store,
-        load_vae(_checkpoint_dir(out_dir), "best"),
-        load_classifier(Path(out_dir) / "checkpoints", "classifier"),
-        config,
-        FactorRules.from_dict(preset["rules"]),
-        run_config,
-        source_path,
-        ground_truth,
-    )
+    with progress_display(get_run_logger().info) as show:
+        report = build_deap_report(
+            out_dir,
+            store,
+            load_vae(_checkpoint_dir(out_dir), "best"),
+            load_classifier(Path(out_dir) / "checkpoints", "classifier"),
+            config,
+            FactorRules.from_dict(preset["rules"]),
+            run_config,
+            source_path,
+            ground_truth,
+            progress=show,
+        )
     influential = [f["index"] for f in report["factors"] if f["influential"]]
     linked = [f["index"] for f in report["factors"] if f["emotion"]["linked"]]
     get_run_logger().info(
@@ -250,13 +261,17 @@ def deap(
     synthetic_subjects: int | None = None,
     dask_address: str | None = None,
     dask_workers: int | None = None,
+    mixed_precision: bool = False,
+    compile_model: bool = False,
 ) -> dict:
     """The whole DEAP pipeline: frames → β-VAE → Î ranking → LSTM → top-k tables → report.
 
     Without ``data_dir`` it runs on the synthetic DEAP. ``resume`` continues VAE training from
     its last checkpoint; stored frames and latents of the same model are never recomputed.
+    ``mixed_precision`` (bf16 autocast, CUDA only) and ``compile_model`` (``torch.compile`` of
+    the β-VAE) change the speed of training, not what it computes beyond rounding.
     """
-    settings = deap_preset(preset, seed)
+    settings = with_training_options(deap_preset(preset, seed), mixed_precision, compile_model)
     synthetic = None
     ground_truth = None
     if data_dir is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from flows.progress import progress_display
 from pipeline.image_ingest import (
     ImageStoreConfig,
     encode_image_store,
@@ -123,10 +124,11 @@ def train_image_vae(out_dir: str, preset: dict, resume: bool) -> dict:
             record["kl"], val, record["seconds"],
         )  # fmt: skip
 
-    result = train_vae(
-        frames, split.train, split.val, settings.vae, train_config, _checkpoint_dir(out_dir),
-        resume=resume, progress=report_epoch,
-    )  # fmt: skip
+    with progress_display(logger.info) as show:
+        result = train_vae(
+            frames, split.train, split.val, settings.vae, train_config, _checkpoint_dir(out_dir),
+            resume=resume, progress=report_epoch, steps=show,
+        )  # fmt: skip
     return {
         "n_train": int(split.train.size),
         "n_val": int(split.val.size),
@@ -144,15 +146,18 @@ def encode_images(out_dir: str, preset: dict) -> dict:
     store = FrameStore.open(store_path(out_dir), writable=True)
     split = image_split(store, settings.caps)
     rows = sorted({*split.train.tolist(), *split.val.tolist(), *split.test.tolist()})
-    n_encoded = encode_image_store(
-        store,
-        load_vae(_checkpoint_dir(out_dir), "best"),
-        checkpoint_model_id(_checkpoint_dir(out_dir)),
-        rows,
-        frames_for(store, rows, settings.memory_budget_bytes),
-        settings.encode_batch_size,
-    )
-    get_run_logger().info("encoded %d image(s) with the best β-VAE", n_encoded)
+    logger = get_run_logger()
+    with progress_display(logger.info) as show:
+        n_encoded = encode_image_store(
+            store,
+            load_vae(_checkpoint_dir(out_dir), "best"),
+            checkpoint_model_id(_checkpoint_dir(out_dir)),
+            rows,
+            frames_for(store, rows, settings.memory_budget_bytes),
+            settings.encode_batch_size,
+            progress=show,
+        )
+    logger.info("encoded %d image(s) with the best β-VAE", n_encoded)
     return {"n_encoded": n_encoded}
 
 

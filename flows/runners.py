@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +23,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pipeline.errors import InputError
 from pipeline.runlock import check_run_folder, output_errors, run_lock
 from pipeline.store import FrameStore
+from pipeline.threads import choose_thread_policy
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DASK_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
@@ -72,16 +72,11 @@ def preprocess_task_runner(dask_address: str | None = None, dask_workers: int | 
             # otherwise oversubscribe the cores.
             cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True},
         )
-    # One thread per usable core: the work is CPU-bound, and every extra thread holds another
-    # ~100 MB file in memory while it waits (measured: 2 threads beat 6 by a fifth on 2 cores).
-    return ThreadPoolTaskRunner(max_workers=usable_cores())
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+    # One thread per core the thread policy gives the run: the work is CPU-bound, and every extra
+    # thread holds another ~100 MB file in memory while it waits (measured: 2 threads beat 6 by a
+    # fifth on 2 cores). The load is not read again here: the command line already chose
+    # OMP_NUM_THREADS from it, and a flow imported elsewhere may run much later.
+    return ThreadPoolTaskRunner(max_workers=choose_thread_policy(load_average=0.0).parallel_tasks)
 
 
 class _ClusterLockedWrites:

@@ -16,6 +16,8 @@ that bin. For DEAP (microvolts, N = 128) the power of real EEG lies roughly in
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import scipy.fft
 
@@ -85,6 +87,14 @@ def band_bin_matrix(config: PreprocessConfig) -> np.ndarray:
     return matrix
 
 
+def _fft_workers() -> int:
+    """Every core, unless numpy's BLAS is held to one thread per task (the thread policy runs
+    files as parallel tasks and sets ``OPENBLAS_NUM_THREADS``): then that many, so that tasks ×
+    FFT workers never exceed the cores."""
+    value = os.environ.get("OPENBLAS_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else -1
+
+
 def band_log_power(
     signals: np.ndarray,
     config: PreprocessConfig = _DEFAULT_CONFIG,
@@ -150,8 +160,9 @@ def band_log_power(
             bad = start + np.unique(np.nonzero(~np.isfinite(chunk))[0])
             raise InputError(where, f"contains NaN or Inf in trial(s) {bad.tolist()}")
         windows = chunk.reshape(chunk.shape[0], n_channels, config.n_windows, n_samples)
-        # scipy's FFT runs on several cores and is several times faster than numpy's here.
-        spectrum = scipy.fft.rfft(windows, axis=-1, workers=-1)[..., used_bins]
+        # scipy's FFT is several times faster than numpy's here; each transform is computed
+        # whole by one worker, so the worker count never changes the result.
+        spectrum = scipy.fft.rfft(windows, axis=-1, workers=_fft_workers())[..., used_bins]
         power = np.square(spectrum.real)
         power += np.square(spectrum.imag)
         band_power = power @ bin_matrix[used_bins]  # (chunk, channel, window, band)

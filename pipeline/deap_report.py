@@ -21,6 +21,7 @@ from pipeline.learn import (
 from pipeline.mi import MIEstimate
 from pipeline.models.sequence import EmotionLSTM, evaluate_classifier
 from pipeline.models.vae import BetaVAE
+from pipeline.progress import Progress
 from pipeline.report import ReportAssets, write_report
 from pipeline.report.figures import confusion_figure, mi_variance_figure, topk_figure
 from pipeline.splits import CLASS_NAMES
@@ -45,11 +46,13 @@ def build_deap_report(
     run_config: dict,
     source_path: str,
     ground_truth: dict | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Compute Î, the top-k tables and the factor descriptions; write report.json/.html; return the report.
 
     Î is estimated on the frames of the training trials (no test trial influences any choice);
-    accuracies and reconstruction errors are measured on the test trials.
+    accuracies and reconstruction errors are measured on the test trials. ``progress`` follows
+    the permutation tests and the factors' traversals and figures (see :mod:`pipeline.progress`).
     """
     split = stored_split(store)
     estimate: MIEstimate = store_mi(store, split.train)
@@ -76,6 +79,7 @@ def build_deap_report(
         preprocess.band_names,
         rules,
         seed=learn.split_seed,
+        progress=progress,
     )
     n_trials = len(store.committed_rows())
     report = {

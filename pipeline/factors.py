@@ -18,6 +18,7 @@ from pipeline.mi import MIEstimate, influential_factors
 from pipeline.models.sequence import EmotionLSTM, evaluate_classifier
 from pipeline.models.vae import BetaVAE
 from pipeline.montage import neighbour_graph
+from pipeline.progress import Progress, counted
 from pipeline.relevance import ablation_accuracy_drop, factor_label_information, linked_factors
 from pipeline.report.figures import topomap_figure, traversal_strip
 from pipeline.sources.trials import DEAP_CHANNELS
@@ -89,6 +90,7 @@ def describe_factors(
     band_names: tuple[str, ...],
     rules: FactorRules = FactorRules(),
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> tuple[list[dict], dict[int, dict[str, bytes]], dict]:
     """The ``factors`` entries of report.json, their figures, and the relevance analysis.
 
@@ -98,6 +100,9 @@ def describe_factors(
         Training + validation trials: relevance, p-values and traversal seeds come from them.
     val_mu, val_classes :
         Validation trials, for the classifier's accuracy drop when one factor is zeroed.
+    progress : callable, optional
+        ``progress(stage, done, total)`` for the permutation tests and the factors traversed
+        and drawn (see :mod:`pipeline.progress`).
 
     Returns
     -------
@@ -117,6 +122,7 @@ def describe_factors(
         seed=seed,
         summaries=rules.relevance_summaries,
         factors=tested,
+        progress=progress,
     )
     linked = linked_factors(
         estimate.per_factor_nats,
@@ -137,7 +143,8 @@ def describe_factors(
     seeds = seed_latents(selection_mu, rules.n_seed_frames, seed)
     decode = _decoder(model)
     factors, figures = [], {}
-    for rank, index in enumerate(reported, start=1):
+    stage = "traversals and figures (factors)"
+    for rank, index in enumerate(counted(reported, progress, stage, len(reported)), start=1):
         traversal = traverse_factor(decode, seeds, int(index), DEFAULT_TRAVERSAL_VALUES)
         change = electrode_change(traversal, operator.electrode_pixels, mask=operator.mask)
         blocks = find_blocks(

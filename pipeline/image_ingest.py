@@ -25,6 +25,7 @@ from pipeline.errors import InputError
 from pipeline.image_presets import IMAGE_DATASETS, SplitCaps
 from pipeline.ingest import store_path
 from pipeline.models.vae import BetaVAE
+from pipeline.progress import Progress, report
 from pipeline.sources.celeba import SkippedImage
 from pipeline.sources.images import SPLIT_NAMES, ImageBatch, check_whole_number
 from pipeline.splits import Split
@@ -399,6 +400,7 @@ def encode_image_store(
     rows: Iterable[int],
     frames=None,
     batch_size: int = 512,
+    progress: Progress | None = None,
 ) -> int:
     """Write μ and log σ² of the images of ``rows`` that this model has not encoded yet.
 
@@ -418,6 +420,8 @@ def encode_image_store(
         ``store.frames`` or a :class:`FramesInMemory` holding ``rows``; the store's by default.
     batch_size : int
         Images per encoder pass.
+    progress : callable, optional
+        ``progress(stage, done, total)`` over the images encoded (see :mod:`pipeline.progress`).
 
     Returns
     -------
@@ -430,8 +434,12 @@ def encode_image_store(
     todo = np.setdiff1d(_as_rows(rows), store.latent_rows())
     if todo.size == 0:
         return 0
+    done = 0
+    report(progress, "encoding (images)", done, todo.size)
     for group, mu, logvar in iter_encode_frames(
         model, store.frames if frames is None else frames, todo, batch_size
     ):
         store.write_latents(group, mu, logvar, model_id=model_id)
+        done += group.size
+        report(progress, "encoding (images)", done, todo.size)
     return int(todo.size)

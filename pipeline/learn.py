@@ -23,6 +23,7 @@ from pipeline.mi import MIAccumulator, MIEstimate
 from pipeline.models.sequence import evaluate_classifier
 from pipeline.models.vae import BetaVAE, VAEConfig
 from pipeline.normalise import BandNormalisation, fit_band_normalisation
+from pipeline.progress import Progress, report
 from pipeline.splits import Split, emotion_classes, split_by_subject, split_by_trial
 from pipeline.store import FrameStore
 from pipeline.train import (
@@ -154,8 +155,12 @@ def train_store_vae(
     checkpoint_dir: str | Path,
     resume: bool = False,
     progress: Callable[[dict], None] | None = None,
+    steps: Progress | None = None,
 ):
-    """Train the β-VAE on the frames of the training trials (validation trials for early stopping)."""
+    """Train the β-VAE on the frames of the training trials (validation trials for early stopping).
+
+    ``progress`` gets each epoch's history dict, ``steps`` the steps within an epoch.
+    """
     split = stored_split(store)
     return train_vae(
         store.frames,
@@ -167,6 +172,7 @@ def train_store_vae(
         normalise=store_normaliser(store),
         resume=resume,
         progress=progress,
+        steps=steps,
     )
 
 
@@ -194,12 +200,19 @@ def checkpoint_model_id(checkpoint_dir: str | Path, which: str = "best") -> str:
     return digest.hexdigest()[:16]
 
 
-def encode_store(store: FrameStore, model: BetaVAE, model_id: str, batch_size: int = 1024) -> int:
+def encode_store(
+    store: FrameStore,
+    model: BetaVAE,
+    model_id: str,
+    batch_size: int = 1024,
+    progress: Progress | None = None,
+) -> int:
     """Write μ and log σ² of every frame of every committed trial not yet encoded by this model.
 
     Written trial group by trial group, so a killed run resumes where it stopped. Latents of
     another model (or written without a model id) are cleared first. Returns the number of
-    trials encoded: 0 when every committed trial already has this model's latents.
+    trials encoded: 0 when every committed trial already has this model's latents. ``progress``
+    counts the trials encoded (see :mod:`pipeline.progress`).
     """
     if not isinstance(model, BetaVAE):
         raise InputError("model", f"expected a BetaVAE, got {type(model).__name__}")
@@ -211,8 +224,12 @@ def encode_store(store: FrameStore, model: BetaVAE, model_id: str, batch_size: i
     if todo.size == 0:
         return 0
     normalise = store_normaliser(store)
+    done = 0
+    report(progress, "encoding (trials)", done, todo.size)
     for rows, mu, logvar in iter_encode_frames(model, store.frames, todo, batch_size, normalise):
         store.write_latents(rows, mu, logvar, model_id=model_id)
+        done += rows.size
+        report(progress, "encoding (trials)", done, todo.size)
     return int(todo.size)
 
 

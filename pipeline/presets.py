@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from pipeline.errors import InputError
@@ -70,6 +70,10 @@ def deap_preset(name: str, seed: int = 0) -> DeapPreset:
                 patience=scale.vae_patience,
                 seed=seed,
                 trials_per_read=scale.trials_per_read,
+                # 80,640 frames at DEAP's full size are 1 GB: held on a GPU, nothing is read twice.
+                frames_on_device=name == "paper",
+                # 1.5-2x the CPU frames/s (benchmarks/train.py, cpu_options); same findings.
+                channels_last=name == "demo",
             ),
             classifier=ClassifierConfig(
                 hidden=128,
@@ -83,3 +87,9 @@ def deap_preset(name: str, seed: int = 0) -> DeapPreset:
         ),
         rules=FactorRules(),
     )
+
+
+def with_training_options(preset: DeapPreset, mixed_precision: bool, compile_model: bool) -> DeapPreset:
+    """``preset`` with bf16 autocast (CUDA only) and/or a compiled encoder and decoder for the β-VAE."""
+    train = replace(preset.learn.train, mixed_precision=mixed_precision, compile_model=compile_model)
+    return replace(preset, learn=replace(preset.learn, train=train))

@@ -50,6 +50,7 @@ import numpy as np
 from scipy.stats import false_discovery_control, norm, rankdata
 
 from pipeline.errors import InputError
+from pipeline.progress import Progress, report
 
 SUMMARIES: tuple[str, ...] = ("mean", "std")
 # Relative to the ~unit variance of normal scores: keeps det W > 0 for a constant summary or a
@@ -123,6 +124,7 @@ def factor_label_information(
     seed: int = 0,
     summaries: Sequence[str] = SUMMARIES,
     factors: Sequence[int] | None = None,
+    progress: Progress | None = None,
 ) -> LabelInformation:
     """Estimate I(Z_j; Y) per latent factor with a permutation p-value and a BH q-value.
 
@@ -143,6 +145,8 @@ def factor_label_information(
     factors : sequence of int, optional
         The factors forming the multiple-testing family for the q-values (for example the
         influential ones); all factors by default.
+    progress : callable, optional
+        ``progress(stage, done, total)`` over the labelings (see :mod:`pipeline.progress`).
 
     Returns
     -------
@@ -164,12 +168,13 @@ def factor_label_information(
     scores = _normal_scores(_trial_summaries(mu, summaries))
     rng = np.random.default_rng(seed)
     labelings = np.vstack([codes, rng.permuted(np.tile(codes, (n_permutations, 1)), axis=1)])
-    information = np.concatenate(
-        [
-            _gaussian_label_information(scores, labelings[start : start + _LABELINGS_PER_BATCH], n_classes)
-            for start in range(0, len(labelings), _LABELINGS_PER_BATCH)
-        ]
-    )
+    parts = []
+    report(progress, "permutation tests (labelings)", 0, len(labelings))
+    for start in range(0, len(labelings), _LABELINGS_PER_BATCH):
+        batch = labelings[start : start + _LABELINGS_PER_BATCH]
+        parts.append(_gaussian_label_information(scores, batch, n_classes))
+        report(progress, "permutation tests (labelings)", start + len(batch), len(labelings))
+    information = np.concatenate(parts)
     observed, null = information[0], information[1:]
 
     p_values = (1.0 + np.sum(null >= observed - _TIE_TOLERANCE, axis=0)) / (1.0 + n_permutations)

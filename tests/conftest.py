@@ -5,7 +5,9 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
+from unittest import mock
 
 import pytest
 
@@ -16,6 +18,18 @@ if "PREFECT_HOME" not in os.environ:
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@pytest.fixture(autouse=True)
+def _thread_settings_stay_in_their_test():
+    """``eegmi``'s ``main`` applies the thread policy to the process (environment variables its
+    children inherit, torch's threads); tests call it in-process, so each gets them back."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    with mock.patch.dict(os.environ):
+        yield
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture

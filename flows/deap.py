@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.futures import as_completed
 
 from flows.runners import cluster_safe, exclusive_run, preprocess_task_runner
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import PreprocessConfig
 from pipeline.deap_report import build_deap_report
 from pipeline.errors import InputError
@@ -16,19 +18,25 @@ from pipeline.ingest import ingest_trials, open_deap_store, store_path
 from pipeline.learn import (
     LearnConfig,
     checkpoint_model_id,
+    classifier_dir,
     encode_store,
     fit_store_normalisation,
+    keep_secondary_protocols,
     make_split,
+    run_protocols,
+    stored_split,
     train_store_classifier,
     train_store_vae,
 )
 from pipeline.manifests import check_folder, load_manifest
-from pipeline.presets import deap_preset
+from pipeline.presets import deap_preset, with_beta
 from pipeline.runlock import begin_update, finish_update
 from pipeline.sources.deap import read_source_file
 from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
 from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
 from pipeline.store import FrameStore
+from pipeline.sweep import RULE as SWEEP_RULE
+from pipeline.sweep import choose_beta, score_candidate
 from pipeline.train import load_classifier, load_vae
 
 
@@ -143,16 +151,21 @@ def preprocess_deap(
     return summary
 
 
-def _checkpoint_dir(out_dir: str) -> Path:
-    return Path(out_dir) / "checkpoints" / "vae"
+def _checkpoint_dir(out_dir: str, slot: str | None = None) -> Path:
+    """The main protocol's β-VAE is in ``checkpoints/vae``, another's in ``checkpoints/<slot>/vae``."""
+    return classifier_dir(out_dir, slot) / "vae"
+
+
+def _sweep_dir(out_dir: str, beta: float) -> Path:
+    return Path(out_dir) / "checkpoints" / "sweep" / f"beta-{beta:g}"
 
 
 @task
-def split_and_normalise(out_dir: str, learn: dict) -> dict:
+def split_and_normalise(out_dir: str, learn: dict, slot: str | None = None) -> dict:
     config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir), writable=True)
     split = make_split(store, config.split_protocol, config.split_seed, config.class_threshold)
-    fit_store_normalisation(store, split)
+    fit_store_normalisation(store, split, slot)
     sizes = {"train": int(split.train.size), "val": int(split.val.size), "test": int(split.test.size)}
     get_run_logger().info(
         "split by %s: %s trials; band statistics from the training trials", split.protocol, sizes
@@ -161,20 +174,38 @@ def split_and_normalise(out_dir: str, learn: dict) -> dict:
 
 
 @task
-def train_frame_vae(out_dir: str, learn: dict, resume: bool) -> dict:
-    config = LearnConfig.from_dict(learn)
+def keep_protocol_slots(out_dir: str, slots: list[str]) -> None:
+    """Drop what an earlier run stored for protocols this run does not train."""
+    keep_secondary_protocols(FrameStore.open(store_path(out_dir), writable=True), slots)
+
+
+def _epoch_logger(config: LearnConfig, what: str):
     logger = get_run_logger()
 
     def report_epoch(record: dict) -> None:
         val = "n/a" if record["val_loss"] is None else f"{record['val_loss']:.1f}"
         logger.info(
-            "VAE epoch %d/%d: loss %.1f (reconstruction %.1f, KL %.2f), validation %s, %.0f s",
-            record["epoch"], config.train.epochs, record["train_loss"], record["reconstruction"],
+            "%s epoch %d/%d: loss %.1f (reconstruction %.1f, KL %.2f), validation %s, %.0f s",
+            what, record["epoch"], config.train.epochs, record["train_loss"], record["reconstruction"],
             record["kl"], val, record["seconds"],
         )  # fmt: skip
 
+    return report_epoch
+
+
+@task
+def train_frame_vae(out_dir: str, learn: dict, resume: bool, slot: str | None = None) -> dict:
+    config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir))
-    result = train_store_vae(store, config, _checkpoint_dir(out_dir), resume=resume, progress=report_epoch)
+    what = "VAE" if slot is None else f"VAE ({slot} protocol)"
+    result = train_store_vae(
+        store,
+        config,
+        _checkpoint_dir(out_dir, slot),
+        resume=resume,
+        progress=_epoch_logger(config, what),
+        slot=slot,
+    )
     return {
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
@@ -183,25 +214,60 @@ def train_frame_vae(out_dir: str, learn: dict, resume: bool) -> dict:
 
 
 @task
-def encode_frames_task(out_dir: str, learn: dict) -> dict:
+def sweep_frame_vae(
+    out_dir: str, learn: dict, betas: list[float], resume: bool, threshold_nats: float
+) -> dict:
+    """Train one β-VAE per β on the main protocol, keep the one :func:`choose_beta` picks.
+
+    The chosen model's weights become ``checkpoints/vae/best`` (with the sweep in its metadata),
+    so every later stage uses it; the candidates stay in ``checkpoints/sweep/beta-<β>/``.
+    """
+    config = LearnConfig.from_dict(learn)
+    logger = get_run_logger()
+    store = FrameStore.open(store_path(out_dir))
+    split = stored_split(store)
+    rows = []
+    for beta in betas:
+        candidate = with_beta(config, beta)
+        result = train_store_vae(
+            store,
+            candidate,
+            _sweep_dir(out_dir, beta),
+            resume=resume,
+            progress=_epoch_logger(candidate, f"VAE β={beta:g}"),
+        )
+        rows.append(score_candidate(result.model, store, split.train, split.val, threshold_nats))
+        logger.info(
+            "β=%g: %d influential factor(s), total Î %.2f nats, validation MSE %.4f",
+            beta, rows[-1]["n_influential"], rows[-1]["total_mi_nats"], rows[-1]["val_mse"],
+        )  # fmt: skip
+    chosen = choose_beta(rows)
+    sweep = {"rule": SWEEP_RULE, "candidates": rows, "chosen_beta": chosen}
+    tensors, metadata = load_checkpoint(_sweep_dir(out_dir, chosen), "best")
+    save_checkpoint(_checkpoint_dir(out_dir), "best", tensors, {**metadata, "beta_sweep": sweep})
+    logger.info("β sweep: kept β=%g (%s)", chosen, SWEEP_RULE)
+    return sweep
+
+
+@task
+def encode_frames_task(out_dir: str, learn: dict, slot: str | None = None) -> dict:
     config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir), writable=True)
-    model = load_vae(_checkpoint_dir(out_dir), "best")
-    n_encoded = encode_store(
-        store, model, checkpoint_model_id(_checkpoint_dir(out_dir)), config.encode_batch_size
-    )
+    checkpoints = _checkpoint_dir(out_dir, slot)
+    model = load_vae(checkpoints, "best")
+    n_encoded = encode_store(store, model, checkpoint_model_id(checkpoints), config.encode_batch_size, slot)
     get_run_logger().info("encoded %d trial(s) with the best VAE", n_encoded)
     return {"n_encoded": n_encoded}
 
 
 @task
-def train_emotion_lstm(out_dir: str, learn: dict) -> dict:
+def train_emotion_lstm(out_dir: str, learn: dict, slot: str | None = None) -> dict:
     config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir))
-    _, evaluation = train_store_classifier(store, config, out_dir)
+    _, evaluation = train_store_classifier(store, config, out_dir, slot=slot)
     get_run_logger().info(
-        "LSTM test accuracy %.3f (chance %.3f) on %d trials",
-        evaluation["accuracy"], evaluation["chance_accuracy"], evaluation["n"],
+        "LSTM (%s protocol) test accuracy %.3f (chance %.3f) on %d trials",
+        config.split_protocol, evaluation["accuracy"], evaluation["chance_accuracy"], evaluation["n"],
     )  # fmt: skip
     return {"test_accuracy": evaluation["accuracy"], "chance_accuracy": evaluation["chance_accuracy"]}
 
@@ -222,19 +288,28 @@ def write_deap_report(
         run_config,
         source_path,
         ground_truth,
+        beta_sweep=load_checkpoint(_checkpoint_dir(out_dir), "best")[1].get("beta_sweep"),
     )
     influential = [f["index"] for f in report["factors"] if f["influential"]]
     linked = [f["index"] for f in report["factors"] if f["emotion"]["linked"]]
     get_run_logger().info(
         "report: %d influential factor(s) %s, emotion-linked %s", len(influential), influential, linked
     )
+    classification = report["classification"]
     return {
         "report_json": str(Path(out_dir) / "report.json"),
         "report_html": str(Path(out_dir) / "report.html"),
         "n_influential": len(influential),
         "linked": linked,
-        "test_accuracy": report["classification"]["test_accuracy"],
-        "chance_accuracy": report["classification"]["chance_accuracy"],
+        "test_accuracy": classification["test_accuracy"],
+        "chance_accuracy": classification["chance_accuracy"],
+        "classification": {
+            protocol: {key: value for key, value in figures.items() if key != "confusion"}
+            for protocol, figures in classification.get(
+                "by_protocol", {classification["protocol"]: classification}
+            ).items()
+        },
+        "beta_sweep": report.get("beta_sweep"),
         "ground_truth_passed": report.get("ground_truth_check", {}).get("passed"),
     }
 
@@ -247,6 +322,8 @@ def deap(
     preset: str = "demo",
     seed: int = 0,
     resume: bool = False,
+    protocol: str | None = None,
+    betas: list[float] | None = None,
     synthetic_subjects: int | None = None,
     dask_address: str | None = None,
     dask_workers: int | None = None,
@@ -255,8 +332,12 @@ def deap(
 
     Without ``data_dir`` it runs on the synthetic DEAP. ``resume`` continues VAE training from
     its last checkpoint; stored frames and latents of the same model are never recomputed.
+    ``protocol`` (``trial``, ``subject`` or ``both``; default: the preset's) decides the
+    splits: with ``both`` the subject protocol gets its own split, normalisation, β-VAE and
+    LSTM, and the report shows the two accuracies side by side. ``betas`` overrides the
+    preset's β; several values run a sweep (one β-VAE each, one kept).
     """
-    settings = deap_preset(preset, seed)
+    settings = deap_preset(preset, seed, protocol, tuple(betas) if betas else None)
     synthetic = None
     ground_truth = None
     if data_dir is None:
@@ -265,13 +346,31 @@ def deap(
         ground_truth = synthetic_ground_truth(spec)
     preprocess = preprocess_deap.with_options(task_runner=preprocess_task_runner(dask_address, dask_workers))
     preprocess(out_dir=out_dir, data_dir=data_dir, synthetic=synthetic)
-    learn = settings.learn.to_dict()
+    protocols = run_protocols(settings.protocol)
     # Until the report is written, a killed run leaves a marker telling the next run what to finish.
     begin_update(out_dir, settings.to_dict(), "training")
+    keep_protocol_slots(out_dir, list(protocols[1:]))
+    learn_config = replace(settings.learn, split_protocol=protocols[0])
+    learn = learn_config.to_dict()
     split_and_normalise(out_dir, learn)
-    train_frame_vae(out_dir, learn, resume)
+    if len(settings.betas) > 1:
+        sweep = sweep_frame_vae(
+            out_dir, learn, list(settings.betas), resume, settings.rules.influential_threshold_nats
+        )
+        learn_config = with_beta(learn_config, sweep["chosen_beta"])
+        learn = learn_config.to_dict()
+    else:
+        train_frame_vae(out_dir, learn, resume)
     encode_frames_task(out_dir, learn)
     train_emotion_lstm(out_dir, learn)
+    for slot in protocols[1:]:
+        # Its own split, normalisation and models, at the β the main protocol uses.
+        slot_learn = replace(learn_config, split_protocol=slot).to_dict()
+        split_and_normalise(out_dir, slot_learn, slot)
+        train_frame_vae(out_dir, slot_learn, resume, slot)
+        encode_frames_task(out_dir, slot_learn, slot)
+        train_emotion_lstm(out_dir, slot_learn, slot)
+    settings = replace(settings, learn=learn_config)
     begin_update(out_dir, settings.to_dict(), "report")
     run_config = {"preset": settings.to_dict(), "seed": seed, "resume": resume, "synthetic": synthetic}
     source_path = (

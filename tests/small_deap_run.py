@@ -12,7 +12,7 @@ import torch
 from pipeline.factors import FactorRules
 from pipeline.learn import LearnConfig
 from pipeline.models.vae import VAEConfig
-from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset
+from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset, with_betas
 from pipeline.sources.synthetic import SyntheticDeapSpec
 from pipeline.train import ClassifierConfig, TrainConfig
 
@@ -29,10 +29,12 @@ class SmallSyntheticSpec(SyntheticDeapSpec):
     n_trials: int = TRIALS_PER_SUBJECT
 
 
-def tiny_preset(name: str, seed: int = 0) -> DeapPreset:
+def tiny_preset(
+    name: str, seed: int = 0, protocol: str | None = None, betas: tuple[float, ...] | None = None
+) -> DeapPreset:
     """A preset that runs in seconds: few latents, one VAE epoch, a small LSTM, few permutations, and
     figures for the influential factors only (at least one), since each factor's maps take a while."""
-    return DeapPreset(
+    preset = DeapPreset(
         name=f"tiny-{name}",
         synthetic_subjects=N_SUBJECTS,
         learn=LearnConfig(
@@ -42,11 +44,16 @@ def tiny_preset(name: str, seed: int = 0) -> DeapPreset:
             split_seed=seed,
         ),
         rules=FactorRules(min_reported=1, n_permutations=50, n_seed_frames=4),
+        protocol=protocol or "trial",
     )
+    return with_betas(preset, betas) if betas else preset
 
 
-def run_small_deap_flow(out_dir: Path) -> tuple[Path, dict, dict]:
-    """Run the flow on 3 synthetic subjects into ``out_dir``; returns (out_dir, flow result, report)."""
+def run_small_deap_flow(out_dir: Path, **options) -> tuple[Path, dict, dict]:
+    """Run the flow on 3 synthetic subjects into ``out_dir``; returns (out_dir, flow result, report).
+
+    ``options`` go to the flow (e.g. ``protocol="both"``, ``betas=[2.0, 4.0]``).
+    """
     import flows.deap
 
     threads = torch.get_num_threads()
@@ -56,7 +63,7 @@ def run_small_deap_flow(out_dir: Path) -> tuple[Path, dict, dict]:
             patch.setattr(flows.deap, "deap_preset", tiny_preset)
             patch.setattr(flows.deap, "SyntheticDeapSpec", SmallSyntheticSpec)
             result = flows.deap.deap(
-                out_dir=str(out_dir), preset="demo", seed=SEED, synthetic_subjects=N_SUBJECTS
+                out_dir=str(out_dir), preset="demo", seed=SEED, synthetic_subjects=N_SUBJECTS, **options
             )
     finally:
         torch.set_num_threads(threads)

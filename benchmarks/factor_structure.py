@@ -10,7 +10,7 @@ electrode blocks in the rhythm's band best match it (Jaccard; >= 0.5 counts as c
         --settings unit:6:0 learned:6:0 unit:2:0 learned:2:0 learned:6:3 \
         --output benchmarks/results/factor_structure.json
 
-``--scenario NAME`` selects a generator scenario (passed to the synthetic spec as ``scenario``).
+``--scenario planted|null|confound`` selects the generator's scenario (default planted).
 The store is built once per (subjects, seed, scenario) in ``--work-dir`` and reused.
 """
 
@@ -51,7 +51,7 @@ from pipeline.mi import estimate_mi, influential_factors
 from pipeline.models.vae import VAEConfig
 from pipeline.montage import neighbour_graph
 from pipeline.presets import deap_preset
-from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject, ground_truth
+from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject, ground_truth, scenario_spec
 from pipeline.sources.trials import DEAP_CHANNELS
 from pipeline.store import FrameStore
 from pipeline.train import TrainConfig, encode_frames
@@ -99,6 +99,7 @@ def _carried(model, train_mu, influential, truth, rules: FactorRules) -> list[di
         results.append(
             {
                 "label": effect["label"],
+                "role": effect.get("role"),
                 "band": effect["band"],
                 "electrodes": effect["electrodes"],
                 **best,
@@ -156,15 +157,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scenario", default=None)
+    parser.add_argument("--scenario", default="planted", choices=("planted", "null", "confound"))
     parser.add_argument("--settings", nargs="+", default=["unit:6:0", "learned:6:0"])
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
-    spec_values = {"n_subjects": args.subjects, "seed": args.seed}
-    if args.scenario is not None:
-        spec_values["scenario"] = args.scenario
-    spec = SyntheticDeapSpec.from_dict(spec_values)
+    spec = scenario_spec(args.scenario, n_subjects=args.subjects, seed=args.seed)
     with tempfile.TemporaryDirectory() as temporary:
         work_dir = Path(args.work_dir or temporary)
         work_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from pipeline.manifests import check_folder, load_manifest
 from pipeline.presets import deap_preset, with_beta
 from pipeline.runlock import begin_update, finish_update
 from pipeline.sources.deap import read_source_file
-from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
+from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject, scenario_spec
 from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
 from pipeline.store import FrameStore
 from pipeline.sweep import RULE as SWEEP_RULE
@@ -72,8 +72,9 @@ def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
 @task(retries=1, retry_condition_fn=_retry_unless_bad_input)
 def ingest_synthetic_subject(spec: dict, subject: int, out_dir: str, config: dict) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
-    trials = generate_subject(SyntheticDeapSpec.from_dict(spec), subject)
-    store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic"))
+    synthetic = SyntheticDeapSpec.from_dict(spec)
+    trials = generate_subject(synthetic, subject)
+    store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic", synthetic.identity()))
     return ingest_trials(store, trials, preprocess).to_dict()
 
 
@@ -93,6 +94,7 @@ def preprocess_deap(
     logger = get_run_logger()
     preprocess = PreprocessConfig.from_dict(config) if config else PreprocessConfig()
     config_dict = preprocess.to_dict()
+    identity = None
     if data_dir is not None:
         check = check_folder(data_dir, load_manifest("deap"))
         if check.missing:
@@ -109,7 +111,8 @@ def preprocess_deap(
     else:
         spec = SyntheticDeapSpec.from_dict(synthetic or {})
         data_kind = "synthetic"
-        open_deap_store(out_dir, preprocess, data_kind)
+        identity = spec.identity()
+        open_deap_store(out_dir, preprocess, data_kind, identity)
         subjects = list(range(1, spec.n_subjects + 1))
         names = [f"synthetic://s{subject:02d}" for subject in subjects]
         futures = ingest_synthetic_subject.map(
@@ -138,7 +141,7 @@ def preprocess_deap(
             error = state.result(raise_on_failure=False)
             failures[name] = str(error.problem if isinstance(error, InputError) else error)
             logger.error("[%d/%d] %s failed: %s", done, len(futures), name, failures[name])
-    store = open_deap_store(out_dir, preprocess, data_kind)
+    store = open_deap_store(out_dir, preprocess, data_kind, identity)
     store.consolidate()
     summary = {
         "store": store_path(out_dir),
@@ -327,11 +330,13 @@ def deap(
     synthetic_subjects: int | None = None,
     dask_address: str | None = None,
     dask_workers: int | None = None,
+    synthetic_scenario: str = "planted",
 ) -> dict:
     """The whole DEAP pipeline: frames → β-VAE → Î ranking → LSTM → top-k tables → report.
 
-    Without ``data_dir`` it runs on the synthetic DEAP. ``resume`` continues VAE training from
-    its last checkpoint; stored frames and latents of the same model are never recomputed.
+    Without ``data_dir`` it runs on the synthetic DEAP of ``synthetic_scenario`` (``planted``,
+    ``null`` or ``confound``). ``resume`` continues VAE training from its last checkpoint; stored
+    frames and latents of the same model are never recomputed.
     ``protocol`` (``trial``, ``subject`` or ``both``; default: the preset's) decides the
     splits: with ``both`` the subject protocol gets its own split, normalisation, β-VAE and
     LSTM, and the report shows the two accuracies side by side. ``betas`` overrides the
@@ -341,7 +346,9 @@ def deap(
     synthetic = None
     ground_truth = None
     if data_dir is None:
-        spec = SyntheticDeapSpec(n_subjects=synthetic_subjects or settings.synthetic_subjects, seed=seed)
+        spec = scenario_spec(
+            synthetic_scenario, n_subjects=synthetic_subjects or settings.synthetic_subjects, seed=seed
+        )
         synthetic = spec.to_dict()
         ground_truth = synthetic_ground_truth(spec)
     preprocess = preprocess_deap.with_options(task_runner=preprocess_task_runner(dask_address, dask_workers))
@@ -374,7 +381,9 @@ def deap(
     begin_update(out_dir, settings.to_dict(), "report")
     run_config = {"preset": settings.to_dict(), "seed": seed, "resume": resume, "synthetic": synthetic}
     source_path = (
-        data_dir if data_dir is not None else f"synthetic://deap?subjects={spec.n_subjects}&seed={seed}"
+        data_dir
+        if data_dir is not None
+        else f"synthetic://deap?scenario={spec.scenario}&subjects={spec.n_subjects}&seed={seed}"
     )
     written = write_deap_report(out_dir, settings.to_dict(), run_config, source_path, ground_truth)
     finish_update(out_dir)

@@ -146,6 +146,8 @@ def build_deap_report(
             "path": source_path,
             "n_trials": n_trials,
             "n_frames": n_trials * store.frame_shape[0],
+            # Which synthetic data set (planted, null or confound); None for recorded data.
+            "scenario": store.attrs.get("synthetic", {}).get("scenario"),
         },
         "config": {**run_config, "preprocessing": preprocess.to_dict(), "rules": rules.to_dict()},
         "mi": {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,20 +13,13 @@ from pipeline.factors import FactorRules
 from pipeline.learn import LearnConfig
 from pipeline.models.vae import VAEConfig
 from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset, with_betas
-from pipeline.sources.synthetic import SyntheticDeapSpec
+from pipeline.sources.synthetic import scenario_spec
 from pipeline.train import ClassifierConfig, TrainConfig
 
 N_SUBJECTS = 3
 TRIALS_PER_SUBJECT = 8
 N_LATENTS = 4
 SEED = 3
-
-
-@dataclass(frozen=True)
-class SmallSyntheticSpec(SyntheticDeapSpec):
-    """The synthetic DEAP with fewer trials per subject; the flow has no setting for it."""
-
-    n_trials: int = TRIALS_PER_SUBJECT
 
 
 def tiny_preset(
@@ -61,7 +54,8 @@ def run_small_deap_flow(out_dir: Path, **options) -> tuple[Path, dict, dict]:
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(flows.deap, "deap_preset", tiny_preset)
-            patch.setattr(flows.deap, "SyntheticDeapSpec", SmallSyntheticSpec)
+            # Fewer trials per subject than the synthetic DEAP's 40; the flow has no setting for it.
+            patch.setattr(flows.deap, "scenario_spec", partial(scenario_spec, n_trials=TRIALS_PER_SUBJECT))
             result = flows.deap.deap(
                 out_dir=str(out_dir), preset="demo", seed=SEED, synthetic_subjects=N_SUBJECTS, **options
             )

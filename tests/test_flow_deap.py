@@ -22,6 +22,8 @@ def test_report_names_the_data_and_the_run_settings(small_deap_run):
     n_trials = N_SUBJECTS * TRIALS_PER_SUBJECT
     assert report["dataset"] == "deap"
     assert report["source"]["kind"] == "synthetic"
+    assert report["source"]["scenario"] == report["ground_truth"]["scenario"] == "planted"
+    assert report["source"]["path"] == f"synthetic://deap?scenario=planted&subjects={N_SUBJECTS}&seed={SEED}"
     assert report["source"]["n_trials"] == n_trials
     assert report["source"]["n_frames"] == FRAMES_PER_TRIAL * n_trials
     assert report["config"]["seed"] == SEED

@@ -52,6 +52,10 @@ def test_preprocess_help_names_every_option(capsys):
         (["preprocess", "--synthetic", "--data-dir", "d", "--out", "o"], "not allowed with argument"),
         (["preprocess", "--out", "o", "--subjects", "two"], "invalid int value: 'two'"),
         (["summarise"], "invalid choice: 'summarise'"),
+        (["deap", "--protocol", "frames"], "invalid choice: 'frames'"),
+        (["deap", "--beta", "1,two"], "'1,two' is not a comma-separated list of numbers"),
+        (["deap", "--beta", "2,0"], "every β must be a positive finite number"),
+        (["deap", "--beta", "2,4,2"], "lists a value twice"),
     ],
 )
 def test_malformed_command_lines_exit_2_with_the_usage(capsys, argv, complaint):
@@ -186,3 +190,34 @@ def test_another_scenario_or_seed_is_refused_in_one_line_and_leaves_the_store(tm
     assert code == EXIT_BAD_INPUT
     assert "holds the synthetic 'planted' scenario with seed 4" in capsys.readouterr().err
     assert FrameStore.open(path).attrs == before
+
+
+def test_protocol_and_beta_reach_the_flow(monkeypatch, capsys):
+    """``--protocol both --beta 1,2,4,6`` runs the flow with both protocols and a four-value sweep."""
+    import flows.deap
+
+    seen = {}
+
+    class Finished:
+        def result(self, raise_on_failure):
+            figures = {"verdict": "accuracy 0.50 (…): distinguishable from chance"}
+            return {
+                "report_html": "r.html",
+                "n_influential": 3,
+                "linked": [],
+                "beta_sweep": {"chosen_beta": 2.0, "rule": "the rule"},
+                "classification": {"trial": figures, "subject": figures},
+                "ground_truth_passed": None,
+            }
+
+    def fake_deap(**options):
+        seen.update(options)
+        return Finished()
+
+    monkeypatch.setattr(flows.deap, "deap", fake_deap)
+    code = main(["deap", "--data-dir", "d", "--protocol", "both", "--beta", "1,2,4,6", "--out", "o"])
+    assert code == 0
+    assert seen["protocol"] == "both" and seen["betas"] == [1.0, 2.0, 4.0, 6.0]
+    out = capsys.readouterr().out
+    assert "β sweep: kept β = 2" in out
+    assert "split by trial: accuracy" in out and "split by subject: accuracy" in out

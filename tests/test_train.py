@@ -249,8 +249,8 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     poisoned = {"on": False}
     original_loss = BetaVAE.loss
 
-    def loss_that_turns_nan(self, x, generator=None):
-        terms = original_loss(self, x, generator)
+    def loss_that_turns_nan(self, x, generator=None, kl_weight=1.0):
+        terms = original_loss(self, x, generator, kl_weight)
         if poisoned["on"]:
             terms["total"] = terms["total"] * float("nan")
         return terms

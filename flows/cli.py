@@ -34,23 +34,47 @@ def _add_preprocess(commands: argparse._SubParsersAction) -> None:
         "--subjects", type=int, default=None, help="synthetic data only: number of subjects (default 32)"
     )
     parser.add_argument("--seed", type=int, default=0, help="synthetic data only: generator seed")
+    _add_scenario_option(parser)
     _add_dask_options(parser)
     parser.set_defaults(run=_run_preprocess)
 
 
+def _add_scenario_option(parser: argparse.ArgumentParser) -> None:
+    from pipeline.sources.synthetic import SCENARIOS
+
+    parser.add_argument(
+        "--synthetic-scenario",
+        choices=SCENARIOS,
+        default="planted",
+        help="synthetic data only: planted (emotion effects planted in known blocks, the default), "
+        "null (ratings independent of the EEG) or confound (subject rating habits, a rhythm that follows "
+        "the habit, and a moderate genuine within-subject effect)",
+    )
+
+
+def _synthetic_spec(args: argparse.Namespace, n_subjects: int | None):
+    """The synthetic data's spec, after checking that the run folder's store may take it.
+
+    Refusals come here, in one line, before a Prefect server starts for the flow.
+    """
+    from pipeline.ingest import check_store_accepts
+    from pipeline.sources.synthetic import scenario_spec
+
+    settings = {"seed": args.seed} if n_subjects is None else {"seed": args.seed, "n_subjects": n_subjects}
+    spec = scenario_spec(args.synthetic_scenario, **settings)
+    check_store_accepts(args.out, "synthetic", spec.identity())
+    return spec
+
+
 def _run_preprocess(args: argparse.Namespace) -> int:
     from pipeline.manifests import check_folder
-    from pipeline.sources.synthetic import SyntheticDeapSpec
 
     synthetic = None
     # Bad input is reported here, in one line, before a Prefect server starts for the flow.
     if args.data_dir is not None:
         check_folder(args.data_dir, "deap")
     else:
-        synthetic = {"seed": args.seed}
-        if args.subjects is not None:
-            synthetic["n_subjects"] = args.subjects
-        SyntheticDeapSpec.from_dict(synthetic)
+        synthetic = _synthetic_spec(args, args.subjects).to_dict()
 
     from flows.deap import SourceFilesFailed, preprocess_deap
     from flows.runners import preprocess_task_runner
@@ -113,11 +137,44 @@ def _add_deap(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="torch.compile the β-VAE before training (pays a compilation first; meant for a GPU)",
     )
+    parser.add_argument(
+        "--protocol",
+        choices=("trial", "subject", "both"),
+        default=None,
+        help="split by trial, by subject (held-out subjects), or both, each with its own models "
+        "(default: trial for demo, both for paper)",
+    )
+    parser.add_argument(
+        "--beta",
+        type=_betas,
+        default=None,
+        metavar="B[,B...]",
+        help="the β-VAE's β; several values (e.g. 1,2,4,6) train one model each and keep one by "
+        "its validation reconstruction (default: the preset's)",
+    )
+    _add_scenario_option(parser)
     _add_dask_options(parser)
     parser.set_defaults(run=_run_deap)
 
 
+def _betas(text: str) -> list[float]:
+    """``--beta 1,2,4,6`` → [1.0, 2.0, 4.0, 6.0]; positive, distinct numbers only."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not all(value > 0 and value < float("inf") for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every β must be a positive finite number")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} lists a value twice")
+    return values
+
+
 def _run_deap(args: argparse.Namespace) -> int:
+    if args.data_dir is None:
+        from pipeline.presets import deap_preset
+
+        _synthetic_spec(args, args.subjects or deap_preset(args.preset).synthetic_subjects)
     from flows.deap import SourceFilesFailed, deap
 
     state = deap(
@@ -126,11 +183,14 @@ def _run_deap(args: argparse.Namespace) -> int:
         preset=args.preset,
         seed=args.seed,
         resume=args.resume,
+        protocol=args.protocol,
+        betas=args.beta,
         synthetic_subjects=args.subjects,
         dask_address=args.dask_address,
         dask_workers=args.dask_workers,
         mixed_precision=args.mixed_precision,
         compile_model=args.compile,
+        synthetic_scenario=args.synthetic_scenario,
         return_state=True,
     )
     outcome = state.result(raise_on_failure=False)
@@ -142,7 +202,10 @@ def _run_deap(args: argparse.Namespace) -> int:
         raise outcome
     print(f"report: {outcome['report_html']}")
     print(f"Î: {outcome['n_influential']} influential factor(s); emotion-linked: {outcome['linked']}")
-    print(f"LSTM test accuracy {outcome['test_accuracy']:.3f} (chance {outcome['chance_accuracy']:.3f})")
+    if outcome.get("beta_sweep"):
+        print(f"β sweep: kept β = {outcome['beta_sweep']['chosen_beta']:g} ({outcome['beta_sweep']['rule']})")
+    for protocol, figures in outcome["classification"].items():
+        print(f"LSTM, split by {protocol}: {figures['verdict']}")
     if outcome["ground_truth_passed"] is not None:
         verdict = "recovered" if outcome["ground_truth_passed"] else "NOT all recovered"
         print(f"synthetic data: planted blocks {verdict} (see report.json ground_truth_check)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from prefect.futures import as_completed
 
 from flows.progress import epoch_progress, progress_display
 from flows.runners import cluster_safe, exclusive_run, preprocess_task_runner
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import PreprocessConfig
 from pipeline.deap_report import build_deap_report
 from pipeline.errors import InputError
@@ -18,19 +20,25 @@ from pipeline.ingest import ingest_trials, open_deap_store, store_path
 from pipeline.learn import (
     LearnConfig,
     checkpoint_model_id,
+    classifier_dir,
     encode_store,
     fit_store_normalisation,
+    keep_secondary_protocols,
     make_split,
+    run_protocols,
+    stored_split,
     train_store_classifier,
     train_store_vae,
 )
 from pipeline.manifests import check_folder, load_manifest
-from pipeline.presets import deap_preset, with_training_options
+from pipeline.presets import deap_preset, with_beta, with_training_options
 from pipeline.runlock import begin_update, finish_update
 from pipeline.sources.deap import read_source_file
-from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
+from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject, scenario_spec
 from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
 from pipeline.store import FrameStore
+from pipeline.sweep import RULE as SWEEP_RULE
+from pipeline.sweep import choose_beta, score_candidate
 from pipeline.train import load_classifier, load_vae
 
 
@@ -66,8 +74,9 @@ def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
 @task(retries=1, retry_condition_fn=_retry_unless_bad_input)
 def ingest_synthetic_subject(spec: dict, subject: int, out_dir: str, config: dict) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
-    trials = generate_subject(SyntheticDeapSpec.from_dict(spec), subject)
-    store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic"))
+    synthetic = SyntheticDeapSpec.from_dict(spec)
+    trials = generate_subject(synthetic, subject)
+    store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic", synthetic.identity()))
     return ingest_trials(store, trials, preprocess).to_dict()
 
 
@@ -87,6 +96,7 @@ def preprocess_deap(
     logger = get_run_logger()
     preprocess = PreprocessConfig.from_dict(config) if config else PreprocessConfig()
     config_dict = preprocess.to_dict()
+    identity = None
     if data_dir is not None:
         check = check_folder(data_dir, load_manifest("deap"))
         if check.missing:
@@ -103,7 +113,8 @@ def preprocess_deap(
     else:
         spec = SyntheticDeapSpec.from_dict(synthetic or {})
         data_kind = "synthetic"
-        open_deap_store(out_dir, preprocess, data_kind)
+        identity = spec.identity()
+        open_deap_store(out_dir, preprocess, data_kind, identity)
         subjects = list(range(1, spec.n_subjects + 1))
         names = [f"synthetic://s{subject:02d}" for subject in subjects]
         futures = ingest_synthetic_subject.map(
@@ -132,7 +143,7 @@ def preprocess_deap(
             error = state.result(raise_on_failure=False)
             failures[name] = str(error.problem if isinstance(error, InputError) else error)
             logger.error("[%d/%d] %s failed: %s", done, len(futures), name, failures[name])
-    store = open_deap_store(out_dir, preprocess, data_kind)
+    store = open_deap_store(out_dir, preprocess, data_kind, identity)
     store.consolidate()
     summary = {
         "store": store_path(out_dir),
@@ -145,16 +156,21 @@ def preprocess_deap(
     return summary
 
 
-def _checkpoint_dir(out_dir: str) -> Path:
-    return Path(out_dir) / "checkpoints" / "vae"
+def _checkpoint_dir(out_dir: str, slot: str | None = None) -> Path:
+    """The main protocol's β-VAE is in ``checkpoints/vae``, another's in ``checkpoints/<slot>/vae``."""
+    return classifier_dir(out_dir, slot) / "vae"
+
+
+def _sweep_dir(out_dir: str, beta: float) -> Path:
+    return Path(out_dir) / "checkpoints" / "sweep" / f"beta-{beta:g}"
 
 
 @task
-def split_and_normalise(out_dir: str, learn: dict) -> dict:
+def split_and_normalise(out_dir: str, learn: dict, slot: str | None = None) -> dict:
     config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir), writable=True)
     split = make_split(store, config.split_protocol, config.split_seed, config.class_threshold)
-    fit_store_normalisation(store, split)
+    fit_store_normalisation(store, split, slot)
     sizes = {"train": int(split.train.size), "val": int(split.val.size), "test": int(split.test.size)}
     get_run_logger().info(
         "split by %s: %s trials; band statistics from the training trials", split.protocol, sizes
@@ -163,23 +179,41 @@ def split_and_normalise(out_dir: str, learn: dict) -> dict:
 
 
 @task
-def train_frame_vae(out_dir: str, learn: dict, resume: bool) -> dict:
-    config = LearnConfig.from_dict(learn)
+def keep_protocol_slots(out_dir: str, slots: list[str]) -> None:
+    """Drop what an earlier run stored for protocols this run does not train."""
+    keep_secondary_protocols(FrameStore.open(store_path(out_dir), writable=True), slots)
+
+
+def _epoch_logger(config: LearnConfig, what: str):
     logger = get_run_logger()
 
     def report_epoch(record: dict) -> None:
         val = "n/a" if record["val_loss"] is None else f"{record['val_loss']:.1f}"
         logger.info(
-            "VAE epoch %d/%d: loss %.1f (reconstruction %.1f, KL %.2f), validation %s, %.0f s",
-            record["epoch"], config.train.epochs, record["train_loss"], record["reconstruction"],
+            "%s epoch %d/%d: loss %.1f (reconstruction %.1f, KL %.2f), validation %s, %.0f s",
+            what, record["epoch"], config.train.epochs, record["train_loss"], record["reconstruction"],
             record["kl"], val, record["seconds"],
         )  # fmt: skip
 
+    return report_epoch
+
+
+@task
+def train_frame_vae(out_dir: str, learn: dict, resume: bool, slot: str | None = None) -> dict:
+    config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir))
+    what = "VAE" if slot is None else f"VAE ({slot} protocol)"
+    logger = get_run_logger()
     logger.info("training the β-VAE on %d torch thread(s)", torch.get_num_threads())
     with progress_display(logger.info) as show:
         result = train_store_vae(
-            store, config, _checkpoint_dir(out_dir), resume=resume, progress=report_epoch, steps=show
+            store,
+            config,
+            _checkpoint_dir(out_dir, slot),
+            resume=resume,
+            progress=_epoch_logger(config, what),
+            steps=show,
+            slot=slot,
         )
     return {
         "epochs": len(result.history),
@@ -189,28 +223,68 @@ def train_frame_vae(out_dir: str, learn: dict, resume: bool) -> dict:
 
 
 @task
-def encode_frames_task(out_dir: str, learn: dict) -> dict:
+def sweep_frame_vae(
+    out_dir: str, learn: dict, betas: list[float], resume: bool, threshold_nats: float
+) -> dict:
+    """Train one β-VAE per β on the main protocol, keep the one :func:`choose_beta` picks.
+
+    The chosen model's weights become ``checkpoints/vae/best`` (with the sweep in its metadata),
+    so every later stage uses it; the candidates stay in ``checkpoints/sweep/beta-<β>/``.
+    """
+    config = LearnConfig.from_dict(learn)
+    logger = get_run_logger()
+    store = FrameStore.open(store_path(out_dir))
+    split = stored_split(store)
+    rows = []
+    for beta in betas:
+        candidate = with_beta(config, beta)
+        with progress_display(logger.info) as show:
+            result = train_store_vae(
+                store,
+                candidate,
+                _sweep_dir(out_dir, beta),
+                resume=resume,
+                progress=_epoch_logger(candidate, f"VAE β={beta:g}"),
+                steps=show,
+            )
+        rows.append(score_candidate(result.model, store, split.train, split.val, threshold_nats))
+        logger.info(
+            "β=%g: %d influential factor(s), total Î %.2f nats, validation MSE %.4f",
+            beta, rows[-1]["n_influential"], rows[-1]["total_mi_nats"], rows[-1]["val_mse"],
+        )  # fmt: skip
+    chosen = choose_beta(rows)
+    sweep = {"rule": SWEEP_RULE, "candidates": rows, "chosen_beta": chosen}
+    tensors, metadata = load_checkpoint(_sweep_dir(out_dir, chosen), "best")
+    save_checkpoint(_checkpoint_dir(out_dir), "best", tensors, {**metadata, "beta_sweep": sweep})
+    logger.info("β sweep: kept β=%g (%s)", chosen, SWEEP_RULE)
+    return sweep
+
+
+@task
+def encode_frames_task(out_dir: str, learn: dict, slot: str | None = None) -> dict:
     config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir), writable=True)
-    model = load_vae(_checkpoint_dir(out_dir), "best")
+    checkpoints = _checkpoint_dir(out_dir, slot)
+    model = load_vae(checkpoints, "best")
     logger = get_run_logger()
     with progress_display(logger.info) as show:
-        model_id = checkpoint_model_id(_checkpoint_dir(out_dir))
-        n_encoded = encode_store(store, model, model_id, config.encode_batch_size, progress=show)
+        n_encoded = encode_store(
+            store, model, checkpoint_model_id(checkpoints), config.encode_batch_size, progress=show, slot=slot
+        )
     logger.info("encoded %d trial(s) with the best VAE", n_encoded)
     return {"n_encoded": n_encoded}
 
 
 @task
-def train_emotion_lstm(out_dir: str, learn: dict) -> dict:
+def train_emotion_lstm(out_dir: str, learn: dict, slot: str | None = None) -> dict:
     config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir))
     with progress_display(get_run_logger().info) as show:
         epochs = epoch_progress(show, "LSTM (epochs)", config.classifier.epochs)
-        _, evaluation = train_store_classifier(store, config, out_dir, progress=epochs)
+        _, evaluation = train_store_classifier(store, config, out_dir, progress=epochs, slot=slot)
     get_run_logger().info(
-        "LSTM test accuracy %.3f (chance %.3f) on %d trials",
-        evaluation["accuracy"], evaluation["chance_accuracy"], evaluation["n"],
+        "LSTM (%s protocol) test accuracy %.3f (chance %.3f) on %d trials",
+        config.split_protocol, evaluation["accuracy"], evaluation["chance_accuracy"], evaluation["n"],
     )  # fmt: skip
     return {"test_accuracy": evaluation["accuracy"], "chance_accuracy": evaluation["chance_accuracy"]}
 
@@ -232,6 +306,7 @@ def write_deap_report(
             run_config,
             source_path,
             ground_truth,
+            beta_sweep=load_checkpoint(_checkpoint_dir(out_dir), "best")[1].get("beta_sweep"),
             progress=show,
         )
     influential = [f["index"] for f in report["factors"] if f["influential"]]
@@ -239,13 +314,21 @@ def write_deap_report(
     get_run_logger().info(
         "report: %d influential factor(s) %s, emotion-linked %s", len(influential), influential, linked
     )
+    classification = report["classification"]
     return {
         "report_json": str(Path(out_dir) / "report.json"),
         "report_html": str(Path(out_dir) / "report.html"),
         "n_influential": len(influential),
         "linked": linked,
-        "test_accuracy": report["classification"]["test_accuracy"],
-        "chance_accuracy": report["classification"]["chance_accuracy"],
+        "test_accuracy": classification["test_accuracy"],
+        "chance_accuracy": classification["chance_accuracy"],
+        "classification": {
+            protocol: {key: value for key, value in figures.items() if key != "confusion"}
+            for protocol, figures in classification.get(
+                "by_protocol", {classification["protocol"]: classification}
+            ).items()
+        },
+        "beta_sweep": report.get("beta_sweep"),
         "ground_truth_passed": report.get("ground_truth_check", {}).get("passed"),
     }
 
@@ -258,39 +341,71 @@ def deap(
     preset: str = "demo",
     seed: int = 0,
     resume: bool = False,
+    protocol: str | None = None,
+    betas: list[float] | None = None,
     synthetic_subjects: int | None = None,
     dask_address: str | None = None,
     dask_workers: int | None = None,
+    synthetic_scenario: str = "planted",
     mixed_precision: bool = False,
     compile_model: bool = False,
 ) -> dict:
     """The whole DEAP pipeline: frames → β-VAE → Î ranking → LSTM → top-k tables → report.
 
-    Without ``data_dir`` it runs on the synthetic DEAP. ``resume`` continues VAE training from
-    its last checkpoint; stored frames and latents of the same model are never recomputed.
+    Without ``data_dir`` it runs on the synthetic DEAP of ``synthetic_scenario`` (``planted``,
+    ``null`` or ``confound``). ``resume`` continues VAE training from its last checkpoint; stored
+    frames and latents of the same model are never recomputed.
+    ``protocol`` (``trial``, ``subject`` or ``both``; default: the preset's) decides the
+    splits: with ``both`` the subject protocol gets its own split, normalisation, β-VAE and
+    LSTM, and the report shows the two accuracies side by side. ``betas`` overrides the
+    preset's β; several values run a sweep (one β-VAE each, one kept).
     ``mixed_precision`` (bf16 autocast, CUDA only) and ``compile_model`` (``torch.compile`` of
     the β-VAE) change the speed of training, not what it computes beyond rounding.
     """
-    settings = with_training_options(deap_preset(preset, seed), mixed_precision, compile_model)
+    settings = with_training_options(
+        deap_preset(preset, seed, protocol, tuple(betas) if betas else None), mixed_precision, compile_model
+    )
     synthetic = None
     ground_truth = None
     if data_dir is None:
-        spec = SyntheticDeapSpec(n_subjects=synthetic_subjects or settings.synthetic_subjects, seed=seed)
+        spec = scenario_spec(
+            synthetic_scenario, n_subjects=synthetic_subjects or settings.synthetic_subjects, seed=seed
+        )
         synthetic = spec.to_dict()
         ground_truth = synthetic_ground_truth(spec)
     preprocess = preprocess_deap.with_options(task_runner=preprocess_task_runner(dask_address, dask_workers))
     preprocess(out_dir=out_dir, data_dir=data_dir, synthetic=synthetic)
-    learn = settings.learn.to_dict()
+    protocols = run_protocols(settings.protocol)
     # Until the report is written, a killed run leaves a marker telling the next run what to finish.
     begin_update(out_dir, settings.to_dict(), "training")
+    keep_protocol_slots(out_dir, list(protocols[1:]))
+    learn_config = replace(settings.learn, split_protocol=protocols[0])
+    learn = learn_config.to_dict()
     split_and_normalise(out_dir, learn)
-    train_frame_vae(out_dir, learn, resume)
+    if len(settings.betas) > 1:
+        sweep = sweep_frame_vae(
+            out_dir, learn, list(settings.betas), resume, settings.rules.influential_threshold_nats
+        )
+        learn_config = with_beta(learn_config, sweep["chosen_beta"])
+        learn = learn_config.to_dict()
+    else:
+        train_frame_vae(out_dir, learn, resume)
     encode_frames_task(out_dir, learn)
     train_emotion_lstm(out_dir, learn)
+    for slot in protocols[1:]:
+        # Its own split, normalisation and models, at the β the main protocol uses.
+        slot_learn = replace(learn_config, split_protocol=slot).to_dict()
+        split_and_normalise(out_dir, slot_learn, slot)
+        train_frame_vae(out_dir, slot_learn, resume, slot)
+        encode_frames_task(out_dir, slot_learn, slot)
+        train_emotion_lstm(out_dir, slot_learn, slot)
+    settings = replace(settings, learn=learn_config)
     begin_update(out_dir, settings.to_dict(), "report")
     run_config = {"preset": settings.to_dict(), "seed": seed, "resume": resume, "synthetic": synthetic}
     source_path = (
-        data_dir if data_dir is not None else f"synthetic://deap?subjects={spec.n_subjects}&seed={seed}"
+        data_dir
+        if data_dir is not None
+        else f"synthetic://deap?scenario={spec.scenario}&subjects={spec.n_subjects}&seed={seed}"
     )
     written = write_deap_report(out_dir, settings.to_dict(), run_config, source_path, ground_truth)
     finish_update(out_dir)

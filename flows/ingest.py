@@ -110,6 +110,9 @@ def preset_from_dict(values: dict, where: str = "preset") -> DeapPreset:
             synthetic_subjects=int(values["synthetic_subjects"]),
             learn=LearnConfig.from_dict(values["learn"]),
             rules=FactorRules(**values["rules"]),
+            # Settings recorded before these existed ran one protocol at one β.
+            protocol=str(values.get("protocol", "trial")),
+            betas=tuple(values.get("betas", ())),
         )
     except InputError as err:
         raise InputError(where, f"holds invalid settings: {err}") from err

@@ -8,18 +8,22 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__
+from pipeline.classification import accuracy_summary, chance_verdict
 from pipeline.config import PreprocessConfig
 from pipeline.factors import FactorRules, describe_factors
 from pipeline.imaging import deap_imaging_operator
 from pipeline.learn import (
     LearnConfig,
+    classifier_dir,
+    latent_set,
     reconstruction_mse,
+    secondary_protocols,
     store_classes,
     store_mi,
     stored_split,
 )
-from pipeline.mi import MIEstimate
-from pipeline.models.sequence import EmotionLSTM, evaluate_classifier
+from pipeline.mi import MIEstimate, influential_factors
+from pipeline.models.sequence import EmotionLSTM, evaluate_classifier, predict_classes
 from pipeline.models.vae import BetaVAE
 from pipeline.progress import Progress
 from pipeline.report import ReportAssets, write_report
@@ -27,13 +31,62 @@ from pipeline.report.figures import confusion_figure, mi_variance_figure, topk_f
 from pipeline.splits import CLASS_NAMES
 from pipeline.store import FrameStore
 from pipeline.tables import topk_table
+from pipeline.train import load_classifier
 from pipeline.validation import check_planted_blocks
 
 
-def _latents_and_classes(store: FrameStore, rows: np.ndarray, threshold: float):
+def _latents_and_classes(store: FrameStore, rows: np.ndarray, threshold: float, group: str = "latents"):
     committed, classes = store_classes(store, threshold)
     # Read even when ``rows`` is empty: the empty block keeps the latent width, so parts concatenate.
-    return store.read_latents(rows)[0], classes[np.searchsorted(committed, rows)]
+    return store.read_latents(rows, group=group)[0], classes[np.searchsorted(committed, rows)]
+
+
+def protocol_classification(
+    store: FrameStore, classifier: EmotionLSTM, threshold: float, seed: int, slot: str | None = None
+) -> dict:
+    """Test accuracy of one protocol's LSTM with its interval, baselines and permutation p-value.
+
+    Only that protocol's own split and latents are read; the majority class comes from its
+    training trials.
+    """
+    split = stored_split(store, slot)
+    group = latent_set(slot)
+    test_mu, test_classes = _latents_and_classes(store, split.test, threshold, group)
+    committed, classes = store_classes(store, threshold)
+    train_classes = classes[np.searchsorted(committed, split.train)]
+    evaluation = evaluate_classifier(classifier, test_mu, test_classes)
+    summary = accuracy_summary(predict_classes(classifier, test_mu), test_classes, train_classes, seed=seed)
+    summary["verdict"] = chance_verdict(summary)
+    return {
+        "protocol": split.protocol,
+        **summary,
+        "confusion": evaluation["confusion"],
+        "n_test_trials": evaluation["n"],
+        "n_test_subjects": int(np.unique(store.subject[np.searchsorted(committed, split.test)]).size),
+        "split_sizes": {
+            "train": int(split.train.size),
+            "val": int(split.val.size),
+            "test": int(split.test.size),
+        },
+    }
+
+
+def _variance_explained(
+    model: BetaVAE, store: FrameStore, rows: np.ndarray, estimate: MIEstimate, rules: FactorRules
+) -> dict:
+    """1 − MSE(influential factors kept) / MSE(no factor kept), on the frames of ``rows``."""
+    influential = influential_factors(estimate, rules.influential_threshold_nats)
+    keep = np.zeros(estimate.n_factors, dtype=bool)
+    keep[influential] = True
+    mse_top = reconstruction_mse(model, store, rows, keep)
+    mse_none = reconstruction_mse(model, store, rows, np.zeros(estimate.n_factors, dtype=bool))
+    return {
+        "n_factors": int(influential.size),
+        "mse_influential": mse_top,
+        "mse_none": mse_none,
+        "fraction": 1.0 - mse_top / mse_none if mse_none > 0 else 0.0,
+        "measured_on": "test trials",
+    }
 
 
 def build_deap_report(
@@ -46,13 +99,17 @@ def build_deap_report(
     run_config: dict,
     source_path: str,
     ground_truth: dict | None = None,
+    beta_sweep: dict | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Compute Î, the top-k tables and the factor descriptions; write report.json/.html; return the report.
 
     Î is estimated on the frames of the training trials (no test trial influences any choice);
-    accuracies and reconstruction errors are measured on the test trials. ``progress`` follows
-    the permutation tests and the factors' traversals and figures (see :mod:`pipeline.progress`).
+    accuracies and reconstruction errors are measured on the test trials. When the store holds
+    a second protocol's models (``--protocol both``), its classification is reported beside the
+    main one in ``classification.by_protocol``; its LSTM is read from ``OUT/checkpoints/<protocol>``.
+    ``beta_sweep`` (from the chosen checkpoint) is reported as it is. ``progress`` follows the
+    permutation tests and the factors' traversals and figures (see :mod:`pipeline.progress`).
     """
     split = stored_split(store)
     estimate: MIEstimate = store_mi(store, split.train)
@@ -60,7 +117,11 @@ def build_deap_report(
     test_mu, test_classes = _latents_and_classes(store, split.test, threshold)
     val_mu, val_classes = _latents_and_classes(store, split.val, threshold)
     train_mu, train_classes = _latents_and_classes(store, split.train, threshold)
-    classification = evaluate_classifier(classifier, test_mu, test_classes)
+    classification = protocol_classification(store, classifier, threshold, learn.split_seed)
+    by_protocol = {classification["protocol"]: classification}
+    for slot in secondary_protocols(store):
+        other = load_classifier(classifier_dir(out_dir, slot), "classifier")
+        by_protocol[slot] = protocol_classification(store, other, threshold, learn.split_seed, slot)
     topk = topk_table(
         estimate,
         reconstruction_mse=lambda keep: reconstruction_mse(model, store, split.test, keep),
@@ -89,6 +150,8 @@ def build_deap_report(
             "path": source_path,
             "n_trials": n_trials,
             "n_frames": n_trials * store.frame_shape[0],
+            # Which synthetic data set (planted, null or confound); None for recorded data.
+            "scenario": store.attrs.get("synthetic", {}).get("scenario"),
         },
         "config": {**run_config, "preprocessing": preprocess.to_dict(), "rules": rules.to_dict()},
         "mi": {
@@ -101,19 +164,13 @@ def build_deap_report(
             "mse": "mean squared error per scalp pixel of the test frames, in band-normalised units",
             "accuracy": "test accuracy of the trained LSTM with the other factors set to zero",
         },
+        "influential_variance_explained": _variance_explained(model, store, split.test, estimate, rules),
         "classification": {
-            "protocol": split.protocol,
-            "test_accuracy": classification["accuracy"],
-            "chance_accuracy": classification["chance_accuracy"],
-            "confusion": classification["confusion"],
+            **classification,
             "class_names": list(CLASS_NAMES),
             "class_rule": f"high = score > {threshold:g} (valence, arousal)",
-            "n_test_trials": classification["n"],
-            "split_sizes": {
-                "train": int(split.train.size),
-                "val": int(split.val.size),
-                "test": int(split.test.size),
-            },
+            "test_accuracy_note": "95 % Wilson interval; majority = always the training split's most "
+            "frequent class; p from shuffling the test labels against the fixed predictions",
         },
         "factors": factors,
         "emotion_relevance": relevance,
@@ -124,6 +181,10 @@ def build_deap_report(
             "normalisation": store.attrs.get("normalisation"),
         },
     }
+    if len(by_protocol) > 1:
+        report["classification"]["by_protocol"] = by_protocol
+    if beta_sweep is not None:
+        report["beta_sweep"] = beta_sweep
     if ground_truth is not None:
         report["ground_truth"] = ground_truth
         report["ground_truth_check"] = check_planted_blocks(factors, ground_truth)

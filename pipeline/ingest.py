@@ -43,10 +43,16 @@ def trials_to_frames(
     return operator.to_frames(band_power, where=trials.source)
 
 
-def store_attrs(config: PreprocessConfig, data_kind: str) -> dict:
-    """The group attributes a new DEAP frame store starts with (all JSON-native)."""
+def store_attrs(config: PreprocessConfig, data_kind: str, synthetic: dict | None = None) -> dict:
+    """The group attributes a new DEAP frame store starts with (all JSON-native).
+
+    ``synthetic`` is the generated data's :meth:`SyntheticDeapSpec.identity` (scenario, seed and
+    every setting but the subject count), recorded so that no other synthetic data join it.
+    """
     operator = deap_imaging_operator(config)
+    extra = {} if synthetic is None else {"synthetic": synthetic}
     return {
+        **extra,
         "dataset": "deap",
         "data_kind": data_kind,
         "preprocessing": config.to_dict(),
@@ -71,39 +77,73 @@ def store_attrs(config: PreprocessConfig, data_kind: str) -> dict:
     }
 
 
-def open_deap_store(out_dir: str, config: PreprocessConfig, data_kind: str) -> FrameStore:
+def open_deap_store(
+    out_dir: str, config: PreprocessConfig, data_kind: str, synthetic: dict | None = None
+) -> FrameStore:
     """Create ``OUT/frames.zarr`` or reopen it for appending under the same preprocessing config.
 
     Synthetic and recorded data never share a store: a report must be able to say which it is.
+    Nor do two synthetic data sets: ``synthetic`` (the spec's identity: scenario, seed, settings)
+    must match the one the store was made with, so a report describes one scenario.
 
     Raises
     ------
     InputError
-        Naming the store, when it holds data of another kind or was built under another config.
+        Naming the store, when it holds data of another kind, another synthetic scenario or
+        seed, or was built under another config.
     """
     path = store_path(out_dir)
     # Checked before create_or_open, which would overwrite the stored kind with this run's.
-    try:
-        stored_kind = FrameStore.open(path).attrs.get("data_kind", data_kind)
-    except InputError:  # no store yet, or not a frame store: create_or_open creates it or says why
-        stored_kind = data_kind
-    if stored_kind != data_kind:
-        raise InputError(
-            path, f"holds {stored_kind} data; this run adds {data_kind} data; use a new --out folder"
-        )
+    check_store_accepts(out_dir, data_kind, synthetic)
     return FrameStore.create_or_open(
         path,
         config_hash=config.config_hash(),
-        attrs=store_attrs(config, data_kind),
+        attrs=store_attrs(config, data_kind, synthetic),
         frame_shape=(config.n_windows, len(config.band_names), config.grid_size, config.grid_size),
         label_width=len(LABEL_NAMES),
     )
 
 
+def check_store_accepts(out_dir: str, data_kind: str, synthetic: dict | None = None) -> None:
+    """Refuse, naming the store, data that may not join the store in ``out_dir`` (if there is one).
+
+    Data of another kind, or synthetic data of another identity (scenario, seed or settings),
+    would make one report describe two data sets.
+    """
+    path = store_path(out_dir)
+    try:
+        stored_attrs = FrameStore.open(path).attrs
+    except InputError:  # no store yet, or not a frame store: create_or_open creates it or says why
+        return
+    stored_kind = stored_attrs.get("data_kind", data_kind)
+    if stored_kind != data_kind:
+        raise InputError(
+            path, f"holds {stored_kind} data; this run adds {data_kind} data; use a new --out folder"
+        )
+    stored_synthetic = stored_attrs.get("synthetic")
+    if synthetic is not None and stored_synthetic is not None and stored_synthetic != synthetic:
+        raise InputError(path, _other_synthetic_data(stored_synthetic, synthetic))
+
+
+def _other_synthetic_data(stored: dict, asked: dict) -> str:
+    def described(identity: dict) -> str:
+        return (
+            f"the synthetic '{identity.get('scenario', 'planted')}' scenario with seed {identity.get('seed')}"
+        )
+
+    if described(stored) == described(asked):
+        return (
+            f"holds {described(stored)} generated with other settings than this run's; use a new --out folder"
+        )
+    return f"holds {described(stored)}; this run asks for {described(asked)}; use a new --out folder"
+
+
 def store_path(out_dir: str) -> str:
     """Location of the frame store inside a run folder (a local path or an fsspec URL)."""
-    return out_dir.rstrip("/") + "/" + FRAMES_STORE_NAME if "://" in out_dir else os.path.join(
-        out_dir, FRAMES_STORE_NAME
+    return (
+        out_dir.rstrip("/") + "/" + FRAMES_STORE_NAME
+        if "://" in out_dir
+        else os.path.join(out_dir, FRAMES_STORE_NAME)
     )
 
 

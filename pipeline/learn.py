@@ -25,7 +25,7 @@ from pipeline.models.vae import BetaVAE, VAEConfig
 from pipeline.normalise import BandNormalisation, fit_band_normalisation
 from pipeline.progress import Progress, report
 from pipeline.splits import Split, emotion_classes, split_by_subject, split_by_trial
-from pipeline.store import FrameStore
+from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.train import (
     ClassifierConfig,
     TrainConfig,
@@ -119,8 +119,49 @@ def frame_mask(store: FrameStore) -> np.ndarray:
     return np.ones(store.frame_shape[-2:], dtype=bool)
 
 
-def fit_store_normalisation(store: FrameStore, split: Split) -> BandNormalisation:
-    """Band statistics of the training trials only, written to the store attrs with their split."""
+PROTOCOLS: tuple[str, ...] = ("trial", "subject")
+RUN_PROTOCOLS: tuple[str, ...] = ("trial", "subject", "both")
+
+
+def run_protocols(protocol: str) -> tuple[str, ...]:
+    """The protocols a run trains, main one first: ``both`` is the trial protocol, then the subject one."""
+    if protocol not in RUN_PROTOCOLS:
+        raise InputError("protocol", f"{protocol!r} must be one of {', '.join(RUN_PROTOCOLS)}")
+    return PROTOCOLS if protocol == "both" else (protocol,)
+
+
+def latent_set(slot: str | None) -> str:
+    """The store's latent group of a protocol slot (see :func:`fit_store_normalisation`)."""
+    return LATENTS_GROUP if slot is None else f"{LATENTS_GROUP}_{slot}"
+
+
+def _check_slot(slot: str | None) -> None:
+    if slot is not None and slot not in PROTOCOLS:
+        raise InputError("slot", f"{slot!r} must be None (the main protocol) or one of {PROTOCOLS}")
+
+
+def _slot_attrs(store: FrameStore, slot: str | None) -> dict:
+    _check_slot(slot)
+    attrs = store.attrs
+    if slot is None:
+        return attrs
+    return attrs.get("protocols", {}).get(slot, {})
+
+
+def secondary_protocols(store: FrameStore) -> list[str]:
+    """Protocols trained beside the main one (``--protocol both``), each in its own slot."""
+    return sorted(store.attrs.get("protocols", {}))
+
+
+def fit_store_normalisation(store: FrameStore, split: Split, slot: str | None = None) -> BandNormalisation:
+    """Band statistics of the training trials only, written to the store attrs with their split.
+
+    ``slot`` None is the run's main protocol: attrs ``split`` and ``normalisation``, latents in
+    ``latents/``. A protocol name (``"subject"`` beside a main trial protocol) keeps its own
+    split and statistics in attrs ``protocols/<slot>`` and its latents in ``latents_<slot>/``,
+    so the two protocols never share a normalisation or a model.
+    """
+    _check_slot(slot)
     normalisation = fit_band_normalisation(
         store.frames,
         frame_mask(store),
@@ -128,13 +169,28 @@ def fit_store_normalisation(store: FrameStore, split: Split) -> BandNormalisatio
         trials=split.train,
         where=f"{store.path}/frames",
     )
-    store.update_attrs({"normalisation": normalisation.to_dict(), "split": split.to_dict()})
+    values = {"normalisation": normalisation.to_dict(), "split": split.to_dict()}
+    if slot is None:
+        store.update_attrs(values)
+    else:
+        store.update_attrs({"protocols": {**store.attrs.get("protocols", {}), slot: values}})
     return normalisation
 
 
-def store_normaliser(store: FrameStore) -> Normaliser:
+def keep_secondary_protocols(store: FrameStore, slots: list[str]) -> None:
+    """Forget the slots of protocols this run does not train: their attrs and their latents."""
+    for slot in slots:
+        _check_slot(slot)
+    recorded = store.attrs.get("protocols", {})
+    for slot in set(recorded) - set(slots):
+        store.clear_latents(latent_set(slot))
+    if set(recorded) - set(slots):
+        store.update_attrs({"protocols": {slot: recorded[slot] for slot in slots if slot in recorded}})
+
+
+def store_normaliser(store: FrameStore, slot: str | None = None) -> Normaliser:
     """The model-input transform recorded in the store (fitted by :func:`fit_store_normalisation`)."""
-    attrs = store.attrs
+    attrs = _slot_attrs(store, slot)
     if "normalisation" not in attrs:
         raise InputError(store.path, "has no normalisation statistics yet; run the learn stage first")
     normalisation = BandNormalisation.from_dict(attrs["normalisation"])
@@ -142,8 +198,8 @@ def store_normaliser(store: FrameStore) -> Normaliser:
     return lambda block: normalisation.apply(block, mask)
 
 
-def stored_split(store: FrameStore) -> Split:
-    attrs = store.attrs
+def stored_split(store: FrameStore, slot: str | None = None) -> Split:
+    attrs = _slot_attrs(store, slot)
     if "split" not in attrs:
         raise InputError(store.path, "has no split yet; run the learn stage first")
     return Split.from_dict(attrs["split"])
@@ -156,12 +212,13 @@ def train_store_vae(
     resume: bool = False,
     progress: Callable[[dict], None] | None = None,
     steps: Progress | None = None,
+    slot: str | None = None,
 ):
     """Train the β-VAE on the frames of the training trials (validation trials for early stopping).
 
     ``progress`` gets each epoch's history dict, ``steps`` the steps within an epoch.
     """
-    split = stored_split(store)
+    split = stored_split(store, slot)
     return train_vae(
         store.frames,
         split.train,
@@ -169,7 +226,7 @@ def train_store_vae(
         config.vae,
         config.train,
         checkpoint_dir,
-        normalise=store_normaliser(store),
+        normalise=store_normaliser(store, slot),
         resume=resume,
         progress=progress,
         steps=steps,
@@ -206,6 +263,7 @@ def encode_store(
     model_id: str,
     batch_size: int = 1024,
     progress: Progress | None = None,
+    slot: str | None = None,
 ) -> int:
     """Write μ and log σ² of every frame of every committed trial not yet encoded by this model.
 
@@ -218,23 +276,24 @@ def encode_store(
         raise InputError("model", f"expected a BetaVAE, got {type(model).__name__}")
     if not isinstance(model_id, str) or not model_id:
         raise InputError("model_id", f"must be a non-empty str, got {model_id!r}")
-    if store.latent_model_id != model_id:
-        store.clear_latents()
-    todo = np.setdiff1d(store.committed_rows(), store.latent_rows())
+    group = latent_set(slot)
+    if store.latent_model_id_of(group) != model_id:
+        store.clear_latents(group)
+    todo = np.setdiff1d(store.committed_rows(), store.latent_rows(group))
     if todo.size == 0:
         return 0
-    normalise = store_normaliser(store)
+    normalise = store_normaliser(store, slot)
     done = 0
     report(progress, "encoding (trials)", done, todo.size)
     for rows, mu, logvar in iter_encode_frames(model, store.frames, todo, batch_size, normalise):
-        store.write_latents(rows, mu, logvar, model_id=model_id)
+        store.write_latents(rows, mu, logvar, model_id=model_id, group=group)
         done += rows.size
         report(progress, "encoding (trials)", done, todo.size)
     return int(todo.size)
 
 
 def store_mi(store: FrameStore, rows: np.ndarray, trials_per_read: int = 64) -> MIEstimate:
-    """Î(X;Z_j) over every frame of ``rows``, streamed from the stored latents."""
+    """Î(X;Z_j) over every frame of ``rows``, streamed from the main protocol's stored latents."""
     accumulator = MIAccumulator()
     for start in range(0, len(rows), trials_per_read):
         mu, logvar = store.read_latents(rows[start : start + trials_per_read])
@@ -247,10 +306,21 @@ def _row_classes(store: FrameStore, rows: np.ndarray, threshold: float) -> np.nd
     return classes[np.searchsorted(committed, rows)]
 
 
-def train_store_classifier(store: FrameStore, config: LearnConfig, out_dir: str | Path, progress=None):
+def classifier_dir(out_dir: str | Path, slot: str | None = None) -> Path:
+    """Where the LSTM of a protocol slot is saved: ``checkpoints/`` or ``checkpoints/<slot>/``."""
+    _check_slot(slot)
+    return Path(out_dir) / "checkpoints" if slot is None else Path(out_dir) / "checkpoints" / slot
+
+
+def train_store_classifier(
+    store: FrameStore, config: LearnConfig, out_dir: str | Path, progress=None, slot: str | None = None
+):
     """Train the LSTM on the training trials' μ sequences; report test accuracy, chance and confusion."""
-    split = stored_split(store)
-    sequences = {part: store.read_latents(getattr(split, part))[0] for part in ("train", "val", "test")}
+    split = stored_split(store, slot)
+    group = latent_set(slot)
+    sequences = {
+        part: store.read_latents(getattr(split, part), group=group)[0] for part in ("train", "val", "test")
+    }
     classes = {part: _row_classes(store, getattr(split, part), config.class_threshold) for part in sequences}
     has_val = classes["val"].size > 0
     result = train_classifier(
@@ -261,7 +331,7 @@ def train_store_classifier(store: FrameStore, config: LearnConfig, out_dir: str 
         config=config.classifier,
         progress=progress,
     )
-    save_classifier(result.model, Path(out_dir) / "checkpoints", "classifier")
+    save_classifier(result.model, classifier_dir(out_dir, slot), "classifier")
     evaluation = evaluate_classifier(result.model, sequences["test"], classes["test"])
     return result.model, evaluation
 
@@ -286,3 +356,46 @@ def reconstruction_mse(
             total += float(error[..., mask].sum(dtype=torch.float64))
             count += int(error[..., mask].numel())
     return total / count
+
+
+def vae_validation_scores(
+    model: BetaVAE, store: FrameStore, rows: np.ndarray, trials_per_read: int = 16
+) -> dict:
+    """How well a trained β-VAE explains held-out trials, comparable across β and decoder variance.
+
+    Returns
+    -------
+    dict
+        ``negative_elbo`` (nats per frame: −log p(x|z) at the posterior mean plus the KL to the
+        prior, with weight 1 whatever the model's β: the bound on the held-out likelihood),
+        ``reconstruction_nll`` and ``kl`` (its two terms), and ``mse`` (mean squared error per
+        scalp pixel, normalised units, decoded from μ).
+    """
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or rows.size == 0:
+        raise InputError(f"{store.path} rows", f"shape {rows.shape}; expected a non-empty 1-D array of rows")
+    normalise = store_normaliser(store)
+    mask = torch.from_numpy(frame_mask(store).copy())
+    device = next(model.parameters()).device
+    sums = {"reconstruction_nll": 0.0, "kl": 0.0, "squared_error": 0.0}
+    n_frames, n_pixels = 0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), trials_per_read):
+            block = read_frames(store.frames, rows[start : start + trials_per_read], normalise)
+            frames = torch.from_numpy(block.reshape(-1, *block.shape[2:])).to(device)
+            mu, logvar = model.encode(frames)
+            parameters = model.decode_parameters(mu)
+            sums["reconstruction_nll"] += float(model.negative_log_likelihood(frames, parameters).sum())
+            kl = 0.5 * (mu.float() ** 2 + torch.exp(logvar.float()) - 1.0 - logvar.float())
+            sums["kl"] += float(kl.sum(dtype=torch.float64))
+            error = ((model.decode(mu) - frames) ** 2).cpu()
+            sums["squared_error"] += float(error[..., mask].sum(dtype=torch.float64))
+            n_frames += frames.shape[0]
+            n_pixels += int(error[..., mask].numel())
+    reconstruction, kl = sums["reconstruction_nll"] / n_frames, sums["kl"] / n_frames
+    return {
+        "negative_elbo": reconstruction + kl,
+        "reconstruction_nll": reconstruction,
+        "kl": kl,
+        "mse": sums["squared_error"] / n_pixels,
+    }

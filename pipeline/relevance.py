@@ -31,6 +31,21 @@ Significance
     for more than 10 tested factors. Hence the default of 2000 permutations (well under a
     second for 128 factors and 1000 trials), and testing only the influential factors.
 
+Within subject
+    Subjects differ far more than emotions do, and subjects use the rating scales differently
+    (some rate almost every video high-arousal). Pooled over subjects, a factor that encodes
+    only *who* was recorded then carries information about the class. So the same estimate is
+    also made *within subject*: each trial summary has its subject's mean removed before the
+    normal scores, and the labels are shuffled only among the trials of one subject (each
+    subject keeps its own class counts, so its habit is part of the null). A factor that
+    encodes the subject alone then has no within-subject information, whatever its pooled
+    value. With a single subject the two analyses are one and the same.
+
+    A factor's *subject share* is η², the fraction of the variance of its trial summaries that
+    the subject explains (between-subject over total sum of squares; averaged over the
+    summaries): near 1 for a factor that tells subjects apart, near 1/n_trials-per-subject for
+    one that does not.
+
 Emotion-linked rule
     A factor j is *emotion-linked* if and only if it is **influential**, Î(X; Z_j) >
     ``influential_threshold_nats`` (0.05 nats by default), **and** its label information is
@@ -38,7 +53,9 @@ Emotion-linked rule
     its bias-corrected label information reaches ``min_relevance_nats``. The minimum keeps a
     factor that is mostly something else (a label-free rhythm, say) but mixes in a trace of an
     emotion factor from being called emotion-linked just because many trials make the trace
-    significant. A factor that was not tested (q-value NaN) is never linked.
+    significant. A factor that was not tested (q-value NaN) is never linked. Reports apply the
+    rule to the *within-subject* q-values and relevance; a factor whose pooled test is
+    significant while its within-subject test is not is *subject-driven*.
 """
 
 from __future__ import annotations
@@ -80,6 +97,8 @@ class LabelInformation:
         Benjamini–Hochberg over the ``tested`` factors only; NaN elsewhere.
     tested : ndarray of int
         The factors forming the multiple-testing family.
+    n_subjects : int
+        Number of subjects the permutations were confined to: 1 for the pooled analysis.
     """
 
     information_nats: np.ndarray
@@ -93,6 +112,7 @@ class LabelInformation:
     n_classes: int
     n_permutations: int
     seed: int
+    n_subjects: int = 1
 
     def to_dict(self) -> dict:
         """JSON-native form (NaN becomes None)."""
@@ -114,6 +134,7 @@ class LabelInformation:
             "n_permutations": self.n_permutations,
             "smallest_possible_q": min(1.0, self.tested.size / (1.0 + self.n_permutations)),
             "seed": self.seed,
+            "n_subjects": self.n_subjects,
         }
 
 
@@ -124,6 +145,7 @@ def factor_label_information(
     seed: int = 0,
     summaries: Sequence[str] = SUMMARIES,
     factors: Sequence[int] | None = None,
+    subjects: np.ndarray | None = None,
     progress: Progress | None = None,
 ) -> LabelInformation:
     """Estimate I(Z_j; Y) per latent factor with a permutation p-value and a BH q-value.
@@ -145,6 +167,10 @@ def factor_label_information(
     factors : sequence of int, optional
         The factors forming the multiple-testing family for the q-values (for example the
         influential ones); all factors by default.
+    subjects : ndarray, shape (n_trials,), optional
+        Subject of each trial. When given, the estimate is *within subject*: each summary is
+        centred on its subject's mean and labels are shuffled only within a subject. Without
+        it (or with one subject) the analysis is pooled.
     progress : callable, optional
         ``progress(stage, done, total)`` over the labelings (see :mod:`pipeline.progress`).
 
@@ -164,16 +190,21 @@ def factor_label_information(
             "mu", f"{n_trials} trials are too few for {n_classes} classes and {len(summaries)} summaries"
         )
     tested = _check_factor_indices(factors, n_factors, "factors")
+    groups = _subject_codes(subjects, n_trials)
 
-    scores = _normal_scores(_trial_summaries(mu, summaries))
+    summary_values = _trial_summaries(mu, summaries)
+    if groups.max() > 0:
+        summary_values = _centred_per_group(summary_values, groups)
+    scores = _normal_scores(summary_values)
     rng = np.random.default_rng(seed)
-    labelings = np.vstack([codes, rng.permuted(np.tile(codes, (n_permutations, 1)), axis=1)])
-    parts = []
-    report(progress, "permutation tests (labelings)", 0, len(labelings))
-    for start in range(0, len(labelings), _LABELINGS_PER_BATCH):
-        batch = labelings[start : start + _LABELINGS_PER_BATCH]
-        parts.append(_gaussian_label_information(scores, batch, n_classes))
-        report(progress, "permutation tests (labelings)", start + len(batch), len(labelings))
+    stage = "permutation tests (labelings)"
+    parts = [_gaussian_label_information(scores, np.asarray(codes)[None, :], n_classes)]
+    report(progress, stage, 0, n_permutations)
+    for start in range(0, n_permutations, _LABELINGS_PER_BATCH):
+        n_batch = min(_LABELINGS_PER_BATCH, n_permutations - start)
+        labelings = _permuted_within_groups(codes, groups, n_batch, rng)
+        parts.append(_gaussian_label_information(scores, labelings, n_classes))
+        report(progress, stage, start + n_batch, n_permutations)
     information = np.concatenate(parts)
     observed, null = information[0], information[1:]
 
@@ -193,6 +224,93 @@ def factor_label_information(
         n_classes=n_classes,
         n_permutations=int(n_permutations),
         seed=seed,
+        n_subjects=int(groups.max()) + 1,
+    )
+
+
+def subject_share(mu: np.ndarray, subjects: np.ndarray, summaries: Sequence[str] = ("mean",)) -> np.ndarray:
+    """η² per factor: the share of the variance of its trial summaries that the subject explains.
+
+    Parameters
+    ----------
+    mu : ndarray, shape (n_trials, n_frames, H)
+        Latent means of each trial's frames (the frames the relevance sees).
+    subjects : ndarray, shape (n_trials,)
+        Subject of each trial.
+    summaries : sequence of {"mean", "std"}
+        Trial statistics, as in :func:`factor_label_information`; η² is averaged over them.
+
+    Returns
+    -------
+    ndarray of float64, shape (H,)
+        Between-subject over total sum of squares, in [0, 1]; 0 for a factor that is constant
+        over the trials.
+    """
+    mu = _check_mu(mu)
+    summaries = _check_summaries(summaries, mu.shape[1])
+    groups = _subject_codes(subjects, mu.shape[0])
+    values = _trial_summaries(mu, summaries)
+    total = ((values - values.mean(axis=0)) ** 2).sum(axis=0)
+    within = (_centred_per_group(values, groups) ** 2).sum(axis=0)
+    share = np.divide(total - within, total, out=np.zeros_like(total), where=total > 0)
+    return np.clip(share, 0.0, 1.0).mean(axis=-1)
+
+
+@dataclass(frozen=True)
+class SubjectAwareRelevance:
+    """Label information of each factor pooled over subjects and within subject, and its subject share.
+
+    ``within`` is the analysis the emotion-linked rule uses; ``pooled`` is kept for comparison.
+    With one subject both are the same object (``within_equals_pooled``).
+    """
+
+    pooled: LabelInformation
+    within: LabelInformation
+    subject_share: np.ndarray
+
+    @property
+    def n_subjects(self) -> int:
+        return self.within.n_subjects
+
+    @property
+    def within_equals_pooled(self) -> bool:
+        return self.within is self.pooled
+
+    def subject_driven(self, alpha: float) -> np.ndarray:
+        """Tested factors whose pooled test is significant while their within-subject test is not."""
+        return _significant(self.pooled.q_values, alpha) & ~_significant(self.within.q_values, alpha)
+
+    def to_dict(self) -> dict:
+        return {
+            "within_subject": self.within.to_dict(),
+            "pooled": self.pooled.to_dict(),
+            "subject_share": self.subject_share.tolist(),
+            "n_subjects": self.n_subjects,
+            "within_equals_pooled": self.within_equals_pooled,
+        }
+
+
+def subject_aware_label_information(
+    mu: np.ndarray,
+    classes: np.ndarray,
+    subjects: np.ndarray,
+    n_permutations: int = 2000,
+    seed: int = 0,
+    summaries: Sequence[str] = SUMMARIES,
+    factors: Sequence[int] | None = None,
+) -> SubjectAwareRelevance:
+    """:func:`factor_label_information` pooled and within subject, with each factor's subject share.
+
+    Both analyses use the same permutation count, seed, summaries and testing family; with a
+    single subject the within-subject analysis is the pooled one.
+    """
+    pooled = factor_label_information(mu, classes, n_permutations, seed, summaries, factors)
+    groups = _subject_codes(subjects, pooled.n_trials)
+    within = pooled
+    if groups.max() > 0:
+        within = factor_label_information(mu, classes, n_permutations, seed, summaries, factors, subjects)
+    return SubjectAwareRelevance(
+        pooled=pooled, within=within, subject_share=subject_share(mu, subjects, summaries)
     )
 
 
@@ -293,9 +411,7 @@ def linked_factors(
         raise InputError("influential_threshold_nats", f"{influential_threshold_nats!r}; expected >= 0")
     if not 0 < alpha < 1:
         raise InputError("alpha", f"{alpha!r}; expected a number in (0, 1)")
-    significant = np.zeros(mi_nats.shape, dtype=bool)
-    np.less(label_q_values, alpha, out=significant, where=~np.isnan(label_q_values))
-    linked = (mi_nats > influential_threshold_nats) & significant
+    linked = (mi_nats > influential_threshold_nats) & _significant(label_q_values, alpha)
     if relevance_nats is not None:
         relevance_nats = np.asarray(relevance_nats, dtype=np.float64)
         if relevance_nats.shape != mi_nats.shape:
@@ -306,6 +422,48 @@ def linked_factors(
             raise InputError("min_relevance_nats", f"{min_relevance_nats!r}; expected >= 0")
         linked &= relevance_nats >= min_relevance_nats
     return linked
+
+
+def _significant(q_values: np.ndarray, alpha: float) -> np.ndarray:
+    """q < alpha, False where the factor was not tested (NaN)."""
+    significant = np.zeros(q_values.shape, dtype=bool)
+    np.less(q_values, alpha, out=significant, where=~np.isnan(q_values))
+    return significant
+
+
+def _subject_codes(subjects: np.ndarray | None, n_trials: int) -> np.ndarray:
+    """Subjects as codes 0..S-1 (all 0 when ``subjects`` is None)."""
+    if subjects is None:
+        return np.zeros(n_trials, dtype=np.int64)
+    subjects = np.asarray(subjects)
+    if subjects.shape != (n_trials,):
+        raise InputError("subjects", f"shape {subjects.shape}; expected ({n_trials},), one subject per trial")
+    return np.unique(subjects, return_inverse=True)[1].astype(np.int64)
+
+
+def _centred_per_group(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``values`` (n, ...) minus the mean of its group along the first axis."""
+    counts = np.bincount(groups).astype(np.float64)
+    sums = np.zeros((counts.size, *values.shape[1:]))
+    np.add.at(sums, groups, values)
+    means = sums / counts.reshape(-1, *([1] * (values.ndim - 1)))
+    return values - means[groups]
+
+
+def _permuted_within_groups(
+    codes: np.ndarray, groups: np.ndarray, n_labelings: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(n_labelings, n) shuffles of ``codes`` in which each value stays within its group.
+
+    Sorting random keys offset by the group code lists every group's positions together, in a
+    random order within the group; the stable sort of the group codes lists them in their own
+    order. Mapping one onto the other moves each trial's class to a random trial of its group.
+    """
+    order = np.argsort(groups, kind="stable")
+    shuffled = np.argsort(groups[None, :] + rng.random((n_labelings, groups.size)), axis=1)
+    labelings = np.empty((n_labelings, groups.size), dtype=codes.dtype)
+    labelings[:, order] = codes[shuffled]
+    return labelings
 
 
 def _check_positive_int(value: int, name: str) -> None:

@@ -10,6 +10,8 @@ Layout (a contract other stages and reports rely on)::
     committed       bool (n_rows,): True once every array of the row is written
     latents/mu, latents/logvar  float32 (n_rows, frame_shape[0], H), fill NaN, once encoded
     latents/encoded bool (n_rows,): True once both latent arrays of the row are written
+    latents_<protocol>/...   the same three arrays for a second model (``--protocol both``: the
+                    subject protocol's β-VAE beside the trial protocol's in ``latents/``)
 
 Group attrs hold the caller's metadata (preprocessing config, band edges, grid, montage,
 normalisation statistics, data kind) plus the keys the store manages itself: ``config_hash``,
@@ -47,6 +49,7 @@ ROW_ARRAYS = ("frames", "labels", "subject", "trial", "source", "source_sha256")
 COMMIT_ARRAY = "committed"
 LATENTS_GROUP = "latents"
 LATENT_MARKER = "encoded"
+_LATENT_GROUP_NAME = re.compile(rf"^{LATENTS_GROUP}(_[a-z]+)?$")
 # Small per-row arrays share chunks of this many rows; zarr writes each chunk atomically, so a
 # kill mid-write leaves a chunk either old or new, never torn.
 ROW_CHUNK = 4096
@@ -574,23 +577,35 @@ class FrameStore:
 
     # ------------------------------------------------------------------ latents
 
-    def latent_rows(self) -> np.ndarray:
-        """Committed rows whose latents are written (int64, ascending)."""
-        if LATENTS_GROUP not in self._group.group_keys():
+    def latent_rows(self, group: str = LATENTS_GROUP) -> np.ndarray:
+        """Committed rows whose latents are written in ``group`` (int64, ascending)."""
+        self._check_latent_group(group)
+        if group not in self._group.group_keys():
             return np.empty(0, dtype=np.int64)
-        encoded = np.asarray(self._group[LATENTS_GROUP][LATENT_MARKER][:], dtype=bool)
+        encoded = np.asarray(self._group[group][LATENT_MARKER][:], dtype=bool)
         encoded = encoded[: self.n_rows] & self._committed[: encoded.shape[0]]
         return np.flatnonzero(encoded)
 
     @property
     def latent_model_id(self) -> str | None:
-        """The model id the latents were written with, or None if there are no latents."""
-        if LATENTS_GROUP not in self._group.group_keys():
+        """The model id the main latents were written with, or None if there are no latents."""
+        return self.latent_model_id_of(LATENTS_GROUP)
+
+    def latent_model_id_of(self, group: str) -> str | None:
+        """The model id the latents of ``group`` were written with, or None if there are none."""
+        self._check_latent_group(group)
+        if group not in self._group.group_keys():
             return None
-        return self._group[LATENTS_GROUP].attrs.get("model_id")
+        return self._group[group].attrs.get("model_id")
 
     def write_latents(
-        self, rows: Iterable[int], mu: np.ndarray, logvar: np.ndarray, *, model_id: str | None = None
+        self,
+        rows: Iterable[int],
+        mu: np.ndarray,
+        logvar: np.ndarray,
+        *,
+        model_id: str | None = None,
+        group: str = LATENTS_GROUP,
     ) -> None:
         """Store the encoder's mean and log-variance for committed rows.
 
@@ -603,6 +618,8 @@ class FrameStore:
         model_id : str, optional
             Identifies the model (e.g. its checkpoint hash). Latents of different models never
             mix: call :meth:`clear_latents` before writing those of a new model.
+        group : str
+            ``"latents"`` (the main model) or ``"latents_<name>"`` (another model's own place).
 
         Raises
         ------
@@ -611,6 +628,7 @@ class FrameStore:
             or a read-only handle.
         """
         self._check_writable()
+        self._check_latent_group(group)
         rows = self._check_committed(rows, "rows")
         mu_shape = np.shape(mu)
         if len(mu_shape) != 3 or mu_shape[:2] != (rows.size, self.frame_shape[0]) or mu_shape[2] < 1:
@@ -621,29 +639,30 @@ class FrameStore:
         logvar = _as_finite_float32(logvar, self.path, "logvar", mu_shape)
         if model_id is not None and (not isinstance(model_id, str) or not model_id):
             raise InputError(self.path, f"model_id must be a non-empty str, got {model_id!r}")
-        latents = self._require_latents(mu_shape[2], model_id)
+        latents = self._require_latents(mu_shape[2], model_id, group)
         write_rows(latents["mu"], rows, mu)
         write_rows(latents["logvar"], rows, logvar)
         write_rows(latents[LATENT_MARKER], rows, np.ones(rows.size, dtype=bool))
         self._write_attrs({})
 
-    def read_latents(self, rows: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(mu, logvar)``, float32 (k, frame_shape[0], H), of committed rows that have latents."""
+    def read_latents(self, rows: Iterable[int], group: str = LATENTS_GROUP) -> tuple[np.ndarray, np.ndarray]:
+        """``(mu, logvar)``, float32 (k, frame_shape[0], H), of committed rows with latents in ``group``."""
         rows = self._check_committed(rows, "rows")
-        missing = np.setdiff1d(rows, self.latent_rows())
+        missing = np.setdiff1d(rows, self.latent_rows(group))
         if missing.size:
-            raise InputError(self.path, f"rows {missing[:10].tolist()} have no latents")
-        latents = self._group[LATENTS_GROUP]
+            raise InputError(self.path, f"rows {missing[:10].tolist()} have no latents in {group}/")
+        latents = self._group[group]
         return (
             read_rows(latents["mu"], rows),
             read_rows(latents["logvar"], rows),
         )
 
-    def clear_latents(self) -> None:
-        """Delete all latents, e.g. before encoding with a retrained model."""
+    def clear_latents(self, group: str = LATENTS_GROUP) -> None:
+        """Delete the latents of ``group``, e.g. before encoding with a retrained model."""
         self._check_writable()
-        if LATENTS_GROUP in self._group.group_keys():
-            del self._group[LATENTS_GROUP]
+        self._check_latent_group(group)
+        if group in self._group.group_keys():
+            del self._group[group]
         self._write_attrs({})
 
     # ------------------------------------------------------------------ internals
@@ -693,9 +712,13 @@ class FrameStore:
         write_rows(self._arrays[COMMIT_ARRAY], rows, np.ones(rows.size, dtype=bool))
         self._committed[rows] = True
 
-    def _require_latents(self, latent_size: int, model_id: str | None) -> zarr.Group:
-        if LATENTS_GROUP in self._group.group_keys():
-            latents = self._group[LATENTS_GROUP]
+    def _check_latent_group(self, group: str) -> None:
+        if not isinstance(group, str) or not _LATENT_GROUP_NAME.match(group):
+            raise InputError(self.path, f"{group!r} is not a latent group (latents or latents_<name>)")
+
+    def _require_latents(self, latent_size: int, model_id: str | None, group: str) -> zarr.Group:
+        if group in self._group.group_keys():
+            latents = self._group[group]
             stored_size = latents["mu"].shape[2]
             if stored_size != latent_size:
                 raise InputError(
@@ -711,7 +734,7 @@ class FrameStore:
                     "call clear_latents() first",
                 )
         else:
-            latents = self._group.create_group(LATENTS_GROUP, attributes={"model_id": model_id})
+            latents = self._group.create_group(group, attributes={"model_id": model_id})
             per_frame = (self.frame_shape[0], latent_size)
             rows_per_chunk = max(1, LATENT_CHUNK_BYTES // (4 * math.prod(per_frame)))
             for name in ("mu", "logvar"):

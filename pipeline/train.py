@@ -124,6 +124,10 @@ class TrainConfig:
         more frames/s on CPU, measured in ``benchmarks/train.py``; the checkpoints are the
         usual contiguous tensors). The convolutions sum in another order, so the weights
         differ from a channels-first run in the last bits.
+    kl_warmup_epochs : int
+        β rises linearly from β/(n+1) to β over the first ``n`` epochs, so the encoder learns
+        to use its factors before the KL term prunes them; 0 trains at β from the start.
+        Validation always scores the full objective.
     """
 
     epochs: int = 300
@@ -137,10 +141,17 @@ class TrainConfig:
     frames_on_device: bool = False
     compile_model: bool = False
     channels_last: bool = False
+    kl_warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "trials_per_read"):
             _check_positive_int(name, getattr(self, name))
+        if (
+            isinstance(self.kl_warmup_epochs, bool)
+            or not isinstance(self.kl_warmup_epochs, int)
+            or self.kl_warmup_epochs < 0
+        ):
+            raise InputError("kl_warmup_epochs", f"{self.kl_warmup_epochs!r} must be a non-negative integer")
         _check_learning_rate(self.lr)
         _check_seed(self.seed)
         _check_device_name(self.device)
@@ -150,6 +161,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def kl_weight(self, epoch: int) -> float:
+        """The share of β applied in (1-based) ``epoch``."""
+        return min(1.0, epoch / (self.kl_warmup_epochs + 1))
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -495,13 +510,14 @@ class VAETrainer:
         self, model: BetaVAE, optimizer: torch.optim.Optimizer, epoch: int, last_good: int
     ) -> dict:
         rng, noise = _generators(self.config.seed, _TRAIN_STREAM, epoch, self.device)
+        kl_weight = self.config.kl_weight(epoch)
         model.train()
         sums = torch.zeros(3, dtype=torch.float64)
         count = 0
         for batch_index, batch in enumerate(self._batches(self.train_rows, rng), start=1):
             x = self._to_device(batch)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._use_autocast):
-                terms = model.loss(x, noise)
+                terms = model.loss(x, noise, kl_weight)
             values = (
                 torch.stack([terms["total"], terms["reconstruction"], terms["kl"]]).detach().double().cpu()
             )
@@ -601,8 +617,8 @@ class VAETrainer:
             raise InputError(where, "lacks its training configuration")
         # Epochs and device may change on resume; anything else would make a different run.
         current = self.config.to_dict()
-        for key in ("seed", "batch_size", "lr", "patience", "trials_per_read"):
-            if stored_train_config.get(key) != current[key]:
+        for key in ("seed", "batch_size", "lr", "patience", "trials_per_read", "kl_warmup_epochs"):
+            if stored_train_config.get(key, 0 if key == "kl_warmup_epochs" else None) != current[key]:
                 raise InputError(
                     where,
                     f"was written with {key}={stored_train_config.get(key)!r}, this run has {current[key]!r};"

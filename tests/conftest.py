@@ -60,3 +60,10 @@ def small_deap_run(prefect_harness, tmp_path_factory):
 
     return run_small_deap_flow(tmp_path_factory.mktemp("deap-run"))
 
+
+@pytest.fixture(scope="session")
+def small_deap_run_both(prefect_harness, tmp_path_factory):
+    """The small run with both protocols and a two-value β sweep: (out_dir, flow result, report)."""
+    from small_deap_run import run_small_deap_flow
+
+    return run_small_deap_flow(tmp_path_factory.mktemp("deap-run-both"), protocol="both", betas=[2.0, 4.0])

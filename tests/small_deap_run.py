@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,8 +12,8 @@ import torch
 from pipeline.factors import FactorRules
 from pipeline.learn import LearnConfig
 from pipeline.models.vae import VAEConfig
-from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset
-from pipeline.sources.synthetic import SyntheticDeapSpec
+from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset, with_betas
+from pipeline.sources.synthetic import scenario_spec
 from pipeline.train import ClassifierConfig, TrainConfig
 
 N_SUBJECTS = 3
@@ -22,17 +22,12 @@ N_LATENTS = 4
 SEED = 3
 
 
-@dataclass(frozen=True)
-class SmallSyntheticSpec(SyntheticDeapSpec):
-    """The synthetic DEAP with fewer trials per subject; the flow has no setting for it."""
-
-    n_trials: int = TRIALS_PER_SUBJECT
-
-
-def tiny_preset(name: str, seed: int = 0) -> DeapPreset:
+def tiny_preset(
+    name: str, seed: int = 0, protocol: str | None = None, betas: tuple[float, ...] | None = None
+) -> DeapPreset:
     """A preset that runs in seconds: few latents, one VAE epoch, a small LSTM, few permutations, and
     figures for the influential factors only (at least one), since each factor's maps take a while."""
-    return DeapPreset(
+    preset = DeapPreset(
         name=f"tiny-{name}",
         synthetic_subjects=N_SUBJECTS,
         learn=LearnConfig(
@@ -42,11 +37,16 @@ def tiny_preset(name: str, seed: int = 0) -> DeapPreset:
             split_seed=seed,
         ),
         rules=FactorRules(min_reported=1, n_permutations=50, n_seed_frames=4),
+        protocol=protocol or "trial",
     )
+    return with_betas(preset, betas) if betas else preset
 
 
-def run_small_deap_flow(out_dir: Path) -> tuple[Path, dict, dict]:
-    """Run the flow on 3 synthetic subjects into ``out_dir``; returns (out_dir, flow result, report)."""
+def run_small_deap_flow(out_dir: Path, **options) -> tuple[Path, dict, dict]:
+    """Run the flow on 3 synthetic subjects into ``out_dir``; returns (out_dir, flow result, report).
+
+    ``options`` go to the flow (e.g. ``protocol="both"``, ``betas=[2.0, 4.0]``).
+    """
     import flows.deap
 
     threads = torch.get_num_threads()
@@ -54,9 +54,10 @@ def run_small_deap_flow(out_dir: Path) -> tuple[Path, dict, dict]:
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(flows.deap, "deap_preset", tiny_preset)
-            patch.setattr(flows.deap, "SyntheticDeapSpec", SmallSyntheticSpec)
+            # Fewer trials per subject than the synthetic DEAP's 40; the flow has no setting for it.
+            patch.setattr(flows.deap, "scenario_spec", partial(scenario_spec, n_trials=TRIALS_PER_SUBJECT))
             result = flows.deap.deap(
-                out_dir=str(out_dir), preset="demo", seed=SEED, synthetic_subjects=N_SUBJECTS
+                out_dir=str(out_dir), preset="demo", seed=SEED, synthetic_subjects=N_SUBJECTS, **options
             )
     finally:
         torch.set_num_threads(threads)

@@ -40,7 +40,7 @@ def test_preprocess_help_names_every_option(capsys):
     assert exit_info.value.code == EXIT_OK
     out = capsys.readouterr().out
     assert out.startswith("usage: eegmi preprocess ")
-    for option in ("--data-dir", "--synthetic", "--out", "--subjects", "--seed"):
+    for option in ("--data-dir", "--synthetic", "--out", "--subjects", "--seed", "--synthetic-scenario"):
         assert option in out
     assert "OUT/frames.zarr" in out
 
@@ -52,6 +52,10 @@ def test_preprocess_help_names_every_option(capsys):
         (["preprocess", "--synthetic", "--data-dir", "d", "--out", "o"], "not allowed with argument"),
         (["preprocess", "--out", "o", "--subjects", "two"], "invalid int value: 'two'"),
         (["summarise"], "invalid choice: 'summarise'"),
+        (["deap", "--protocol", "frames"], "invalid choice: 'frames'"),
+        (["deap", "--beta", "1,two"], "'1,two' is not a comma-separated list of numbers"),
+        (["deap", "--beta", "2,0"], "every β must be a positive finite number"),
+        (["deap", "--beta", "2,4,2"], "lists a value twice"),
     ],
 )
 def test_malformed_command_lines_exit_2_with_the_usage(capsys, argv, complaint):
@@ -153,5 +157,67 @@ def test_synthetic_preprocess_exits_0_and_reports_the_store(prefect_harness, tmp
     ]
     store = FrameStore.open(store_path(str(out)))
     assert store.attrs["data_kind"] == "synthetic"
+    assert store.attrs["synthetic"] == SyntheticDeapSpec(n_subjects=1, seed=4).identity()
+    assert store.attrs["synthetic"]["scenario"] == "planted"
     assert set(store.source_sha256.tolist()) == {reference.source_sha256}
     np.testing.assert_array_equal(np.sort(store.trial), reference.trial)
+
+
+def test_another_scenario_or_seed_is_refused_in_one_line_and_leaves_the_store(tmp_path, capsys):
+    from pipeline.config import PreprocessConfig
+    from pipeline.ingest import open_deap_store
+    from pipeline.sources.synthetic import scenario_spec
+
+    out = tmp_path / "out"
+    stored = scenario_spec("planted", n_subjects=1, seed=4)
+    open_deap_store(str(out), PreprocessConfig(), "synthetic", stored.identity())
+    path = store_path(str(out))
+    before = FrameStore.open(path).attrs
+
+    refusals = {
+        ("--synthetic-scenario", "confound", "--seed", "4"): "this run asks for the synthetic 'confound' "
+        "scenario with seed 4",
+        ("--seed", "5"): "this run asks for the synthetic 'planted' scenario with seed 5",
+    }
+    for options, asked in refusals.items():
+        code = main(["preprocess", "--synthetic", "--subjects", "1", *options, "--out", str(out)])
+        assert code == EXIT_BAD_INPUT
+        assert capsys.readouterr().err.splitlines() == [
+            f"eegmi: error: {path}: holds the synthetic 'planted' scenario with seed 4; {asked}; "
+            "use a new --out folder"
+        ]
+    code = main(["deap", "--synthetic-scenario", "null", "--seed", "4", "--out", str(out)])
+    assert code == EXIT_BAD_INPUT
+    assert "holds the synthetic 'planted' scenario with seed 4" in capsys.readouterr().err
+    assert FrameStore.open(path).attrs == before
+
+
+def test_protocol_and_beta_reach_the_flow(monkeypatch, capsys):
+    """``--protocol both --beta 1,2,4,6`` runs the flow with both protocols and a four-value sweep."""
+    import flows.deap
+
+    seen = {}
+
+    class Finished:
+        def result(self, raise_on_failure):
+            figures = {"verdict": "accuracy 0.50 (…): distinguishable from chance"}
+            return {
+                "report_html": "r.html",
+                "n_influential": 3,
+                "linked": [],
+                "beta_sweep": {"chosen_beta": 2.0, "rule": "the rule"},
+                "classification": {"trial": figures, "subject": figures},
+                "ground_truth_passed": None,
+            }
+
+    def fake_deap(**options):
+        seen.update(options)
+        return Finished()
+
+    monkeypatch.setattr(flows.deap, "deap", fake_deap)
+    code = main(["deap", "--data-dir", "d", "--protocol", "both", "--beta", "1,2,4,6", "--out", "o"])
+    assert code == 0
+    assert seen["protocol"] == "both" and seen["betas"] == [1.0, 2.0, 4.0, 6.0]
+    out = capsys.readouterr().out
+    assert "β sweep: kept β = 2" in out
+    assert "split by trial: accuracy" in out and "split by subject: accuracy" in out

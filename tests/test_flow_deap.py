@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 from small_deap_run import N_LATENTS, N_SUBJECTS, SEED, TRIALS_PER_SUBJECT, tiny_preset
 
+from pipeline.classification import wilson_interval
 from pipeline.ingest import store_path
+from pipeline.learn import checkpoint_model_id
 from pipeline.mi import DEFAULT_TOPK_PERCENTS
 from pipeline.report.html import format_sig3
+from pipeline.splits import emotion_classes
 from pipeline.store import FrameStore
+from pipeline.sweep import choose_beta
+from pipeline.train import load_vae
 
 FRAMES_PER_TRIAL = 63
 
@@ -22,6 +27,8 @@ def test_report_names_the_data_and_the_run_settings(small_deap_run):
     n_trials = N_SUBJECTS * TRIALS_PER_SUBJECT
     assert report["dataset"] == "deap"
     assert report["source"]["kind"] == "synthetic"
+    assert report["source"]["scenario"] == report["ground_truth"]["scenario"] == "planted"
+    assert report["source"]["path"] == f"synthetic://deap?scenario=planted&subjects={N_SUBJECTS}&seed={SEED}"
     assert report["source"]["n_trials"] == n_trials
     assert report["source"]["n_frames"] == FRAMES_PER_TRIAL * n_trials
     assert report["config"]["seed"] == SEED
@@ -117,3 +124,87 @@ def test_inspect_report_notebook_executes_on_the_run(small_deap_run, monkeypatch
     assert f"z{top}" in printed and f"{report['mi']['total_nats']:.3f}" in printed
     images = [o for cell in code_cells for o in cell.outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # the factor's topomap, its traversal, the re-thresholded topomap
+
+
+def test_accuracy_comes_with_its_interval_baselines_and_permutation_p(small_deap_run):
+    out_dir, result, report = small_deap_run
+    classification = report["classification"]
+    store = FrameStore.open(store_path(str(out_dir)))
+    split = store.attrs["split"]
+    confusion = np.array(classification["confusion"])
+    correct, n = int(np.trace(confusion)), int(confusion.sum())
+    assert classification["accuracy_ci95"] == pytest.approx(list(wilson_interval(correct, n)))
+    committed = store.committed_rows().tolist()
+    classes = emotion_classes(store.labels)
+    train_classes = classes[[committed.index(row) for row in split["train"]]]
+    majority = np.bincount(train_classes, minlength=4).argmax()
+    assert classification["majority_accuracy"] == pytest.approx(confusion[majority].sum() / n)
+    assert 1 / (classification["n_permutations"] + 1) <= classification["permutation_p_value"] <= 1.0
+    assert classification["distinguishable_from_chance"] == (classification["permutation_p_value"] < 0.05)
+    assert "by_protocol" not in classification
+    verdict = (
+        "NOT distinguishable" if not classification["distinguishable_from_chance"] else "distinguishable"
+    )
+    assert verdict in result["classification"]["trial"]["verdict"]
+    html = (out_dir / "report.html").read_text()
+    headline = html[html.index('id="headline-accuracy"') :][:900]
+    assert verdict in " ".join(headline.split())
+
+
+def test_variance_explained_by_the_influential_factors_matches_the_reconstruction_errors(small_deap_run):
+    explained = small_deap_run[2]["influential_variance_explained"]
+    assert explained["fraction"] == pytest.approx(1 - explained["mse_influential"] / explained["mse_none"])
+    assert explained["fraction"] <= 1.0 and explained["mse_none"] > 0
+    rows = {row["percent"]: row for row in small_deap_run[2]["topk"]}
+    assert explained["mse_none"] == pytest.approx(rows[0]["mse"])
+
+
+def test_both_protocols_run_side_by_side_and_the_subject_protocol_never_sees_its_test_subjects(
+    small_deap_run_both,
+):
+    out_dir, result, report = small_deap_run_both
+    classification = report["classification"]
+    by_protocol = classification["by_protocol"]
+    assert set(by_protocol) == {"trial", "subject"} == set(result["classification"])
+    assert classification["protocol"] == "trial"
+    assert classification["test_accuracy"] == by_protocol["trial"]["test_accuracy"]
+    store = FrameStore.open(store_path(str(out_dir)))
+    assert store.attrs["split"]["protocol"] == "trial"
+    subject_slot = store.attrs["protocols"]["subject"]
+    subject_of_row = dict(zip(store.committed_rows().tolist(), store.subject.tolist(), strict=True))
+    parts = {
+        part: {subject_of_row[row] for row in subject_slot["split"][part]}
+        for part in ("train", "val", "test")
+    }
+    assert parts["test"] and parts["test"].isdisjoint(parts["train"] | parts["val"])
+    assert by_protocol["subject"]["n_test_subjects"] == len(parts["test"])
+    assert by_protocol["subject"]["n_test_trials"] == len(subject_slot["split"]["test"])
+    fitted_on = subject_slot["normalisation"]["fitted_on"]
+    assert fitted_on["protocol"] == "subject" and fitted_on["n_trials"] == len(subject_slot["split"]["train"])
+    # Each protocol's latents come from its own β-VAE, in its own group.
+    subject_vae = out_dir / "checkpoints" / "subject" / "vae"
+    assert store.latent_model_id_of("latents_subject") == checkpoint_model_id(subject_vae)
+    assert store.latent_model_id == checkpoint_model_id(out_dir / "checkpoints" / "vae")
+    assert store.latent_model_id_of("latents_subject") != store.latent_model_id
+    np.testing.assert_array_equal(store.latent_rows("latents_subject"), store.committed_rows())
+    html = (out_dir / "report.html").read_text()
+    assert "split by trial</th>" in html and "split by subject</th>" in html
+
+
+def test_a_beta_sweep_keeps_the_model_its_rule_chooses(small_deap_run_both):
+    out_dir, result, report = small_deap_run_both
+    sweep = report["beta_sweep"]
+    assert [row["beta"] for row in sweep["candidates"]] == [2.0, 4.0]
+    assert sweep["chosen_beta"] == choose_beta(sweep["candidates"])
+    assert result["beta_sweep"]["chosen_beta"] == sweep["chosen_beta"]
+    kept = out_dir / "checkpoints" / "vae"
+    assert load_vae(kept).beta == sweep["chosen_beta"]
+    assert report["config"]["preset"]["learn"]["vae"]["beta"] == sweep["chosen_beta"]
+    # Only the kept model's latents are stored; the candidates stay as checkpoints.
+    store = FrameStore.open(store_path(str(out_dir)))
+    assert store.latent_model_id == checkpoint_model_id(kept)
+    candidate = out_dir / "checkpoints" / "sweep" / f"beta-{sweep['chosen_beta']:g}"
+    assert checkpoint_model_id(candidate) == checkpoint_model_id(kept)
+    assert load_vae(out_dir / "checkpoints" / "subject" / "vae").beta == sweep["chosen_beta"]
+    html = (out_dir / "report.html").read_text()
+    assert 'id="beta-sweep-table"' in html and "<strong>kept</strong>" in html

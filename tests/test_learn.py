@@ -251,6 +251,55 @@ def test_band_statistics_come_from_the_training_trials_only(base_store, tmp_path
     assert not np.allclose(fit_store_normalisation(store, split).mean, recorded["mean"])
 
 
+def test_a_second_protocol_keeps_its_own_split_statistics_and_latents(base_store, tmp_path):
+    """``--protocol both``: the subject protocol's normalisation never sees its test subjects, and
+    the two models' latents live side by side in the store."""
+    store = copy_store(base_store, tmp_path)
+    trial_split, trial_statistics = stored_split(store), store.attrs["normalisation"]
+    subject_split = make_split(store, "subject", seed=0, threshold=THRESHOLD)
+    fit_store_normalisation(store, subject_split, slot="subject")
+
+    assert learn.secondary_protocols(store) == ["subject"]
+    assert stored_split(store).to_dict() == trial_split.to_dict()
+    assert store.attrs["normalisation"] == trial_statistics
+    stored = stored_split(store, "subject")
+    subject_of_row = dict(zip(store.committed_rows().tolist(), store.subject.tolist(), strict=True))
+    train_subjects, val_subjects, test_subjects = (
+        {subject_of_row[int(row)] for row in part} for part in (stored.train, stored.val, stored.test)
+    )
+    assert train_subjects.isdisjoint(test_subjects) and val_subjects.isdisjoint(test_subjects)
+    statistics = store.attrs["protocols"]["subject"]["normalisation"]
+    assert statistics["fitted_on"]["protocol"] == "subject"
+    assert statistics["fitted_on"]["n_trials"] == stored.train.size == TRIALS_PER_SUBJECT
+    mask = deap_imaging_operator(PreprocessConfig()).mask
+    training_pixels = np.moveaxis(store.read_frames(stored.train).astype(np.float64)[..., mask], 2, -1)
+    np.testing.assert_allclose(statistics["mean"], training_pixels.reshape(-1, 3).mean(axis=0), rtol=1e-10)
+    block = store.read_frames(stored.test[:1])
+    assert not np.allclose(store_normaliser(store, "subject")(block), store_normaliser(store)(block))
+
+    rows = store.committed_rows()
+    shape = (rows.size, FRAMES_PER_TRIAL, N_LATENTS)
+    store.write_latents(rows, np.zeros(shape), np.zeros(shape), model_id="trial-model")
+    store.write_latents(rows, np.ones(shape), np.zeros(shape), model_id="subject", group="latents_subject")
+    assert store.latent_model_id == "trial-model"
+    assert store.latent_model_id_of("latents_subject") == "subject"
+    assert np.all(store.read_latents(rows)[0] == 0)
+    assert np.all(store.read_latents(rows, "latents_subject")[0] == 1)
+
+    learn.keep_secondary_protocols(store, [])
+    assert learn.secondary_protocols(store) == [] and store.latent_rows("latents_subject").size == 0
+    assert store.latent_model_id == "trial-model" and stored_split(store).to_dict() == trial_split.to_dict()
+    with pytest.raises(InputError, match="no split yet"):
+        stored_split(store, "subject")
+
+
+def test_run_protocols_lists_the_main_protocol_first():
+    assert learn.run_protocols("both") == ("trial", "subject")
+    assert learn.run_protocols("subject") == ("subject",)
+    with pytest.raises(InputError, match="protocol"):
+        learn.run_protocols("frames")
+
+
 # ------------------------------------------------------------------------------------------ VAE
 
 

@@ -13,6 +13,8 @@ from pipeline.relevance import (
     benjamini_hochberg,
     factor_label_information,
     linked_factors,
+    subject_aware_label_information,
+    subject_share,
 )
 
 N_FRAMES = 63
@@ -224,3 +226,122 @@ def test_linked_rule_can_require_a_minimum_relevance():
     ]
     with pytest.raises(InputError, match="relevance_nats"):
         linked_factors(mi, q, relevance_nats=relevance[:2], min_relevance_nats=0.1)
+
+
+# ---------------------------------------------------------------- within subject
+
+
+def habit_trials(n_subjects: int = 8, n_trials: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and subjects of trials whose subjects have rating habits, as in real DEAP.
+
+    Odd subjects put 80 % of their trials in the high-arousal classes (2, 3), even subjects 80 %
+    in the low ones (0, 1); valence (the class's low bit) is balanced. Trials sorted by subject.
+    """
+    rng = np.random.default_rng(seed)
+    classes, subjects = [], []
+    for subject in range(1, n_subjects + 1):
+        high = rng.permutation(np.arange(n_trials) < round(0.8 * n_trials))
+        high = high if subject % 2 else ~high
+        valence = rng.permutation(np.arange(n_trials) % 2)
+        classes.append(2 * high + valence)
+        subjects.append(np.full(n_trials, subject))
+    return np.concatenate(classes), np.concatenate(subjects)
+
+
+def test_a_factor_that_is_a_subject_offset_has_pooled_but_no_within_subject_information():
+    classes, subjects = habit_trials()
+    rng = np.random.default_rng(1)
+    habit = np.where(subjects % 2 == 1, 1.0, -1.0)  # the subject's rating habit
+    offset = habit + 0.3 * rng.normal(size=8)[subjects - 1]  # plus who the subject is
+    mu = rng.normal(scale=0.3, size=(classes.size, 10, 2))
+    mu[:, :, 0] += offset[:, None]
+
+    result = subject_aware_label_information(
+        mu, classes, subjects, n_permutations=400, seed=3, summaries=("mean",)
+    )
+
+    assert result.pooled.p_values[0] == pytest.approx(1 / 401)
+    # I(habit; arousal class) is log 2 - H(0.8) = 0.19 nats: the factor carries much of it.
+    assert result.pooled.relevance_nats[0] > 0.1
+    assert result.within.relevance_nats[0] < 0.02
+    assert result.within.p_values[0] > 0.05
+    assert result.subject_share[0] > 0.9 and result.subject_share[1] < 0.15
+    assert result.subject_driven(0.05).tolist() == [True, False]
+    # Nor does the rule link it: within-subject q-values decide.
+    linked = linked_factors(
+        np.array([1.0, 1.0]), result.within.q_values, relevance_nats=result.within.relevance_nats
+    )
+    assert not linked.any()
+
+
+def test_a_genuine_within_subject_effect_under_large_subject_offsets_is_found():
+    classes, subjects = habit_trials(seed=2)
+    rng = np.random.default_rng(4)
+    valence = classes % 2
+    mu = rng.normal(size=(classes.size, 10, 2))
+    # A modest valence effect buried under subject offsets four times its size.
+    mu[:, :, 0] += (0.5 * valence + 2.0 * rng.normal(size=8)[subjects - 1])[:, None]
+
+    result = subject_aware_label_information(
+        mu, classes, subjects, n_permutations=400, seed=3, summaries=("mean",)
+    )
+
+    assert result.within.p_values[0] == pytest.approx(1 / 401)
+    assert result.within.relevance_nats[0] > 2 * result.pooled.relevance_nats[0]
+    assert result.within.q_values[1] > 0.05
+    assert not result.subject_driven(0.05)[0]
+
+
+def test_within_subject_p_values_are_uniform_under_the_null_despite_habits_and_offsets():
+    classes, subjects = habit_trials(n_subjects=6, n_trials=20, seed=5)
+    rng = np.random.default_rng(6)
+    n_factors = 300
+    mu = rng.normal(size=(classes.size, 4, n_factors)) + 3 * rng.normal(size=(6, 1, n_factors))[subjects - 1]
+    result = factor_label_information(
+        mu, classes, n_permutations=199, seed=2, summaries=("mean",), subjects=subjects
+    )
+
+    assert 0.02 <= np.mean(result.p_values < 0.05) <= 0.09
+    assert 0.44 <= np.mean(result.p_values) <= 0.56
+    assert np.all(result.q_values > 0.05)
+
+
+def test_within_subject_shuffles_keep_every_subjects_class_counts():
+    from pipeline.relevance import _permuted_within_groups
+
+    classes, subjects = habit_trials(n_subjects=3, n_trials=10)
+    order = np.random.default_rng(0).permutation(classes.size)  # trials in any order
+    classes, subjects = classes[order], subjects[order]
+    groups = subjects - 1
+    shuffles = _permuted_within_groups(classes, groups, 200, np.random.default_rng(1))
+
+    for subject in range(3):
+        mine = groups == subject
+        assert all(sorted(row[mine]) == sorted(classes[mine]) for row in shuffles)
+    assert np.mean(shuffles == classes) < 0.6  # they do move
+
+
+def test_with_one_subject_within_subject_is_the_pooled_analysis():
+    mu, classes = make_latents(n_trials=80, n_factors=3)
+    result = subject_aware_label_information(mu, classes, np.full(80, 7), n_permutations=100)
+    assert result.within_equals_pooled and result.n_subjects == 1
+    # Computed explicitly, the within-subject analysis of one subject gives the same numbers.
+    within = factor_label_information(mu, classes, n_permutations=100, subjects=np.full(80, 7))
+    np.testing.assert_allclose(within.information_nats, result.pooled.information_nats)
+    np.testing.assert_array_equal(within.p_values, result.pooled.p_values)
+    described = result.to_dict()
+    assert described["within_equals_pooled"] is True and described["n_subjects"] == 1
+    np.testing.assert_array_equal(result.subject_share, 0.0)
+
+
+def test_subject_share_is_eta_squared():
+    subjects = np.repeat([1, 2, 3], 4)
+    summary = np.array([1.0, 2, 3, 2, 5, 6, 7, 6, 0, 1, 0, 1])
+    mu = np.stack([summary, np.tile([0.0, 1, 2, 3], 3)], axis=-1)[:, None, :].repeat(2, axis=1)
+    means = np.array([2.0, 6, 0.5])[subjects - 1]
+    eta2 = ((means - summary.mean()) ** 2).sum() / ((summary - summary.mean()) ** 2).sum()
+    share = subject_share(mu, subjects)
+    assert share[0] == pytest.approx(eta2)
+    assert share[1] == 0.0  # the same pattern in every subject: no subject variance
+    with pytest.raises(InputError, match="one subject per trial"):
+        subject_share(mu, subjects[:-1])

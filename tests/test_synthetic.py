@@ -14,12 +14,17 @@ from pipeline.sources.synthetic import (
     AROUSAL_GAMMA,
     GROUND_TRUTH_FILE,
     OCCIPITAL_BETA_DISTRACTOR,
+    PARIETAL_VALENCE_ALPHA,
+    SCENARIOS,
+    SUBJECT_HABIT_BETA,
     VALENCE_ALPHA,
     PlantedRhythm,
+    RatingHabit,
     SyntheticDeapSpec,
     generate_subject,
     generate_synthetic_deap,
     ground_truth,
+    scenario_spec,
     write_synthetic_deap,
 )
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, N_SAMPLES, SFREQ
@@ -264,3 +269,91 @@ def test_subjects_generated_in_parallel_threads_equal_sequential_ones():
         with ThreadPoolExecutor(max_workers=4) as pool:
             parallel = list(pool.map(lambda s: generate_subject(spec, s).source_sha256, range(1, 5)))
         assert parallel == sequential
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def test_planted_scenario_is_bitwise_the_data_from_before_scenarios():
+    spec = scenario_spec("planted", n_subjects=2, seed=3, n_trials=3)
+    assert spec == SMALL
+    # Recorded from the generator before scenarios existed: the key covers the description and
+    # every byte of the signals and labels, so stores made earlier keep their trials.
+    assert generate_subject(spec, 2).source_sha256 == (
+        "7823523bc6ef6a28e8022ea37a8e90446af2a24159a98d2c4efa4a21fdc13db7"
+    )
+
+
+@pytest.fixture(scope="module")
+def confound_population() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Six subjects of 20 trials of the confound scenario: band powers, labels, subjects."""
+    trials = generate_synthetic_deap(scenario_spec("confound", n_subjects=6, seed=0, n_trials=20))
+    signals = np.concatenate([part.signals for part in trials])
+    labels = np.concatenate([part.labels for part in trials])
+    subjects = np.concatenate([part.subject for part in trials])
+    return _log_band_power(signals), labels, subjects
+
+
+def test_confound_subjects_have_rating_habits_and_all_four_classes(confound_population):
+    _, labels, subjects = confound_population
+    for subject in np.unique(subjects):
+        mine = labels[subjects == subject]
+        high_arousal = (mine[:, LABEL_NAMES.index("arousal")] > 5).mean()
+        assert high_arousal == (0.8 if subject % 2 == 1 else 0.2)
+        assert (mine[:, LABEL_NAMES.index("valence")] > 5).mean() == 0.5
+        assert np.unique(emotion_classes(mine, 5.0)).size == 4
+
+
+def test_confound_habit_rhythm_follows_the_subject_never_the_trial(confound_population):
+    band_power, labels, subjects = confound_population
+    block = band_power["beta"][:, _block_rows(SUBJECT_HABIT_BETA)].mean(axis=(1, 2))
+    arousal = labels[:, LABEL_NAMES.index("arousal")]
+    # Pooled over subjects the habit makes the rhythm look like an arousal effect ...
+    assert spearmanr(block, arousal).statistic > 0.25
+    high_habit = np.isin(subjects, [1, 3, 5])
+    assert block[high_habit].mean() - block[~high_habit].mean() > 0.2
+    # ... within a subject it has nothing to do with the trial's arousal.
+    assert abs(spearmanr(_centred_per_subject(block, subjects), arousal).statistic) < 0.2
+
+
+def test_confound_genuine_effect_is_moderate_and_within_subject(confound_population):
+    band_power, labels, subjects = confound_population
+    block = band_power["alpha"][:, _block_rows(PARIETAL_VALENCE_ALPHA)].mean(axis=(1, 2))
+    within = _centred_per_subject(block, subjects)
+    rho = spearmanr(within, labels[:, LABEL_NAMES.index("valence")]).statistic
+    assert 0.4 < rho < 0.8  # clearly there, yet weaker than the planted effects (about 0.9)
+    assert abs(spearmanr(within, labels[:, LABEL_NAMES.index("arousal")]).statistic) < 0.2
+
+
+def test_null_scenario_keeps_only_the_distractor_and_balanced_ratings():
+    spec = scenario_spec("null", n_subjects=3, seed=1)
+    assert spec.rhythms == (OCCIPITAL_BETA_DISTRACTOR,)
+    assert spec.rating_habit is None
+    truth = ground_truth(spec)
+    assert truth["scenario"] == "null"
+    assert [effect["role"] for effect in truth["effects"]] == ["distractor"]
+
+
+def test_ground_truth_names_each_scenario_and_the_role_of_each_effect():
+    roles = {
+        name: [(effect["role"], effect["band"]) for effect in ground_truth(scenario_spec(name))["effects"]]
+        for name in SCENARIOS
+    }
+    assert roles["planted"] == [("emotion", "gamma"), ("emotion", "alpha"), ("distractor", "beta")]
+    assert roles["confound"] == [("subject_habit", "beta"), ("emotion", "alpha"), ("distractor", "beta")]
+    truth = ground_truth(scenario_spec("confound", n_subjects=4, seed=2))
+    assert json.loads(json.dumps(truth)) == truth
+    assert SyntheticDeapSpec.from_dict(truth["spec"]) == scenario_spec("confound", n_subjects=4, seed=2)
+
+
+def test_scenario_refusals():
+    with pytest.raises(InputError, match="not a scenario"):
+        scenario_spec("strong")
+    with pytest.raises(InputError, match="scenario must be one of"):
+        SyntheticDeapSpec(scenario="mixed")
+    with pytest.raises(InputError, match="follows must be one of"):
+        PlantedRhythm(**{**AROUSAL_GAMMA.__dict__, "follows": "session"})
+    with pytest.raises(InputError, match=r"share must lie in \[0.5, 1\)"):
+        RatingHabit(share=1.0)
+    with pytest.raises(InputError, match="label must be one of"):
+        RatingHabit(label="liking")

@@ -249,8 +249,8 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     poisoned = {"on": False}
     original_loss = BetaVAE.loss
 
-    def loss_that_turns_nan(self, x, generator=None):
-        terms = original_loss(self, x, generator)
+    def loss_that_turns_nan(self, x, generator=None, kl_weight=1.0):
+        terms = original_loss(self, x, generator, kl_weight)
         if poisoned["on"]:
             terms["total"] = terms["total"] * float("nan")
         return terms
@@ -361,3 +361,29 @@ def test_bad_inputs_are_refused_with_the_array_named(tmp_path):
     with pytest.raises(InputError, match="unknown keys"):
         TrainConfig.from_dict({"epochs": 3, "learning_rate": 0.1})
     assert TrainConfig.from_dict(json.loads(json.dumps(_config().to_dict()))) == _config()
+
+
+def test_kl_warm_up_ramps_beta_over_the_first_epochs_and_validation_scores_the_full_objective(tmp_path):
+    config = _config(epochs=4, kl_warmup_epochs=3)
+    assert [config.kl_weight(epoch) for epoch in (1, 2, 3, 4, 5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert _config().kl_weight(1) == 1.0
+    model = VAEConfig((3, 32, 32), n_latents=8, beta=4.0)
+    result = train_vae(_structured_frames(), TRAIN_ROWS, VAL_ROWS, model, config, tmp_path)
+    for record in result.history:
+        weight = config.kl_weight(record["epoch"])
+        assert record["train_loss"] == pytest.approx(
+            record["reconstruction"] + weight * 4.0 * record["kl"], rel=1e-5
+        )
+    # A resume must not change the schedule: a different warm-up is a different run.
+    with pytest.raises(InputError, match="kl_warmup_epochs"):
+        train_vae(
+            _structured_frames(),
+            TRAIN_ROWS,
+            VAL_ROWS,
+            model,
+            _config(epochs=5, kl_warmup_epochs=1),
+            tmp_path,
+            resume=True,
+        )
+    with pytest.raises(InputError, match="kl_warmup_epochs"):
+        _config(kl_warmup_epochs=-1)

@@ -168,3 +168,56 @@ def test_config_round_trips_through_json_and_rejects_unknown_keys():
         VAEConfig.from_dict({**config.to_dict(), "latents": 3})
     with pytest.raises(InputError, match="beta"):
         VAEConfig(beta=-1.0)
+
+
+def _unbounded(log_variance: torch.Tensor) -> torch.Tensor:
+    """The raw parameter whose soft bound (LOGVAR_BOUND · tanh(raw / LOGVAR_BOUND)) is ``log_variance``."""
+    return LOGVAR_BOUND * torch.atanh(log_variance / LOGVAR_BOUND)
+
+
+def test_learned_decoder_variance_gives_the_gaussian_negative_log_density():
+    model = VAEConfig((3, 32, 32), n_latents=N_LATENTS, decoder_variance="learned").build()
+    with torch.no_grad():
+        model.decoder_log_variance.copy_(_unbounded(torch.tensor([-1.0, 0.0, 0.7])))
+    x, mean = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    scale = torch.exp(0.5 * torch.tensor([-1.0, 0.0, 0.7])).view(1, 3, 1, 1)
+    density = distributions.Normal(mean, scale.expand_as(mean)).log_prob(x)
+    # The constant D/2 log 2π is left out, as for the unit variance.
+    constant = 0.5 * math.log(2 * math.pi) * x[0].numel()
+    nll = model.negative_log_likelihood(x, {"mean": mean})
+    torch.testing.assert_close(nll, -density.sum(dim=(1, 2, 3)) - constant, rtol=1e-5, atol=1e-3)
+
+
+def test_a_learned_variance_weighs_errors_by_how_well_a_channel_is_reconstructed():
+    # At the optimum σ² equals the channel's mean squared error, so a channel reconstructed ten
+    # times better pulls ten times harder per unit of squared error than with a unit variance.
+    model = VAEConfig((3, 32, 32), n_latents=N_LATENTS, decoder_variance="learned").build()
+    x = torch.zeros(1, 3, 32, 32)
+    mean = torch.zeros(1, 3, 32, 32, requires_grad=True)
+    with torch.no_grad():
+        model.decoder_log_variance.copy_(_unbounded(torch.log(torch.tensor([0.1, 1.0, 1.0]))))
+    model.negative_log_likelihood(x, {"mean": mean + 0.3}).sum().backward()
+    gradient = mean.grad[0, :, 0, 0]
+    torch.testing.assert_close(gradient[0] / gradient[1], torch.tensor(10.0), rtol=1e-3, atol=1e-3)
+
+
+def test_decoder_variance_is_checked_and_old_configurations_mean_unit_variance():
+    assert (
+        VAEConfig.from_dict(
+            {"input_shape": [3, 32, 32], "n_latents": 4, "beta": 6.0, "likelihood": "gaussian"}
+        ).decoder_variance
+        == "unit"
+    )
+    assert "decoder_log_variance" not in dict(VAEConfig((3, 32, 32), n_latents=4).build().named_parameters())
+    with pytest.raises(InputError, match="decoder_variance"):
+        VAEConfig((3, 32, 32), decoder_variance="estimated")
+    with pytest.raises(InputError, match="needs the gaussian likelihood"):
+        VAEConfig((1, 28, 28), likelihood="bernoulli", decoder_variance="learned")
+
+
+def test_kl_weight_scales_only_the_kl_term():
+    model = _model((3, 32, 32), beta=4.0)
+    x = torch.randn(4, 3, 32, 32)
+    full = model.loss(x, torch.Generator().manual_seed(3))
+    warm = model.loss(x, torch.Generator().manual_seed(3), kl_weight=0.25)
+    torch.testing.assert_close(full["total"] - warm["total"], 0.75 * 4.0 * full["kl"], rtol=1e-4, atol=1e-3)

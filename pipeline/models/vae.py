@@ -7,8 +7,12 @@ encoder; the last one is linear and emits the likelihood's parameters.
 
 Likelihoods p(x|z), all factorised over pixels:
 
-- ``"gaussian"``: unit variance, so the negative log-likelihood is half the sum of squared
-  errors (the constant ``D/2 log 2π`` is left out: it moves no gradient and no ranking);
+- ``"gaussian"``: with ``decoder_variance="unit"``, unit variance, so the negative
+  log-likelihood is half the sum of squared errors; with ``"learned"``, one variance per input
+  channel is a trained parameter, so the reconstruction term weighs the errors by how well
+  the channel can be reconstructed rather than by a fixed unit scale (on standardised frames a
+  unit variance over-weights the KL term: the model then keeps only a few factors). The
+  constant ``D/2 log 2π`` is left out: it moves no gradient and no ranking;
 - ``"bernoulli"``: the decoder emits logits; inputs must lie in [0, 1];
 - ``"gaussian-mixture"``: two Gaussians per pixel with learned mixing logits, means and
   log-scales; the exact negative log-density, computed with log-sum-exp.
@@ -28,6 +32,7 @@ from torch.nn import functional
 from pipeline.errors import InputError
 
 LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli", "gaussian-mixture")
+DECODER_VARIANCES: tuple[str, ...] = ("unit", "learned")
 # Input shape (C, H, W) -> convolution widths of the encoder (appendix A.4).
 ARCHITECTURES: dict[tuple[int, int, int], tuple[int, ...]] = {
     (3, 32, 32): (32, 32, 64, 64),  # DEAP band images
@@ -44,12 +49,14 @@ MIXTURE_COMPONENTS = 2
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """What defines a β-VAE: input shape (C, H, W), number of latents, β and the likelihood."""
+    """What defines a β-VAE: input shape (C, H, W), number of latents, β, the likelihood and,
+    for a Gaussian likelihood, whether its variance is fixed at 1 or learned per channel."""
 
     input_shape: tuple[int, int, int] = (3, 32, 32)
     n_latents: int = 32
     beta: float = 1.0
     likelihood: str = "gaussian"
+    decoder_variance: str = "unit"
 
     def __post_init__(self) -> None:
         try:
@@ -58,6 +65,7 @@ class VAEConfig:
             raise InputError("input_shape", f"{self.input_shape!r} is not a (C, H, W) shape") from err
         object.__setattr__(self, "input_shape", input_shape)
         _check_architecture(self.input_shape, self.n_latents, self.likelihood, self.beta)
+        _check_decoder_variance(self.likelihood, self.decoder_variance)
 
     def to_dict(self) -> dict:
         """JSON-native form (the input shape becomes a list)."""
@@ -65,12 +73,13 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> VAEConfig:
-        """Inverse of :meth:`to_dict`; unknown or missing keys raise InputError."""
+        """Inverse of :meth:`to_dict`; unknown keys raise InputError (a missing
+        ``decoder_variance``, as in configurations written before it existed, means ``"unit"``)."""
         return config_from_dict(cls, values, "VAEConfig")
 
     def build(self) -> BetaVAE:
         """A freshly initialised model of this configuration (uses torch's global RNG)."""
-        return BetaVAE(self.input_shape, self.n_latents, self.likelihood, self.beta)
+        return BetaVAE(self.input_shape, self.n_latents, self.likelihood, self.beta, self.decoder_variance)
 
 
 def config_from_dict(cls, values: dict, where: str):
@@ -99,6 +108,13 @@ def _check_architecture(input_shape: tuple[int, ...], n_latents: int, likelihood
         raise InputError("likelihood", f"{likelihood!r} is not one of {LIKELIHOODS}")
     if isinstance(beta, bool) or not isinstance(beta, int | float) or not (math.isfinite(beta) and beta >= 0):
         raise InputError("beta", f"{beta!r} must be a finite number >= 0")
+
+
+def _check_decoder_variance(likelihood: str, decoder_variance: str) -> None:
+    if decoder_variance not in DECODER_VARIANCES:
+        raise InputError("decoder_variance", f"{decoder_variance!r} is not one of {DECODER_VARIANCES}")
+    if decoder_variance == "learned" and likelihood != "gaussian":
+        raise InputError("decoder_variance", f"'learned' needs the gaussian likelihood, not {likelihood!r}")
 
 
 def _soft_bound(raw: torch.Tensor, bound: float) -> torch.Tensor:
@@ -133,6 +149,9 @@ class BetaVAE(nn.Module):
     likelihood : {"gaussian", "bernoulli", "gaussian-mixture"}
     beta : float
         Weight of the KL term, >= 0.
+    decoder_variance : {"unit", "learned"}
+        Gaussian likelihood only: variance fixed at 1, or one learned log-variance per channel
+        (the parameter ``decoder_log_variance``, bounded like the posterior's).
     """
 
     def __init__(
@@ -141,10 +160,13 @@ class BetaVAE(nn.Module):
         n_latents: int = 32,
         likelihood: str = "gaussian",
         beta: float = 1.0,
+        decoder_variance: str = "unit",
     ):
         super().__init__()
         input_shape = tuple(int(size) for size in input_shape)
         _check_architecture(input_shape, n_latents, likelihood, beta)
+        _check_decoder_variance(likelihood, decoder_variance)
+        self.decoder_variance = decoder_variance
         self.input_shape = input_shape
         self.n_latents = n_latents
         self.likelihood = likelihood
@@ -185,10 +207,13 @@ class BetaVAE(nn.Module):
                 decoder_layers.append(nn.ReLU())
             previous = width_out
         self.decoder = nn.Sequential(*decoder_layers)
+        if decoder_variance == "learned":
+            # Starts at unit variance, so training begins where the fixed-variance model does.
+            self.decoder_log_variance = nn.Parameter(torch.zeros(channels))
 
     @property
     def config(self) -> VAEConfig:
-        return VAEConfig(self.input_shape, self.n_latents, self.beta, self.likelihood)
+        return VAEConfig(self.input_shape, self.n_latents, self.beta, self.likelihood, self.decoder_variance)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
@@ -252,7 +277,10 @@ class BetaVAE(nn.Module):
         """-log p(x|z) per sample (batch,), in nats, computed in float32."""
         x = x.float()
         parameters = {key: value.float() for key, value in parameters.items()}
-        if self.likelihood == "gaussian":
+        if self.likelihood == "gaussian" and self.decoder_variance == "learned":
+            log_variance = _soft_bound(self.decoder_log_variance.float(), LOGVAR_BOUND).view(-1, 1, 1)
+            per_pixel = 0.5 * ((x - parameters["mean"]) ** 2 * torch.exp(-log_variance) + log_variance)
+        elif self.likelihood == "gaussian":
             per_pixel = 0.5 * (x - parameters["mean"]) ** 2
         elif self.likelihood == "bernoulli":
             per_pixel = functional.binary_cross_entropy_with_logits(parameters["logits"], x, reduction="none")
@@ -264,13 +292,18 @@ class BetaVAE(nn.Module):
             per_pixel = -torch.logsumexp(log_weights + log_density, dim=1)
         return per_pixel.flatten(1).sum(dim=1)
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, kl_weight: float = 1.0
+    ) -> dict[str, torch.Tensor]:
         """The β-VAE objective on a batch, averaged per sample.
+
+        ``kl_weight`` scales β during a KL warm-up (0 → 1 over the first epochs); 1 is the
+        objective itself.
 
         Returns
         -------
         dict
-            ``total`` = reconstruction + β·kl (differentiable scalar), ``reconstruction``
+            ``total`` = reconstruction + kl_weight·β·kl (differentiable scalar), ``reconstruction``
             (-log p(x|z) at one posterior sample), ``kl`` (KL(q(z|x) ‖ N(0, I))) and
             ``kl_per_dim`` (n_latents,), its share per factor.
         """
@@ -284,7 +317,7 @@ class BetaVAE(nn.Module):
         kl_per_dim = (0.5 * (mu**2 + torch.exp(logvar) - 1.0 - logvar)).mean(dim=0)
         kl = kl_per_dim.sum()
         return {
-            "total": reconstruction + self.beta * kl,
+            "total": reconstruction + kl_weight * self.beta * kl,
             "reconstruction": reconstruction,
             "kl": kl,
             "kl_per_dim": kl_per_dim,

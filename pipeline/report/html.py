@@ -161,27 +161,42 @@ def _check_topk(rows, where: str) -> None:
         _check_number(row["accuracy"], where, f"topk[{i}].accuracy", optional=True, low=0.0, high=1.0)
 
 
-def _check_classification(classification, where: str) -> None:
-    classification = _as_mapping(classification, where, "classification")
+def _check_classification(classification, where: str, prefix: str = "classification") -> None:
+    classification = _as_mapping(classification, where, prefix)
     for name in _CLASSIFICATION_KEYS:
-        _require(classification, name, where, "classification.")
+        _require(classification, name, where, f"{prefix}.")
     if classification["protocol"] not in PROTOCOLS:
-        raise InputError(where, f"'classification.protocol' is {classification['protocol']!r}; "
+        raise InputError(where, f"'{prefix}.protocol' is {classification['protocol']!r}; "
                                 f"expected one of {PROTOCOLS}")
     for name in ("test_accuracy", "chance_accuracy"):
-        _check_number(classification[name], where, f"classification.{name}", low=0.0, high=1.0)
-    confusion = _as_list(classification["confusion"], where, "classification.confusion")
-    rows = [_as_list(row, where, "classification.confusion[]") for row in confusion]
+        _check_number(classification[name], where, f"{prefix}.{name}", low=0.0, high=1.0)
+    for name in ("majority_accuracy", "permutation_p_value"):
+        if name in classification:
+            _check_number(classification[name], where, f"{prefix}.{name}", low=0.0, high=1.0)
+    if "accuracy_ci95" in classification:
+        interval = _as_list(classification["accuracy_ci95"], where, f"{prefix}.accuracy_ci95")
+        if len(interval) != 2:
+            raise InputError(where, f"'{prefix}.accuracy_ci95' must be [low, high]")
+        for bound in interval:
+            _check_number(bound, where, f"{prefix}.accuracy_ci95", low=0.0, high=1.0)
+        if interval[0] > interval[1]:
+            raise InputError(where, f"'{prefix}.accuracy_ci95' has its low bound above its high one")
+    confusion = _as_list(classification["confusion"], where, f"{prefix}.confusion")
+    rows = [_as_list(row, where, f"{prefix}.confusion[]") for row in confusion]
     if not rows or any(len(row) != len(rows) for row in rows):
-        raise InputError(where, "'classification.confusion' is not a non-empty square matrix")
+        raise InputError(where, f"'{prefix}.confusion' is not a non-empty square matrix")
     for i, row in enumerate(rows):
         for k, count in enumerate(row):
-            _check_count(count, where, f"classification.confusion[{i}][{k}]")
+            _check_count(count, where, f"{prefix}.confusion[{i}][{k}]")
     if "class_names" in classification:
-        class_names = _as_list(classification["class_names"], where, "classification.class_names")
+        class_names = _as_list(classification["class_names"], where, f"{prefix}.class_names")
         if len(class_names) != len(rows):
-            raise InputError(where, f"'classification.class_names' has {len(class_names)} names; the "
+            raise InputError(where, f"'{prefix}.class_names' has {len(class_names)} names; the "
                                     f"confusion matrix has {len(rows)} classes")
+    if "by_protocol" in classification:
+        by_protocol = _as_mapping(classification["by_protocol"], where, f"{prefix}.by_protocol")
+        for protocol, figures in by_protocol.items():
+            _check_classification(figures, where, f"{prefix}.by_protocol.{protocol}")
 
 
 def _check_factors(factors, n_factors: int, where: str) -> None:

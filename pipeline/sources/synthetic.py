@@ -10,6 +10,24 @@ is planted on purpose, so that every later stage can be checked against a known 
   and seconds: a distractor that carries much information about the frames and none about
   the emotion.
 
+That is the ``planted`` scenario (the default). Two more scenarios (:func:`scenario_spec`)
+are built to fool a statistic rather than to confirm it; both keep the distractor:
+
+* ``null``: the ratings are independent of the EEG (only the distractor is planted, and
+  every subject's ratings are balanced over the four classes). Nothing may be linked.
+* ``confound``: real DEAP's subject structure. Odd subjects rate arousal mostly high (80 %
+  of their trials), even subjects mostly low, while valence stays balanced in each subject.
+  A beta rhythm over the right fronto-temporal block F4-F8-FC6-T8 follows the *subject's*
+  mean arousal rating (0.15 log10 per rating unit: a factor of about 3 in power between a
+  high-habit and a low-habit subject) and never the trial's rating; pooled over subjects it
+  correlates with the arousal class, within a subject it carries nothing. A genuine,
+  moderate within-subject effect: parietal alpha over CP1-CP2-P3-Pz-P4 rises with the
+  trial's valence by 0.05 log10 per rating unit (the planted effects use 0.12), under
+  twice the planted trial-to-trial noise. Its block's alpha power correlates with valence
+  within subject at a Spearman rho of about 0.6 (0.61 and 0.66 on two seeds; the planted
+  effects reach about 0.9), while the habit block's beta power correlates with arousal at
+  about 0.4 pooled over subjects and about 0 within them.
+
 Signal model, per trial: spatially correlated aperiodic (1/f) background, mixed through
 the correlation ``exp(-distance / spatial_length_m)`` of the biosemi32 electrode
 positions; band-limited rhythms on their electrode blocks whose log power follows
@@ -51,6 +69,10 @@ _EFFECT_RAMP_SECONDS = 0.5  # label effects fade in after the baseline instead o
 _FILE_FORMATS = ("dat", "mat")
 _MIXING_LOCK = threading.Lock()
 _MIXING_CACHE: dict[float, np.ndarray] = {}
+RHYTHM_FOLLOWS = ("trial", "subject")
+SCENARIOS = ("planted", "null", "confound")
+# Class labels a rating habit may bend (the other two ratings never enter a class).
+_CLASS_LABELS = ("valence", "arousal")
 
 
 def _checked_number(where: str, name: str, value: object, positive: bool | None) -> float:
@@ -106,6 +128,10 @@ class PlantedRhythm:
         Highest frequency of the within-trial variation: how fast the power drifts.
     peak_jitter_hz : float
         Standard deviation of the subject-to-subject peak frequency.
+    follows : {"trial", "subject"}
+        ``"trial"``: the power follows each trial's own rating. ``"subject"``: it follows the
+        subject's mean rating of ``label`` over all the subject's trials (a rating habit), so it
+        is constant within a subject and says nothing about one trial against another.
     """
 
     label: str
@@ -119,9 +145,12 @@ class PlantedRhythm:
     within_trial_sd_log10: float
     modulation_hz: float
     peak_jitter_hz: float
+    follows: str = "trial"
 
     def __post_init__(self) -> None:
         where = f"planted rhythm ({self.label}, {self.band})"
+        if self.follows not in RHYTHM_FOLLOWS:
+            raise InputError(where, f"follows must be one of {RHYTHM_FOLLOWS}, got {self.follows!r}")
         if self.label not in (*LABEL_NAMES, "none"):
             raise InputError(where, f"label must be one of {(*LABEL_NAMES, 'none')}, got {self.label!r}")
         if self.band not in BAND_EDGES_HZ:
@@ -143,6 +172,8 @@ class PlantedRhythm:
             )
         if self.label == "none" and self.log10_power_per_label_unit != 0:
             raise InputError(where, "a label-free rhythm must have log10_power_per_label_unit 0")
+        if self.label == "none" and self.follows != "trial":
+            raise InputError(where, "a label-free rhythm follows no rating; leave follows at 'trial'")
 
 
 AROUSAL_GAMMA = PlantedRhythm(
@@ -185,6 +216,56 @@ OCCIPITAL_BETA_DISTRACTOR = PlantedRhythm(
     peak_jitter_hz=1.5,
 )
 DEFAULT_RHYTHMS: tuple[PlantedRhythm, ...] = (AROUSAL_GAMMA, VALENCE_ALPHA, OCCIPITAL_BETA_DISTRACTOR)
+# The confound scenario's two label rhythms (module docstring).
+SUBJECT_HABIT_BETA = PlantedRhythm(
+    label="arousal",
+    band="beta",
+    electrodes=("F4", "F8", "FC6", "T8"),
+    peak_hz=22.0,
+    bandwidth_hz=2.0,
+    power_ratio_log10=0.5,
+    log10_power_per_label_unit=0.15,
+    trial_sd_log10=0.1,
+    within_trial_sd_log10=0.15,
+    modulation_hz=0.1,
+    peak_jitter_hz=1.5,
+    follows="subject",
+)
+PARIETAL_VALENCE_ALPHA = PlantedRhythm(
+    label="valence",
+    band="alpha",
+    electrodes=("CP1", "CP2", "P3", "Pz", "P4"),
+    peak_hz=10.0,
+    bandwidth_hz=0.8,
+    power_ratio_log10=0.3,
+    log10_power_per_label_unit=0.05,
+    trial_sd_log10=0.1,
+    within_trial_sd_log10=0.1,
+    modulation_hz=0.1,
+    peak_jitter_hz=0.6,
+)
+
+
+@dataclass(frozen=True)
+class RatingHabit:
+    """Subjects who rate one label mostly high or mostly low, whatever they watch.
+
+    Odd subjects put ``share`` of their trials in the label's high class, even subjects the same
+    share in its low class; the other class label stays balanced within each of those groups, so
+    every subject still has trials of all four classes.
+    """
+
+    label: str = "arousal"
+    share: float = 0.8
+
+    def __post_init__(self) -> None:
+        where = "rating habit"
+        if self.label not in _CLASS_LABELS:
+            raise InputError(where, f"label must be one of {_CLASS_LABELS}, got {self.label!r}")
+        share = _checked_number(where, "share", self.share, True)
+        if not 0.5 <= share < 1.0:
+            raise InputError(where, f"share must lie in [0.5, 1), got {share}")
+        object.__setattr__(self, "share", share)
 
 
 @dataclass(frozen=True)
@@ -210,6 +291,11 @@ class SyntheticDeapSpec:
         trial's channels) and across the channels of a trial.
     blinks_per_minute, blink_amplitude_uv : float
         Residual blinks: rate and peak amplitude at Fp1/Fp2 before the band-pass.
+    scenario : str
+        Name of the scenario the spec was built for (one of ``SCENARIOS``), recorded with the
+        data; :func:`scenario_spec` builds each one.
+    rating_habit : RatingHabit or None
+        Subjects' rating habit; None draws every subject's ratings balanced over the four classes.
     """
 
     n_subjects: int = 32
@@ -225,9 +311,15 @@ class SyntheticDeapSpec:
     channel_gain_sd_log10: float = 0.05
     blinks_per_minute: float = 12.0
     blink_amplitude_uv: float = 60.0
+    scenario: str = "planted"
+    rating_habit: RatingHabit | None = None
 
     def __post_init__(self) -> None:
         where = "SyntheticDeapSpec"
+        if self.scenario not in SCENARIOS:
+            raise InputError(where, f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
+        if self.rating_habit is not None and not isinstance(self.rating_habit, RatingHabit):
+            raise InputError(where, "rating_habit must be a RatingHabit or None")
         for name in ("n_subjects", "n_trials", "seed"):
             value = getattr(self, name)
             minimum = 0 if name == "seed" else 1
@@ -286,7 +378,36 @@ class SyntheticDeapSpec:
                 except TypeError as err:  # a missing field
                     raise InputError(f"{where} rhythm", str(err)) from None
             values["rhythms"] = tuple(rhythms)
+        habit = values.get("rating_habit")
+        if isinstance(habit, Mapping):
+            _refuse_unknown_keys(f"{where} rating_habit", habit, RatingHabit)
+            values["rating_habit"] = RatingHabit(**habit)
         return cls(**values)
+
+    def identity(self) -> dict:
+        """What must agree for two specs' subjects to share a store: everything but ``n_subjects``."""
+        return {key: value for key, value in self.to_dict().items() if key != "n_subjects"}
+
+
+def scenario_spec(
+    scenario: str, n_subjects: int = 32, seed: int = 0, n_trials: int = 40
+) -> SyntheticDeapSpec:
+    """The spec of a named scenario (module docstring): ``planted``, ``null`` or ``confound``.
+
+    ``planted`` is :class:`SyntheticDeapSpec`'s default, bitwise the same data as before
+    scenarios existed; every scenario keeps the label-free occipital beta distractor.
+    """
+    if scenario not in SCENARIOS:
+        raise InputError("scenario", f"{scenario!r} is not a scenario; choose one of {SCENARIOS}")
+    settings: dict[str, Any] = {"n_subjects": n_subjects, "n_trials": n_trials, "seed": seed}
+    if scenario == "null":
+        settings.update(rhythms=(OCCIPITAL_BETA_DISTRACTOR,))
+    elif scenario == "confound":
+        settings.update(
+            rhythms=(SUBJECT_HABIT_BETA, PARIETAL_VALENCE_ALPHA, OCCIPITAL_BETA_DISTRACTOR),
+            rating_habit=RatingHabit(),
+        )
+    return SyntheticDeapSpec(scenario=scenario, **settings)
 
 
 @dataclass(frozen=True)
@@ -357,6 +478,30 @@ def _draw_labels(rng: np.random.Generator, n_trials: int) -> np.ndarray:
         low_values = rng.uniform(1.0, 4.99, size=n_trials)
         high_values = rng.uniform(5.01, 9.0, size=n_trials)
         labels[:, column] = np.where(high, high_values, low_values)
+    return np.round(labels, 2)
+
+
+def _draw_habit_labels(
+    rng: np.random.Generator, n_trials: int, habit: RatingHabit, rates_high: bool
+) -> np.ndarray:
+    """Labels in [1, 9] whose ``habit.label`` falls in one class for ``habit.share`` of the trials.
+
+    The other class label is balanced within each class of the habit label, so that it stays
+    independent of the habit and every subject keeps trials of all four classes.
+    """
+    habit_column = LABEL_NAMES.index(habit.label)
+    other_column = LABEL_NAMES.index(next(name for name in _CLASS_LABELS if name != habit.label))
+    in_habit_class = rng.permutation(np.arange(n_trials) < round(habit.share * n_trials))
+    habit_high = in_habit_class if rates_high else ~in_habit_class
+    other_high = np.empty(n_trials, dtype=bool)
+    for group in (habit_high, ~habit_high):
+        members = np.flatnonzero(group)
+        other_high[members] = rng.permutation(np.arange(members.size) % 2 == 1)
+    labels = rng.uniform(1.0, 9.0, size=(n_trials, len(LABEL_NAMES)))
+    for column, high in ((habit_column, habit_high), (other_column, other_high)):
+        labels[:, column] = np.where(
+            high, rng.uniform(5.01, 9.0, size=n_trials), rng.uniform(1.0, 4.99, size=n_trials)
+        )
     return np.round(labels, 2)
 
 
@@ -458,7 +603,10 @@ def _draw_subject(spec: SyntheticDeapSpec, subject: int) -> _SubjectDraw:
         ]
     )
     patterns = _rhythm_patterns(subject_rng, spec.rhythms)
-    labels = _draw_labels(label_rng, n_trials)
+    if spec.rating_habit is None:
+        labels = _draw_labels(label_rng, n_trials)
+    else:
+        labels = _draw_habit_labels(label_rng, n_trials, spec.rating_habit, rates_high=subject % 2 == 1)
 
     eeg = _background(spec, background_rng, exponent, subject_gain)
     if spec.rhythms:
@@ -510,15 +658,37 @@ def _rhythm_log_power(
             + rhythm.within_trial_sd_log10 * drift[row]
         )
         if rhythm.label != "none":
-            label_offset = labels[:, LABEL_NAMES.index(rhythm.label)] - NEUTRAL_LABEL
+            ratings = labels[:, LABEL_NAMES.index(rhythm.label)]
+            if rhythm.follows == "subject":
+                # The subject's habit, the same for every one of the subject's trials.
+                ratings = np.full_like(ratings, ratings.mean())
+            label_offset = ratings - NEUTRAL_LABEL
             log_power[row] += rhythm.log10_power_per_label_unit * label_offset[:, None] * after_baseline
     return log_power
+
+
+def _described_as_before_scenarios(described: dict) -> dict:
+    """``described`` without the scenario settings that are at their planted defaults.
+
+    Keys of planted data then stay what they were before scenarios existed, so stores made
+    earlier keep their trials instead of adding the same data again under new keys.
+    """
+    described = dict(described)
+    if described.get("scenario") == "planted":
+        del described["scenario"]
+    if described.get("rating_habit", 0) is None:
+        del described["rating_habit"]
+    described["rhythms"] = [
+        {key: value for key, value in rhythm.items() if (key, value) != ("follows", "trial")}
+        for rhythm in described["rhythms"]
+    ]
+    return described
 
 
 def _subject_sha256(spec: SyntheticDeapSpec, subject: int, draw: _SubjectDraw) -> str:
     # A subject's data do not depend on how many subjects are generated, so neither does its key:
     # growing --subjects from 8 to 12 adds four subjects to a store instead of re-adding all twelve.
-    described = {key: value for key, value in spec.to_dict().items() if key != "n_subjects"}
+    described = _described_as_before_scenarios(spec.identity())
     digest = hashlib.sha256(json.dumps({"spec": described, "subject": subject}, sort_keys=True).encode())
     digest.update(memoryview(draw.eeg).cast("B"))
     digest.update(memoryview(np.ascontiguousarray(draw.labels)).cast("B"))
@@ -569,9 +739,11 @@ def ground_truth(spec: SyntheticDeapSpec) -> dict:
     Returns
     -------
     dict
-        ``{"generator", "spec", "effects"}``; each effect has ``label`` (a label name, or
-        ``"none"`` for a distractor), ``band``, ``electrodes``, ``peak_hz``,
-        ``log10_power_per_label_unit`` and ``power_ratio_log10``.
+        ``{"generator", "scenario", "spec", "effects"}``; each effect has ``label`` (a label
+        name, or ``"none"`` for a distractor), ``band``, ``electrodes``, ``peak_hz``,
+        ``log10_power_per_label_unit``, ``power_ratio_log10``, ``follows`` and ``role``:
+        ``"emotion"`` (follows the trial's rating: a finding to recover), ``"subject_habit"``
+        (follows the subject's rating habit: never an emotion finding) or ``"distractor"``.
     """
     if not isinstance(spec, SyntheticDeapSpec):
         raise InputError("spec", f"expected a SyntheticDeapSpec, got {type(spec).__name__}")
@@ -583,10 +755,18 @@ def ground_truth(spec: SyntheticDeapSpec) -> dict:
             "peak_hz": rhythm.peak_hz,
             "log10_power_per_label_unit": rhythm.log10_power_per_label_unit,
             "power_ratio_log10": rhythm.power_ratio_log10,
+            "follows": rhythm.follows,
+            "role": _effect_role(rhythm),
         }
         for rhythm in spec.rhythms
     ]
-    return {"generator": __name__, "spec": spec.to_dict(), "effects": effects}
+    return {"generator": __name__, "scenario": spec.scenario, "spec": spec.to_dict(), "effects": effects}
+
+
+def _effect_role(rhythm: PlantedRhythm) -> str:
+    if rhythm.label == "none":
+        return "distractor"
+    return "subject_habit" if rhythm.follows == "subject" else "emotion"
 
 
 def _peripheral_signals(rng: np.random.Generator, blinks: np.ndarray) -> np.ndarray:

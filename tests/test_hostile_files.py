@@ -1,13 +1,16 @@
-"""Crafted DEAP pickles: each is refused with one named line, fast, in bounded memory, never a crash.
+"""Crafted input files: each is refused with one named line, fast, in bounded memory, never a crash.
 
 The crafted files are those that took the whole process down (or hung it, or made it allocate
 gigabytes) with an unpickler: each is read in a child process, so a crash or hang shows as a
 failed test rather than a dead test run. The fuzz test then mutates valid pickles a few
-hundred times in process: every outcome is a valid read or a named refusal.
+hundred times in process: every outcome is a valid read or a named refusal. Gzip IDX files
+and JPEGs whose headers claim far more than the file can hold are refused before inflating.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import pickle
 import re
@@ -19,11 +22,14 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from PIL import Image
 from test_sources_deap import _python2_deap_pickle
 
 from pipeline.errors import InputError
 from pipeline.sources.array_pickle import MAX_DEPTH, PickleRefused, load_array_dict
+from pipeline.sources.celeba import decode_face
 from pipeline.sources.deap import read_deap_dat
+from pipeline.sources.mnist import read_idx
 from pipeline.sources.trials import N_SAMPLES
 
 
@@ -238,3 +244,36 @@ def test_a_full_size_file_mutated_in_its_opcodes_is_read_or_refused(tmp_path):
             assert str(err).startswith(f"{path}: ")
         else:
             assert trials.signals.shape == (2, 32, N_SAMPLES)
+
+
+# -- decompression bombs in the other readers ---------------------------------------------------
+
+
+def test_a_gzip_idx_file_claiming_far_more_than_it_holds_is_refused_before_inflating(tmp_path):
+    # Header: unsigned bytes, 3 dims, (100000, 1000, 1000): 100 GB declared; 1 MB of zeros follows.
+    payload = b"\x00\x00\x08\x03" + struct.pack(">3I", 100_000, 1000, 1000) + b"\x00" * 2**20
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(payload, mtime=0))
+    tracemalloc.start()
+    with pytest.raises(InputError, match=r"declares 100000000000 data bytes .* gzip file cannot hold"):
+        read_idx(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2**20  # the 1 MB of zeros was never inflated
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small valid JPEG whose frame header (SOF0) is rewritten to claim ``width`` x ``height``."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 60, 30)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_a_jpeg_claiming_far_more_pixels_than_it_holds_is_refused_before_decoding():
+    bomb = _jpeg_claiming(20_000, 8_000)  # 160 M pixels (480 MB of RGB), under PIL's own bomb limit
+    with pytest.raises(ValueError, match=rf"claims 20000x8000 pixels, more than a {len(bomb)}-byte JPEG"):
+        decode_face(bomb)
+    assert decode_face(_jpeg_claiming(16, 16)).shape == (3, 64, 64)

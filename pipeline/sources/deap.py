@@ -34,6 +34,7 @@ PERIPHERAL_CHANNELS: tuple[str, ...] = (
 )  # fmt: skip
 _SUBJECT_FILE = re.compile(r"s(\d+)\.(dat|mat)", re.IGNORECASE)
 _REQUIRED_KEYS = ("data", "labels")
+_READ_CHUNK = 8 << 20
 
 
 def _subject_from_name(path: Path, subject: int | None) -> int:
@@ -129,16 +130,27 @@ def read_deap_dat(path: str | os.PathLike, subject: int | None = None) -> Trials
     """
     path = Path(path)
     _check_is_file(path)
-    # One read serves both the content hash and the parser (the files are ~100 MB each); the
-    # hash runs on a second thread (hashlib releases the GIL) while the arrays are checked.
-    raw = path.read_bytes()
     with ThreadPoolExecutor(max_workers=1) as hasher:
-        digest = hasher.submit(lambda: hashlib.sha256(raw).hexdigest())
+        raw, digest = _read_while_hashing(path, hasher)
         try:
             contents = load_array_dict(raw)
         except PickleRefused as err:
             raise InputError(path, str(err)) from None
         return _trials_from_arrays(path, contents, "deap-python", subject, digest)
+
+
+def _read_while_hashing(path: Path, hasher: ThreadPoolExecutor) -> tuple[memoryview, Future]:
+    """The file's bytes, and their SHA-256 computed on ``hasher``'s thread chunk by chunk as they
+    arrive (one read serves both; hashlib and file reads release the GIL, so they overlap)."""
+    size = path.stat().st_size
+    buffer = memoryview(bytearray(size))
+    digest = hashlib.sha256()
+    filled = 0
+    with open(path, "rb", buffering=0) as handle:
+        while filled < size and (n := handle.readinto(buffer[filled : filled + _READ_CHUNK])):
+            hasher.submit(digest.update, buffer[filled : filled + n])
+            filled += n
+    return buffer[:filled], hasher.submit(lambda: digest.hexdigest())
 
 
 def read_deap_mat(path: str | os.PathLike, subject: int | None = None) -> Trials:

@@ -13,6 +13,7 @@ from pipeline.deap_report import build_deap_report
 from pipeline.errors import InputError
 from pipeline.factors import FactorRules
 from pipeline.ingest import ingest_trials, open_deap_store, store_path
+from pipeline.isolation import read_isolated
 from pipeline.learn import (
     LearnConfig,
     checkpoint_model_id,
@@ -56,7 +57,7 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
 def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
-    trials = read_source_file(path)
+    trials = read_isolated(read_source_file, path)
     store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
     return ingest_trials(store, trials, preprocess).to_dict()
 

@@ -48,6 +48,7 @@ from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.factors import FactorRules
 from pipeline.ingest import ingest_trials, open_deap_store, store_path
+from pipeline.isolation import read_isolated
 from pipeline.learn import LearnConfig, checkpoint_model_id
 from pipeline.presets import DeapPreset, deap_preset
 from pipeline.runlock import OutputLocationError, begin_update, finish_update, output_errors, pending_update
@@ -164,7 +165,7 @@ def _reported_settings(report: dict | None) -> dict | None:
 def store_recording(path: str, out_dir: str, config: dict, data_kind: str, interpolate_missing: bool) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
     with output_errors(out_dir):
-        trials = read_recording(path, interpolate_missing=interpolate_missing)
+        trials = read_isolated(read_recording, path, interpolate_missing=interpolate_missing)
         store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
         result = ingest_trials(store, trials, preprocess)
     return {**result.to_dict(), "source_sha256": trials.source_sha256}

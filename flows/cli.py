@@ -6,9 +6,11 @@ import argparse
 import importlib
 import sys
 
-from flows._runtime import configure_offline_prefect
+from flows._runtime import EXIT_TERMINATED, Terminated, configure_offline_prefect, exit_now, stop_on_sigterm
+from flows._watchdog import start_watchdog
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 130
 
 
 def _print_file_failures(failures: dict[str, str]) -> None:
@@ -414,5 +416,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
+def run_command(argv: list[str] | None = None) -> None:
+    """The ``eegmi`` entry point: :func:`main` with a watchdog that stops what the run started
+    however it ends, and SIGTERM or Ctrl-C turned into one line and a prompt exit."""
+    start_watchdog()
+    stop_on_sigterm()
+    try:
+        code = main(argv)
+    except Terminated:
+        print("eegmi: stopped by SIGTERM; everything stored before is intact", file=sys.stderr)
+        exit_now(EXIT_TERMINATED)
+    except KeyboardInterrupt:
+        print("eegmi: interrupted; everything stored before is intact", file=sys.stderr)
+        exit_now(EXIT_INTERRUPTED)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command()

@@ -15,6 +15,7 @@ checks them again. Forking costs a few tens of milliseconds per file (see the RE
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import faulthandler
 import json
 import mmap
@@ -36,6 +37,7 @@ from pipeline.sources.trials import Trials
 
 _ARRAY_FIELDS = ("signals", "labels", "subject", "trial")
 _MB = 1 << 20
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,11 @@ def read_isolated(
     shared = mmap.mmap(-1, memory, flags=mmap.MAP_SHARED)
     read_end, write_end = os.pipe()
     address_space = _virtual_memory_bytes() + memory
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_end)
-        _child(reader, path, kwargs, shared, write_end, address_space)
+        _child(reader, path, kwargs, shared, write_end, address_space, parent)
     os.close(write_end)
     try:
         message, timed_out = _read_message(read_end, seconds)
@@ -176,11 +179,15 @@ def _child(
     shared: mmap.mmap,
     write_end: int,
     address_space: int,
+    parent: int,
 ) -> None:
     code = 0
     try:
         # A crash is reported by the parent in one line, not as a traceback on the terminal.
         faulthandler.disable()
+        _die_with_parent()
+        if os.getppid() != parent:  # the run died before the child could ask to follow it
+            os._exit(1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         resource.setrlimit(resource.RLIMIT_AS, (address_space, resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -206,6 +213,13 @@ def _child(
         code = 1
     finally:
         os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this child when the thread that forked it ends (e.g. the run is killed)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _share(trials: Trials, shared: mmap.mmap) -> dict:

@@ -25,7 +25,7 @@ from pipeline.learn import (
 )
 from pipeline.manifests import check_folder, load_manifest
 from pipeline.presets import deap_preset
-from pipeline.runlock import begin_update, finish_update
+from pipeline.runlock import OutputLocationError, begin_update, finish_update, output_errors
 from pipeline.sources.deap import read_source_file
 from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
 from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
@@ -58,16 +58,19 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
 def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
     trials = read_isolated(read_source_file, path)
-    store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
-    return ingest_trials(store, trials, preprocess).to_dict()
+    # A refused write is the run folder's fault, not the file's: it is neither retried nor blamed on it.
+    with output_errors(out_dir):
+        store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
+        return ingest_trials(store, trials, preprocess).to_dict()
 
 
 @task(retries=1, retry_condition_fn=_retry_unless_bad_input)
 def ingest_synthetic_subject(spec: dict, subject: int, out_dir: str, config: dict) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
     trials = generate_subject(SyntheticDeapSpec.from_dict(spec), subject)
-    store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic"))
-    return ingest_trials(store, trials, preprocess).to_dict()
+    with output_errors(out_dir):
+        store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic"))
+        return ingest_trials(store, trials, preprocess).to_dict()
 
 
 @flow(name="deap-preprocess", task_runner=preprocess_task_runner())
@@ -112,6 +115,7 @@ def preprocess_deap(
     name_of = {future.task_run_id: name for future, name in zip(futures, names, strict=True)}
     failures: dict[str, str] = {}
     results: list[dict] = []
+    output_error: OutputLocationError | None = None
     for done, future in enumerate(as_completed(futures), start=1):
         name = name_of[future.task_run_id]
         future.wait()  # as_completed can yield before the future's final state is recorded
@@ -129,8 +133,12 @@ def preprocess_deap(
             )
         else:
             error = state.result(raise_on_failure=False)
+            if isinstance(error, OutputLocationError):
+                output_error = error
             failures[name] = str(error.problem if isinstance(error, InputError) else error)
             logger.error("[%d/%d] %s failed: %s", done, len(futures), name, failures[name])
+    if output_error is not None:  # no file can be stored; the folder, not the files, is at fault
+        raise output_error
     store = open_deap_store(out_dir, preprocess, data_kind)
     store.consolidate()
     summary = {

@@ -4,8 +4,9 @@ Writes DEAP-layout ``sXX.dat`` files (40 trials each, ~100 MB, as ``preprocess.p
 for each file, alternating the order to share out the machine's noise:
 
 - ``direct``: :func:`pipeline.sources.deap.read_source_file` in this process;
-- ``isolated``: the same through :func:`pipeline.isolation.read_isolated` (fork, time and
-  memory bound, results through shared memory), as the preprocessing flows read;
+- ``isolated``: ``read_source_file(path, isolate=True)`` as the preprocessing flows read: the
+  pickle's opcodes parsed in a forked child bounded in time and memory, the arrays then built
+  in this process from the bytes it read;
 - ``preprocess``: read, band power, imaging and store write of the file in this thread, the
   per-file work the overhead is a fraction of.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -29,6 +31,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "read_isolation.json"
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (the isolated readers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import PreprocessConfig
     from pipeline.imaging import deap_imaging_operator
     from pipeline.ingest import open_deap_store
-    from pipeline.isolation import read_isolated
     from pipeline.sources.deap import read_source_file
     from pipeline.sources.synthetic import SyntheticDeapSpec, write_synthetic_deap
 
@@ -57,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         operator = deap_imaging_operator(config)
         store = open_deap_store(str(Path(work) / "run"), config, "deap-python")
         seconds = {"direct": 0.0, "isolated": 0.0, "preprocess": 0.0}
+        cpu_seconds = dict.fromkeys(seconds, 0.0)
         for index, path in enumerate(files):
             order = ("direct", "isolated") if index % 2 == 0 else ("isolated", "direct")
             for how in order:
-                start = time.perf_counter()
-                trials = read_source_file(path) if how == "direct" else read_isolated(read_source_file, path)
+                start, cpu_start = time.perf_counter(), _cpu_seconds()
+                trials = read_source_file(path, isolate=how == "isolated")
                 seconds[how] += time.perf_counter() - start
-            start = time.perf_counter()
+                cpu_seconds[how] += _cpu_seconds() - cpu_start
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             trials = read_source_file(path)
             frames = operator.to_frames(band_log_power(trials.signals, config, sfreq=trials.sfreq))
             store.add_trials(
@@ -75,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                 source_sha256=trials.source_sha256,
             )
             seconds["preprocess"] += time.perf_counter() - start
+            cpu_seconds["preprocess"] += _cpu_seconds() - cpu_start
     n = len(files)
     overhead = (seconds["isolated"] - seconds["direct"]) / n
+    cpu_overhead = (cpu_seconds["isolated"] - cpu_seconds["direct"]) / n
     result = {
         "benchmark": "read_isolation",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -91,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         "per_file_seconds": {key: value / n for key, value in seconds.items()},
         "isolation_overhead_seconds_per_file": overhead,
         "isolation_overhead_fraction_of_preprocessing": overhead / (seconds["preprocess"] / n),
+        # CPU time (this process and its children) depends less on how busy the machine is.
+        "per_file_cpu_seconds": {key: value / n for key, value in cpu_seconds.items()},
+        "isolation_overhead_cpu_seconds_per_file": cpu_overhead,
+        "isolation_overhead_cpu_fraction_of_preprocessing": cpu_overhead / (cpu_seconds["preprocess"] / n),
     }
     text = json.dumps(result, indent=2)
     output = args.output or (RESULTS if args.subjects == 8 else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from flows._runtime import EXIT_TERMINATED, Terminated, configure_offline_prefect, exit_now, stop_on_sigterm
@@ -404,12 +405,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_arguments_are_unicode(args: argparse.Namespace) -> None:
+    """Refuse a path that is not valid UTF-8 up front: flow parameters travel as JSON, which
+    cannot hold it, and the failure would come later as a traceback."""
+    from pipeline.errors import InputError
+
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InputError(
+                        f"--{name.replace('_', '-')}",
+                        f"{os.fsencode(text)!r} is not valid UTF-8; rename it or use another path",
+                    ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_offline_prefect()
     from pipeline.errors import InputError
 
     try:
+        _check_arguments_are_unicode(args)
         return args.run(args)
     except InputError as error:
         print(f"eegmi: error: {error}", file=sys.stderr)

@@ -13,7 +13,6 @@ from pipeline.deap_report import build_deap_report
 from pipeline.errors import InputError
 from pipeline.factors import FactorRules
 from pipeline.ingest import ingest_trials, open_deap_store, store_path
-from pipeline.isolation import read_isolated
 from pipeline.learn import (
     LearnConfig,
     checkpoint_model_id,
@@ -57,7 +56,7 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
 def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
-    trials = read_isolated(read_source_file, path)
+    trials = read_source_file(path, isolate=True)
     # A refused write is the run folder's fault, not the file's: it is neither retried nor blamed on it.
     with output_errors(out_dir):
         store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
@@ -101,18 +100,20 @@ def preprocess_deap(
         # The store is created once here so that parallel tasks only ever open an existing group.
         open_deap_store(out_dir, preprocess, data_kind)
         names = [path.name for path in check.files]
-        futures = ingest_file.map([str(p) for p in check.files], out_dir, unmapped(config_dict), data_kind)
+        sources = [str(path) for path in check.files]
+        futures = ingest_file.map(sources, out_dir, unmapped(config_dict), data_kind)
     else:
         spec = SyntheticDeapSpec.from_dict(synthetic or {})
         data_kind = "synthetic"
         open_deap_store(out_dir, preprocess, data_kind)
         subjects = list(range(1, spec.n_subjects + 1))
-        names = [f"synthetic://s{subject:02d}" for subject in subjects]
+        names = sources = [f"synthetic://s{subject:02d}" for subject in subjects]
         futures = ingest_synthetic_subject.map(
             unmapped(spec.to_dict()), subjects, out_dir, unmapped(config_dict)
         )
 
     name_of = {future.task_run_id: name for future, name in zip(futures, names, strict=True)}
+    source_of = dict(zip(names, sources, strict=True))
     failures: dict[str, str] = {}
     results: list[dict] = []
     output_error: OutputLocationError | None = None
@@ -135,7 +136,7 @@ def preprocess_deap(
             error = state.result(raise_on_failure=False)
             if isinstance(error, OutputLocationError):
                 output_error = error
-            failures[name] = str(error.problem if isinstance(error, InputError) else error)
+            failures[name] = error.about(source_of[name]) if isinstance(error, InputError) else str(error)
             logger.error("[%d/%d] %s failed: %s", done, len(futures), name, failures[name])
     if output_error is not None:  # no file can be stored; the folder, not the files, is at fault
         raise output_error

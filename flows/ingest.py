@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -148,7 +149,7 @@ def previous_report(out_dir: str) -> dict | None:
         raise InputError(path, "is too large to be a report")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # nested too deep
         raise InputError(path, f"is not a JSON report ({err})") from err
     if not isinstance(report, dict):
         raise InputError(path, "is not a JSON object")
@@ -209,7 +210,7 @@ def store_recordings(recordings: list[str], out_dir: str, interpolate_missing: b
         error = future.state.result(raise_on_failure=False)
         if isinstance(error, OutputLocationError):
             output_error = error
-        failures[path] = str(error.problem if isinstance(error, InputError) else error)
+        failures[path] = error.about(path) if isinstance(error, InputError) else str(error)
         logger.error("[%d/%d] %s failed: %s", done, len(futures), path, failures[path])
     if output_error is not None:
         raise output_error
@@ -380,6 +381,15 @@ def ingest_recordings(
     }
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether a name read from the file system decodes as UTF-8 (no surrogate escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def inbox_recordings(inbox_dir: str | os.PathLike, settle_seconds: float = 0.0) -> list[Path]:
     """Recording files directly in ``inbox_dir``, sorted by name, leaving hidden and unsettled files.
 
@@ -400,6 +410,11 @@ def inbox_recordings(inbox_dir: str | os.PathLike, settle_seconds: float = 0.0) 
     found = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or not entry.is_file():
+            continue
+        if not _is_utf8(entry.name):  # Prefect passes names as JSON, which only holds Unicode
+            warnings.warn(
+                f"{os.fsencode(entry)!r}: skipped: the file name is not valid UTF-8; rename it", stacklevel=2
+            )
             continue
         try:
             recording_suffix(entry)
@@ -423,7 +438,7 @@ def read_ledger(out_dir: str) -> dict[str, dict]:
         return {}
     try:
         ledger = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # nested too deep
         raise InputError(path, f"is not an inbox ledger ({err})") from err
     if (
         not isinstance(ledger, dict)

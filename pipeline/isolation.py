@@ -93,6 +93,68 @@ def _virtual_memory_bytes() -> int:
         return int(statm.read().split()[0]) * resource.getpagesize()
 
 
+def _forking_unavailable() -> bool:
+    return not hasattr(os, "fork") or not Path("/proc/self/statm").exists()
+
+
+def run_isolated(
+    work: Callable[[], Any], where: str | os.PathLike, n_bytes: int, limits: ReadLimits | None = None
+) -> Any:
+    """``work()`` in a forked child bounded in time and memory; its JSON-able result comes back.
+
+    The child sees this process's memory as it was at the fork (a buffer already read, for
+    one), so ``work`` can parse it without copying. ``n_bytes`` sets the bounds.
+
+    Raises
+    ------
+    InputError
+        ``work``'s own, or naming ``where`` when ``work`` crashed, overran its time or its
+        memory, or failed with an unexpected error.
+    OSError
+        Raised by ``work`` (transient read errors stay retryable).
+    """
+    if _forking_unavailable():
+        return work()
+    limits = limits or ReadLimits()
+    seconds, memory = limits.seconds(n_bytes), limits.memory_bytes(n_bytes)
+    read_end, write_end = os.pipe()
+    address_space = _virtual_memory_bytes() + memory
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        _child(work, write_end, address_space, parent)
+    os.close(write_end)
+    try:
+        payload, timed_out = _read_message(read_end, seconds)
+    finally:
+        os.close(read_end)
+        if not payload:
+            _kill(pid)
+        _, status = os.waitpid(pid, 0)
+    if timed_out:
+        raise InputError(where, f"reading took longer than {seconds:.0f} s and was stopped")
+    if os.WIFSIGNALED(status) and not payload:
+        name = signal.Signals(os.WTERMSIG(status)).name
+        raise InputError(where, f"the reader crashed on this file ({name}); it was stopped")
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        raise InputError(where, "the reader stopped without a result") from None
+    if "input_error" in message:
+        raise InputError(*message["input_error"])
+    if "memory" in message:
+        raise InputError(where, f"reading needed more than {memory / _MB:.0f} MB of memory and was stopped")
+    if "os_error" in message:
+        number, text, filename = message["os_error"]
+        raise OSError(number, text, filename)
+    if "error" in message:
+        raise InputError(where, f"the reader failed: {message['error']}")
+    for text in message["warnings"]:
+        warnings.warn(text, UserWarning, stacklevel=3)
+    return message["result"]
+
+
 def read_isolated(
     reader: Callable[..., Trials], path: str | os.PathLike, limits: ReadLimits | None = None, **kwargs: Any
 ) -> Trials:
@@ -101,7 +163,7 @@ def read_isolated(
     Parameters
     ----------
     reader : callable
-        A reader returning :class:`Trials`, e.g. :func:`pipeline.sources.deap.read_source_file`.
+        A reader returning :class:`Trials`, e.g. :func:`pipeline.sources.raw.read_recording`.
     path : path-like
         The file; its size (with same-stem siblings) sets the bounds.
     limits : ReadLimits, optional
@@ -110,45 +172,23 @@ def read_isolated(
     Returns
     -------
     Trials
-        What the reader returned. Warnings it issued are issued again here.
+        What the reader returned, handed over through shared memory. Warnings it issued are
+        issued again here.
 
     Raises
     ------
-    InputError
-        The reader's own, or naming ``path`` when the reader crashed, overran its time or its
-        memory, or failed with an unexpected error.
-    OSError
-        When the reader could not read the file (transient errors stay retryable).
+    InputError, OSError
+        As :func:`run_isolated`.
     """
     path = Path(path)
-    if not hasattr(os, "fork") or not Path("/proc/self/statm").exists():
+    if _forking_unavailable():
         return reader(path, **kwargs)
     limits = limits or ReadLimits()
     size = recording_bytes(path)
-    seconds, memory = limits.seconds(size), limits.memory_bytes(size)
     # Sized to the memory bound, which the child's results cannot exceed; untouched pages cost nothing.
-    shared = mmap.mmap(-1, memory, flags=mmap.MAP_SHARED)
-    read_end, write_end = os.pipe()
-    address_space = _virtual_memory_bytes() + memory
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        os.close(read_end)
-        _child(reader, path, kwargs, shared, write_end, address_space, parent)
-    os.close(write_end)
-    try:
-        message, timed_out = _read_message(read_end, seconds)
-    finally:
-        os.close(read_end)
-        if not message:
-            _kill(pid)
-        _, status = os.waitpid(pid, 0)
-    if timed_out:
-        raise InputError(path, f"reading took longer than {seconds:.0f} s and was stopped")
-    if os.WIFSIGNALED(status) and not message:
-        name = signal.Signals(os.WTERMSIG(status)).name
-        raise InputError(path, f"the reader crashed on this file ({name}); it was stopped")
-    return _result(path, message, shared, memory)
+    shared = mmap.mmap(-1, limits.memory_bytes(size), flags=mmap.MAP_SHARED)
+    message = run_isolated(lambda: _share(reader(path, **kwargs), shared), path, size, limits)
+    return _result(path, message, shared)
 
 
 def _kill(pid: int) -> None:
@@ -172,15 +212,7 @@ def _read_message(descriptor: int, seconds: float) -> tuple[bytes, bool]:
         chunks.append(chunk)
 
 
-def _child(
-    reader: Callable[..., Trials],
-    path: Path,
-    kwargs: dict,
-    shared: mmap.mmap,
-    write_end: int,
-    address_space: int,
-    parent: int,
-) -> None:
+def _child(work: Callable[[], Any], write_end: int, address_space: int, parent: int) -> None:
     code = 0
     try:
         # A crash is reported by the parent in one line, not as a traceback on the terminal.
@@ -194,8 +226,7 @@ def _child(
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                trials = reader(path, **kwargs)
-            message = _share(trials, shared)
+                message = {"result": work()}
             message["warnings"] = [str(w.message) for w in caught]
         except InputError as err:
             message = {"input_error": [err.where, err.problem]}
@@ -240,20 +271,7 @@ def _share(trials: Trials, shared: mmap.mmap) -> dict:
     }
 
 
-def _result(path: Path, payload: bytes, shared: mmap.mmap, memory: int) -> Trials:
-    try:
-        message = json.loads(payload)
-    except ValueError:
-        raise InputError(path, "the reader stopped without a result (exit without a message)") from None
-    if "input_error" in message:
-        raise InputError(*message["input_error"])
-    if "memory" in message:
-        raise InputError(path, f"reading needed more than {memory / _MB:.0f} MB of memory and was stopped")
-    if "os_error" in message:
-        number, text, filename = message["os_error"]
-        raise OSError(number, text, filename)
-    if "error" in message:
-        raise InputError(path, f"the reader failed: {message['error']}")
+def _result(path: Path, message: dict, shared: mmap.mmap) -> Trials:
     arrays = {}
     try:
         for name in _ARRAY_FIELDS:
@@ -265,8 +283,6 @@ def _result(path: Path, payload: bytes, shared: mmap.mmap, memory: int) -> Trial
             arrays[name] = np.frombuffer(shared, dtype=dtype, count=count, offset=offset).reshape(shape)
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(path, f"the reader returned a malformed result ({err})") from None
-    for text in message["warnings"]:
-        warnings.warn(text, UserWarning, stacklevel=2)
     return Trials(
         **arrays, source=message["source"], source_sha256=message["source_sha256"], kind=message["kind"]
     )

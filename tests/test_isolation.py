@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from test_sources_deap import N_TRIALS
 
+import pipeline.sources.deap
 from pipeline.errors import InputError
 from pipeline.isolation import ReadLimits, read_isolated
 from pipeline.sources.deap import read_source_file, write_deap_dat
@@ -107,29 +108,40 @@ def test_limits_grow_with_the_file_and_can_be_fixed_from_the_environment(monkeyp
         limits.seconds(1)
 
 
+def test_an_isolated_deap_read_parses_in_the_child_and_builds_the_same_trials(deap_file, monkeypatch):
+    direct = read_source_file(deap_file)
+    isolated = read_source_file(deap_file, isolate=True)
+    np.testing.assert_array_equal(isolated.signals, direct.signals)
+    assert isolated.source_sha256 == direct.source_sha256
+    monkeypatch.setattr(pipeline.sources.deap, "describe_array_dict", _segfault)
+    with pytest.raises(InputError, match=r"crashed on this file \(SIGSEGV\)"):
+        read_source_file(deap_file, isolate=True)
+
+
 def test_a_file_that_crashes_its_reader_fails_alone_and_the_run_stores_the_others(
     prefect_harness, tmp_path, monkeypatch
 ):
-    import flows.deap
     from flows.deap import SourceFilesFailed, preprocess_deap
 
     rng = np.random.default_rng(2)
     data_dir = tmp_path / "data"
-    for name in ("s01.dat", "s02.dat"):
-        data = rng.normal(0.0, 20.0, size=(N_TRIALS, 40, N_SAMPLES))
-        write_deap_dat(data_dir / name, data, np.full((N_TRIALS, 4), 5.0))
+    for name, n_trials in (("s01.dat", 3), ("s02.dat", 2)):
+        data = rng.normal(0.0, 20.0, size=(n_trials, 40, N_SAMPLES))
+        write_deap_dat(data_dir / name, data, np.full((n_trials, 4), 5.0))
+    crashing_size = (data_dir / "s01.dat").stat().st_size
     attempts = tmp_path / "attempts"
+    describe = pipeline.sources.deap.describe_array_dict
 
-    def crashes_on_s01(path):
+    def crashes_on_s01(buffer):
         with open(attempts, "a") as log:  # written from the child, so a file
-            log.write(f"{path.name}\n")
-        return _segfault(path) if path.name == "s01.dat" else read_source_file(path)
+            log.write(f"{len(buffer)}\n")
+        return _segfault(buffer) if len(buffer) == crashing_size else describe(buffer)
 
-    monkeypatch.setattr(flows.deap, "read_source_file", crashes_on_s01)
+    monkeypatch.setattr(pipeline.sources.deap, "describe_array_dict", crashes_on_s01)
     state = preprocess_deap(out_dir=str(tmp_path / "run"), data_dir=str(data_dir), return_state=True)
     failed = state.result(raise_on_failure=False)
     assert isinstance(failed, SourceFilesFailed)
     assert failed.failures == {"s01.dat": "the reader crashed on this file (SIGSEGV); it was stopped"}
     assert failed.n_stored_files == 1
     # A crash is the file's fault: it is not retried.
-    assert sorted(attempts.read_text().split()) == ["s01.dat", "s02.dat"]
+    assert attempts.read_text().split().count(str(crashing_size)) == 1

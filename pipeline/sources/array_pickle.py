@@ -61,7 +61,15 @@ class _Str:
 
     view: memoryview
     kind: str
+    offset: int = 0  # where ``view`` starts in the pickle
+    # Set on protocol 2's ``_codecs.encode(text, 'latin1')``: ``view`` is the UTF-8 text in the
+    # file, ``latin1_bytes`` the length of the bytes it encodes to.
+    latin1_bytes: int | None = None
     depth: int = 0
+
+    @property
+    def n_bytes(self) -> int:
+        return len(self.view) if self.latin1_bytes is None else self.latin1_bytes
 
     def small(self) -> str | None:
         """The string's value when it is short enough to be a name (text decoded, bytes as latin-1)."""
@@ -108,11 +116,33 @@ class _DType:
     depth: int = 1
 
 
+@dataclass(frozen=True)
+class ArraySpec:
+    """Where an array's bytes lie in the pickle and how to view them; checked when built."""
+
+    dtype: str  # numpy's dtype string with byte order, e.g. "<f8"
+    shape: tuple[int, ...]
+    order: str  # "C" or "F"
+    axes: tuple[int, ...] | None  # a transpose applied after reshaping (protocol 5's order "K")
+    offset: int
+    length: int  # bytes in the pickle: the array's bytes, or the UTF-8 text encoding them
+    latin1_text: bool = False  # protocol 2: the bytes are ``text.encode('latin-1')``
+
+    def to_json(self) -> list:
+        return [self.dtype, list(self.shape), self.order, self.axes and list(self.axes),
+                self.offset, self.length, self.latin1_text]  # fmt: skip
+
+    @classmethod
+    def from_json(cls, values: list) -> ArraySpec:
+        dtype, shape, order, axes, offset, length, latin1_text = values
+        return cls(dtype, tuple(shape), order, axes and tuple(axes), offset, length, latin1_text)
+
+
 @dataclass(eq=False)
 class _Array:
-    """An array: pending its ``BUILD`` state after ``_reconstruct``, or done (``array`` set)."""
+    """An array: pending its ``BUILD`` state after ``_reconstruct``, or done (``spec`` set)."""
 
-    array: np.ndarray | None = None
+    spec: ArraySpec | None = None
     depth: int = 1
 
 
@@ -285,8 +315,8 @@ class _Machine:
     def build(self, target: Any, state: Any) -> None:
         if isinstance(target, _DType):
             self.build_dtype(target, state)
-        elif isinstance(target, _Array) and target.array is None:
-            target.array = self.build_array(state)
+        elif isinstance(target, _Array) and target.spec is None:
+            target.spec = self.build_array(state)
         else:
             raise PickleRefused(f"refused to set the state of a {_type_name(target)}")
 
@@ -303,7 +333,7 @@ class _Machine:
             raise PickleRefused("refused a dtype state other than a plain numeric one (byte order only)")
         target.dtype = target.dtype.newbyteorder(byteorder)
 
-    def build_array(self, state: Any) -> np.ndarray:
+    def build_array(self, state: Any) -> ArraySpec:
         items = state.items if isinstance(state, _Tuple) else ()
         if not (
             len(items) == 5
@@ -317,7 +347,7 @@ class _Machine:
         order = "F" if items[3] else "C"
         return self.array_from(items[4], items[2].dtype, items[1], order)
 
-    def array_from(self, raw: _Str, dtype: np.dtype, shape: Any, order: str, axes: Any = None) -> np.ndarray:
+    def array_from(self, raw: _Str, dtype: np.dtype, shape: Any, order: str, axes: Any = None) -> ArraySpec:
         dims = shape.items if isinstance(shape, _Tuple) else None
         if (
             dims is None
@@ -328,15 +358,15 @@ class _Machine:
         count = 1
         for size in dims:
             count *= size
-        if count * dtype.itemsize != len(raw.view):
+        if count * dtype.itemsize != raw.n_bytes:
             raise PickleRefused(
                 f"an array of shape {tuple(dims)} and dtype {dtype} needs {count * dtype.itemsize} bytes, "
-                f"its data holds {len(raw.view)}"
+                f"its data holds {raw.n_bytes}"
             )
-        array = np.frombuffer(raw.view, dtype=dtype, count=count).reshape(dims, order=order)
-        if axes is not None:
-            array = array.transpose(axes)
-        return array
+        return ArraySpec(
+            dtype.str, tuple(dims), order, axes and tuple(axes), raw.offset, len(raw.view),
+            raw.latin1_bytes is not None,
+        )  # fmt: skip
 
     def encode_latin1(self, args: tuple) -> _Str:
         codec = args[1].small() if len(args) == 2 and isinstance(args[1], _Str) else None
@@ -345,11 +375,8 @@ class _Machine:
         self.decoded_bytes += len(args[0].view)
         if self.decoded_bytes > len(self.data):
             raise PickleRefused("refused: the pickle decodes more bytes than the file holds")
-        try:
-            raw = bytes(args[0].view).decode("utf-8", "surrogatepass").encode("latin-1")
-        except (UnicodeDecodeError, UnicodeEncodeError) as err:
-            raise PickleRefused(f"an array's data is not latin-1 text ({err.reason})") from None
-        return _Str(memoryview(raw), "bytes")
+        text = args[0]
+        return _Str(text.view, "bytes", text.offset, latin1_bytes=len(_latin1(text.view)))
 
     def frombuffer(self, args: tuple) -> _Array:
         if not 4 <= len(args) <= 5:
@@ -415,7 +442,8 @@ def _refused_opcode(code: int, at: int) -> PickleRefused:
 def _string(length_format: str, kind: str, what: str):
     def read(machine: _Machine) -> None:
         n = machine.unpack(length_format, what)
-        machine.push(_Str(machine.take(n, what), kind))
+        offset = machine.pos
+        machine.push(_Str(machine.take(n, what), kind, offset))
 
     return read
 
@@ -607,19 +635,19 @@ _OPCODES: dict[int, Any] = {
 }
 
 
-def load_array_dict(buffer: bytes | memoryview) -> dict[str, np.ndarray]:
-    """The dict of numeric arrays pickled in ``buffer``, built without running the pickle.
+def _latin1(text: memoryview) -> bytes:
+    """The bytes protocol 2 wrote as ``text`` (UTF-8 in the file) for ``_codecs.encode(text, 'latin1')``."""
+    try:
+        return bytes(text).decode("utf-8", "surrogatepass").encode("latin-1")
+    except (UnicodeDecodeError, UnicodeEncodeError) as err:
+        raise PickleRefused(f"an array's data is not latin-1 text ({err.reason})") from None
 
-    Parameters
-    ----------
-    buffer : bytes or memoryview
-        The whole pickle. The arrays returned are read-only views of it.
 
-    Returns
-    -------
-    dict
-        String keys (Python 2 byte strings and Python 3 ``bytes`` keys decoded as latin-1) to
-        numpy arrays of a dtype in :data:`NUMERIC_DTYPES`.
+def describe_array_dict(buffer: bytes | memoryview) -> dict[str, ArraySpec]:
+    """Where each array of the pickled dict lies in ``buffer``, found without running the pickle.
+
+    This is the part that reads the untrusted opcodes; it allocates little and returns plain
+    data, so it can run in a bounded child process (:func:`pipeline.isolation.run_isolated`).
 
     Raises
     ------
@@ -630,11 +658,53 @@ def load_array_dict(buffer: bytes | memoryview) -> dict[str, np.ndarray]:
     result = _Machine(memoryview(buffer).cast("B")).run()
     if not isinstance(result, _Dict):
         raise PickleRefused(f"holds a {_type_name(result)}, expected a dict with 'data' and 'labels'")
-    arrays = {}
+    specs = {}
     for key, value in result.items.items():
-        if isinstance(value, _Array) and value.array is None:
+        if isinstance(value, _Array) and value.spec is None:
             raise PickleRefused(f"'{key}' is an array the file never gives the bytes of")
         if not isinstance(value, _Array):
             raise PickleRefused(f"'{key}' is a {_type_name(value)}, expected a numpy array")
-        arrays[key] = value.array
+        specs[key] = value.spec
+    return specs
+
+
+def build_arrays(buffer: bytes | memoryview, specs: dict[str, ArraySpec]) -> dict[str, np.ndarray]:
+    """The arrays ``specs`` describe, as views of ``buffer`` (every size checked again here)."""
+    view = memoryview(buffer).cast("B")
+    arrays = {}
+    for key, spec in specs.items():
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind not in "fiu" or spec.offset < 0 or spec.offset + spec.length > len(view):
+            raise PickleRefused(f"'{key}' is described outside the file")
+        raw = view[spec.offset : spec.offset + spec.length]
+        if spec.latin1_text:
+            raw = _latin1(raw)
+        count = int(np.prod(spec.shape, dtype=object))
+        if count * dtype.itemsize != len(raw):
+            raise PickleRefused(f"'{key}' needs {count * dtype.itemsize} bytes, its data holds {len(raw)}")
+        array = np.frombuffer(raw, dtype=dtype, count=count).reshape(spec.shape, order=spec.order)
+        arrays[key] = array.transpose(spec.axes) if spec.axes is not None else array
     return arrays
+
+
+def load_array_dict(buffer: bytes | memoryview) -> dict[str, np.ndarray]:
+    """The dict of numeric arrays pickled in ``buffer``, built without running the pickle.
+
+    Parameters
+    ----------
+    buffer : bytes or memoryview
+        The whole pickle. The arrays returned are views of it (except protocol 2's
+        text-encoded bytes, decoded once).
+
+    Returns
+    -------
+    dict
+        String keys (Python 2 byte strings and Python 3 ``bytes`` keys decoded as latin-1) to
+        numpy arrays of a dtype in :data:`NUMERIC_DTYPES`.
+
+    Raises
+    ------
+    PickleRefused
+        As :func:`describe_array_dict`.
+    """
+    return build_arrays(buffer, describe_array_dict(buffer))

@@ -25,7 +25,8 @@ import numpy as np
 import scipy.io
 
 from pipeline.errors import InputError
-from pipeline.sources.array_pickle import PickleRefused, load_array_dict
+from pipeline.isolation import read_isolated, run_isolated
+from pipeline.sources.array_pickle import ArraySpec, PickleRefused, build_arrays, describe_array_dict
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, N_SAMPLES, Trials, file_sha256
 
 N_DEAP_CHANNELS = 40  # 32 EEG + 8 peripheral
@@ -103,7 +104,7 @@ def _trials_from_arrays(
     )
 
 
-def read_deap_dat(path: str | os.PathLike, subject: int | None = None) -> Trials:
+def read_deap_dat(path: str | os.PathLike, subject: int | None = None, isolate: bool = False) -> Trials:
     """Read one ``data_preprocessed_python/sXX.dat`` file without executing anything from it.
 
     Parameters
@@ -113,6 +114,10 @@ def read_deap_dat(path: str | os.PathLike, subject: int | None = None) -> Trials
         Python 3 pickles (str keys, protocols 2-5) are both accepted.
     subject : int, optional
         Subject id; by default taken from the file name (``s01.dat`` -> 1).
+    isolate : bool
+        Parse the pickle's opcodes in a child process bounded in time and memory
+        (:func:`pipeline.isolation.run_isolated`), as the preprocessing flows do; the arrays
+        are then built here from the bytes already read, so nothing large is copied back.
 
     Returns
     -------
@@ -132,8 +137,16 @@ def read_deap_dat(path: str | os.PathLike, subject: int | None = None) -> Trials
     _check_is_file(path)
     with ThreadPoolExecutor(max_workers=1) as hasher:
         raw, digest = _read_while_hashing(path, hasher)
+
+        def describe() -> dict:
+            try:
+                return {key: spec.to_json() for key, spec in describe_array_dict(raw).items()}
+            except PickleRefused as err:
+                raise InputError(path, str(err)) from None
+
+        described = run_isolated(describe, path, len(raw)) if isolate else describe()
         try:
-            contents = load_array_dict(raw)
+            contents = build_arrays(raw, {key: ArraySpec.from_json(spec) for key, spec in described.items()})
         except PickleRefused as err:
             raise InputError(path, str(err)) from None
         return _trials_from_arrays(path, contents, "deap-python", subject, digest)
@@ -188,8 +201,12 @@ def read_deap_mat(path: str | os.PathLike, subject: int | None = None) -> Trials
 _READERS = {".dat": read_deap_dat, ".mat": read_deap_mat}
 
 
-def read_source_file(path: str | os.PathLike, subject: int | None = None) -> Trials:
+def read_source_file(path: str | os.PathLike, subject: int | None = None, isolate: bool = False) -> Trials:
     """Read a DEAP file with the reader its suffix calls for (``.dat`` or ``.mat``).
+
+    With ``isolate`` the file's untrusted content is parsed in a child process bounded in time
+    and memory (:mod:`pipeline.isolation`), so that even an unknown reader bug fails this file
+    alone, with an :class:`InputError` naming it.
 
     Raises
     ------
@@ -200,7 +217,9 @@ def read_source_file(path: str | os.PathLike, subject: int | None = None) -> Tri
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise InputError(path, f"unknown file type {path.suffix!r}; expected one of {sorted(_READERS)}")
-    return reader(path, subject=subject)
+    if reader is read_deap_dat:
+        return read_deap_dat(path, subject=subject, isolate=isolate)
+    return read_isolated(reader, path, subject=subject) if isolate else reader(path, subject=subject)
 
 
 def _checked_deap_arrays(where: Path, data: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:

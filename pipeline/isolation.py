@@ -97,62 +97,111 @@ def _forking_unavailable() -> bool:
     return not hasattr(os, "fork") or not Path("/proc/self/statm").exists()
 
 
+class IsolatedRun:
+    """``work()`` started in a forked child bounded in time and memory; :meth:`result` waits for it.
+
+    The caller may go on working meanwhile (reading the file ``work`` parses, say); the child
+    sees this process's memory as it was at the fork. ``n_bytes`` sets the bounds. Use as a
+    context manager, or call :meth:`result`, so that the child is always reaped.
+    """
+
+    def __init__(
+        self,
+        work: Callable[[], Any],
+        where: str | os.PathLike,
+        n_bytes: int,
+        limits: ReadLimits | None = None,
+    ):
+        self.where = where
+        self._work: Callable[[], Any] | None = None
+        self._pid: int | None = None
+        if _forking_unavailable():
+            self._work = work
+            return
+        limits = limits or ReadLimits()
+        self.seconds, self.memory = limits.seconds(n_bytes), limits.memory_bytes(n_bytes)
+        self._deadline = time.monotonic() + self.seconds
+        self._read_end, write_end = os.pipe()
+        address_space = _virtual_memory_bytes() + self.memory
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(self._read_end)
+            _child(work, write_end, address_space, parent)
+        os.close(write_end)
+        self._pid = pid
+
+    def __enter__(self) -> IsolatedRun:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the child if it is still running (a no-op once :meth:`result` returned)."""
+        if self._pid is not None:
+            _kill(self._pid)
+            os.waitpid(self._pid, 0)
+            os.close(self._read_end)
+            self._pid = None
+
+    def result(self) -> Any:
+        """``work()``'s result.
+
+        Raises
+        ------
+        InputError
+            ``work``'s own, or naming ``where`` when ``work`` crashed, overran its time or its
+            memory, or failed with an unexpected error.
+        OSError
+            Raised by ``work`` (transient read errors stay retryable).
+        """
+        if self._work is not None:
+            return self._work()
+        if self._pid is None:
+            raise RuntimeError("the isolated run was closed")
+        pid, self._pid = self._pid, None
+        try:
+            payload, timed_out = _read_message(self._read_end, self._deadline)
+        finally:
+            os.close(self._read_end)
+            if not payload:
+                _kill(pid)
+            _, status = os.waitpid(pid, 0)
+        where = self.where
+        if timed_out:
+            raise InputError(where, f"reading took longer than {self.seconds:.0f} s and was stopped")
+        if os.WIFSIGNALED(status) and not payload:
+            name = signal.Signals(os.WTERMSIG(status)).name
+            raise InputError(where, f"the reader crashed on this file ({name}); it was stopped")
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            raise InputError(where, "the reader stopped without a result") from None
+        if "input_error" in message:
+            raise InputError(*message["input_error"])
+        if "memory" in message:
+            raise InputError(
+                where, f"reading needed more than {self.memory / _MB:.0f} MB of memory and was stopped"
+            )
+        if "os_error" in message:
+            number, text, filename = message["os_error"]
+            raise OSError(number, text, filename)
+        if "error" in message:
+            raise InputError(where, f"the reader failed: {message['error']}")
+        for text in message["warnings"]:
+            warnings.warn(text, UserWarning, stacklevel=3)
+        return message["result"]
+
+
 def run_isolated(
     work: Callable[[], Any], where: str | os.PathLike, n_bytes: int, limits: ReadLimits | None = None
 ) -> Any:
     """``work()`` in a forked child bounded in time and memory; its JSON-able result comes back.
 
-    The child sees this process's memory as it was at the fork (a buffer already read, for
-    one), so ``work`` can parse it without copying. ``n_bytes`` sets the bounds.
-
-    Raises
-    ------
-    InputError
-        ``work``'s own, or naming ``where`` when ``work`` crashed, overran its time or its
-        memory, or failed with an unexpected error.
-    OSError
-        Raised by ``work`` (transient read errors stay retryable).
+    See :class:`IsolatedRun` (this is its start and :meth:`~IsolatedRun.result` at once).
     """
-    if _forking_unavailable():
-        return work()
-    limits = limits or ReadLimits()
-    seconds, memory = limits.seconds(n_bytes), limits.memory_bytes(n_bytes)
-    read_end, write_end = os.pipe()
-    address_space = _virtual_memory_bytes() + memory
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        os.close(read_end)
-        _child(work, write_end, address_space, parent)
-    os.close(write_end)
-    try:
-        payload, timed_out = _read_message(read_end, seconds)
-    finally:
-        os.close(read_end)
-        if not payload:
-            _kill(pid)
-        _, status = os.waitpid(pid, 0)
-    if timed_out:
-        raise InputError(where, f"reading took longer than {seconds:.0f} s and was stopped")
-    if os.WIFSIGNALED(status) and not payload:
-        name = signal.Signals(os.WTERMSIG(status)).name
-        raise InputError(where, f"the reader crashed on this file ({name}); it was stopped")
-    try:
-        message = json.loads(payload)
-    except ValueError:
-        raise InputError(where, "the reader stopped without a result") from None
-    if "input_error" in message:
-        raise InputError(*message["input_error"])
-    if "memory" in message:
-        raise InputError(where, f"reading needed more than {memory / _MB:.0f} MB of memory and was stopped")
-    if "os_error" in message:
-        number, text, filename = message["os_error"]
-        raise OSError(number, text, filename)
-    if "error" in message:
-        raise InputError(where, f"the reader failed: {message['error']}")
-    for text in message["warnings"]:
-        warnings.warn(text, UserWarning, stacklevel=3)
-    return message["result"]
+    return IsolatedRun(work, where, n_bytes, limits).result()
 
 
 def read_isolated(
@@ -196,8 +245,7 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _read_message(descriptor: int, seconds: float) -> tuple[bytes, bool]:
-    deadline = time.monotonic() + seconds
+def _read_message(descriptor: int, deadline: float) -> tuple[bytes, bool]:
     chunks = []
     while True:
         remaining = deadline - time.monotonic()

@@ -13,11 +13,13 @@ neither run code nor crash, hang or exhaust the process.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import pickle
 import re
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import numpy as np
 import scipy.io
 
 from pipeline.errors import InputError
-from pipeline.isolation import read_isolated, run_isolated
+from pipeline.isolation import IsolatedRun, read_isolated
 from pipeline.sources.array_pickle import ArraySpec, PickleRefused, build_arrays, describe_array_dict
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, N_SAMPLES, Trials, file_sha256
 
@@ -135,21 +137,39 @@ def read_deap_dat(path: str | os.PathLike, subject: int | None = None, isolate: 
     """
     path = Path(path)
     _check_is_file(path)
-    with ThreadPoolExecutor(max_workers=1) as hasher:
+    # Isolated, the opcodes are parsed in the child from its own view of the file while this
+    # process reads and hashes it (forking first keeps the fork small); the arrays are then
+    # built here, every offset and size checked again against the bytes read here.
+    with (
+        (
+            IsolatedRun(lambda: _describe_file(path), path, path.stat().st_size) if isolate else nullcontext()
+        ) as parsing,
+        ThreadPoolExecutor(max_workers=1) as hasher,
+    ):
         raw, digest = _read_while_hashing(path, hasher)
-
-        def describe() -> dict:
-            try:
-                return {key: spec.to_json() for key, spec in describe_array_dict(raw).items()}
-            except PickleRefused as err:
-                raise InputError(path, str(err)) from None
-
-        described = run_isolated(describe, path, len(raw)) if isolate else describe()
+        described = parsing.result() if isolate else _describe(path, raw)
         try:
             contents = build_arrays(raw, {key: ArraySpec.from_json(spec) for key, spec in described.items()})
         except PickleRefused as err:
             raise InputError(path, str(err)) from None
         return _trials_from_arrays(path, contents, "deap-python", subject, digest)
+
+
+def _describe(path: Path, buffer: bytes | memoryview | mmap.mmap) -> dict:
+    """Where the arrays lie in the pickle ``buffer``, as JSON (see :func:`describe_array_dict`)."""
+    try:
+        return {key: spec.to_json() for key, spec in describe_array_dict(buffer).items()}
+    except PickleRefused as err:
+        raise InputError(path, str(err)) from None
+
+
+def _describe_file(path: Path) -> dict:
+    """:func:`_describe` of the file mapped into memory: only the opcodes' pages are read."""
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return _describe(path, b"")
+        # Never closed: the parser's views may outlive this call; the child exits right after.
+        return _describe(path, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 def _read_while_hashing(path: Path, hasher: ThreadPoolExecutor) -> tuple[memoryview, Future]:

@@ -1,7 +1,8 @@
 """What reading each file in a bounded child process costs, against reading it in process.
 
 Writes DEAP-layout ``sXX.dat`` files (40 trials each, ~100 MB, as ``preprocess.py`` does), then
-for each file, alternating the order to share out the machine's noise:
+reads each file 5 times each way, alternating the order to share out the machine's noise, and
+keeps the median:
 
 - ``direct``: :func:`pipeline.sources.deap.read_source_file` in this process;
 - ``isolated``: ``read_source_file(path, isolate=True)`` as the preprocessing flows read: the
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "read_isolation.json"
+REPEATS = 5
 
 
 def _cpu_seconds() -> float:
@@ -65,13 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         store = open_deap_store(str(Path(work) / "run"), config, "deap-python")
         seconds = {"direct": 0.0, "isolated": 0.0, "preprocess": 0.0}
         cpu_seconds = dict.fromkeys(seconds, 0.0)
-        for index, path in enumerate(files):
-            order = ("direct", "isolated") if index % 2 == 0 else ("isolated", "direct")
-            for how in order:
-                start, cpu_start = time.perf_counter(), _cpu_seconds()
-                trials = read_source_file(path, isolate=how == "isolated")
-                seconds[how] += time.perf_counter() - start
-                cpu_seconds[how] += _cpu_seconds() - cpu_start
+        for path in files:
+            # Each read REPEATS times, alternating, and the median kept: on a shared machine a
+            # single read can take twice as long as the next for reasons of its own.
+            times: dict[str, list[float]] = {"direct": [], "isolated": []}
+            cpu_times: dict[str, list[float]] = {"direct": [], "isolated": []}
+            for repeat in range(REPEATS):
+                for how in ("direct", "isolated") if repeat % 2 == 0 else ("isolated", "direct"):
+                    start, cpu_start = time.perf_counter(), _cpu_seconds()
+                    trials = read_source_file(path, isolate=how == "isolated")
+                    times[how].append(time.perf_counter() - start)
+                    cpu_times[how].append(_cpu_seconds() - cpu_start)
+            for how in times:
+                seconds[how] += statistics.median(times[how])
+                cpu_seconds[how] += statistics.median(cpu_times[how])
             start, cpu_start = time.perf_counter(), _cpu_seconds()
             trials = read_source_file(path)
             frames = operator.to_frames(band_log_power(trials.signals, config, sfreq=trials.sfreq))

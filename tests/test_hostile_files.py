@@ -4,7 +4,8 @@ The crafted files are those that took the whole process down (or hung it, or mad
 gigabytes) with an unpickler: each is read in a child process, so a crash or hang shows as a
 failed test rather than a dead test run. The fuzz test then mutates valid pickles a few
 hundred times in process: every outcome is a valid read or a named refusal. Gzip IDX files
-and JPEGs whose headers claim far more than the file can hold are refused before inflating.
+and JPEGs whose headers claim far more than the file can hold are refused before inflating; a
+MAT file that inflates beyond the read's memory bound fails alone.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
+import scipy.io
 from PIL import Image
 from test_sources_deap import _python2_deap_pickle
 
 from pipeline.errors import InputError
 from pipeline.sources.array_pickle import MAX_DEPTH, PickleRefused, load_array_dict
 from pipeline.sources.celeba import decode_face
-from pipeline.sources.deap import read_deap_dat
+from pipeline.sources.deap import read_deap_dat, read_source_file
 from pipeline.sources.mnist import read_idx
 from pipeline.sources.trials import N_SAMPLES
 
@@ -277,3 +280,32 @@ def test_a_jpeg_claiming_far_more_pixels_than_it_holds_is_refused_before_decodin
     with pytest.raises(ValueError, match=rf"claims 20000x8000 pixels, more than a {len(bomb)}-byte JPEG"):
         decode_face(bomb)
     assert decode_face(_jpeg_claiming(16, 16)).shape == (3, 64, 64)
+
+
+def _mat_bomb(n_rows: int, n_cols: int) -> bytes:
+    """A MAT v5 file whose one compressed variable, ``data``, inflates to n_rows x n_cols zeros."""
+    small = io.BytesIO()
+    scipy.io.savemat(small, {"data": np.zeros((1, 1))}, do_compression=False)
+    header, element = small.getvalue()[:128], bytearray(small.getvalue()[128:])
+    dims = element.index(struct.pack("<IIii", 5, 8, 1, 1))
+    element[dims + 8 : dims + 16] = struct.pack("<ii", n_rows, n_cols)
+    real_part = element.index(struct.pack("<II", 9, 8))
+    n_bytes = n_rows * n_cols * 8
+    body = bytes(element[8:real_part]) + struct.pack("<II", 9, n_bytes)
+    compress = zlib.compressobj(1)
+    chunks = [compress.compress(struct.pack("<II", 14, len(body) + n_bytes) + body)]
+    zeros = bytes(1 << 24)
+    chunks += [compress.compress(zeros) for _ in range(n_bytes // len(zeros))]
+    stream = b"".join(chunks) + compress.flush()
+    return header + struct.pack("<II", 15, len(stream)) + stream
+
+
+def test_a_mat_file_that_inflates_beyond_the_memory_bound_fails_alone(tmp_path, monkeypatch):
+    bomb = tmp_path / "s01.mat"
+    bomb.write_bytes(_mat_bomb(1024, 32 * 1024))  # 1.5 MB inflating to 268 MB
+    monkeypatch.setenv("EEGMI_READ_MEMORY_LIMIT_MB", "150")
+    with pytest.raises(
+        InputError, match=r"reading needed more than 150 MB of memory and was stopped"
+    ) as caught:
+        read_source_file(bomb, isolate=True)
+    assert caught.value.where == str(bomb)

@@ -1,20 +1,23 @@
 """A reader for pickles of a dict of numeric arrays that never runs the pickle.
 
-:func:`load_array_dict` reads a pickle opcode by opcode with its own small stack machine: it
-never calls ``pickle.load`` and never hands anything from the file to a numpy or Python
-constructor except through :func:`numpy.frombuffer` on bytes it has checked. It admits only
-the shapes a DEAP-like file takes: a dict of a few string keys to numeric arrays, each rebuilt
-from one byte string of a plain numeric dtype through
+:func:`describe_array_dict` reads a pickle opcode by opcode with its own small stack machine:
+it never calls ``pickle.load`` and never hands anything from the file to a numpy or Python
+constructor. It admits only the shapes a DEAP-like file takes: a dict of a few string keys to
+numeric arrays, each rebuilt from one byte string of a plain numeric dtype through
 
 - ``numpy.core.multiarray._reconstruct`` + ``BUILD`` (Python 2 cPickle, Python 3 protocols 2-4),
   the bytes written verbatim or, at Python 3 protocol 2, as ``_codecs.encode(str, 'latin1')``;
-- ``numpy._core.numeric._frombuffer`` on in-band bytes (protocol 5).
+- ``numpy._core.numeric._frombuffer`` on in-band bytes (protocol 5);
+
+and says where each array's bytes lie (:class:`ArraySpec`). :func:`build_arrays` then makes the
+arrays with :func:`numpy.frombuffer`, checking every offset and size again, so the two halves
+can run in different processes (the first in a bounded child, see :mod:`pipeline.isolation`).
 
 Containers nest at most :data:`MAX_DEPTH` deep, the memo holds at most :data:`MAX_MEMO`
 entries, the stack at most :data:`MAX_STACK` items, and each array's shape times its item size
 must equal the length of its bytes, so a crafted file cannot crash the process, hang it or make
-it allocate more than the file's own size. Array bytes are not copied: the arrays are read-only
-views of the buffer passed in (except for protocol 2's text-encoded bytes, which are decoded once).
+it allocate more than the file's own size. Array bytes are not copied: the arrays are views of
+the buffer passed in (except for protocol 2's text-encoded bytes, which are decoded once).
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ Each ``sXX.dat`` / ``sXX.mat`` holds one subject: ``data`` (trials, 40 channels,
 128 Hz; channels 0-31 EEG in :data:`DEAP_CHANNELS` order, 32-39 peripheral) and ``labels``
 (trials, 4: valence, arousal, dominance, liking in [1, 9]). Readers keep the 32 EEG channels.
 
-The ``.dat`` files are pickles written by Python 2's cPickle. They are never unpickled: the
-opcodes are read by :func:`pipeline.sources.array_pickle.load_array_dict`, which admits only a
-dict of plain numeric arrays and builds them from the file's bytes, so a crafted file can
-neither run code nor crash, hang or exhaust the process.
+The ``.dat`` files are pickles written by Python 2's cPickle. They are never unpickled: their
+opcodes are read by :mod:`pipeline.sources.array_pickle`, which admits only a dict of plain
+numeric arrays and builds them from the file's bytes, so a crafted file can neither run code
+nor crash, hang or exhaust the process.
 """
 
 from __future__ import annotations

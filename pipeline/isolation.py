@@ -44,8 +44,9 @@ _PR_SET_PDEATHSIG = 1
 class ReadLimits:
     """How long and how much memory one file's read may take, growing with the file's size.
 
-    A DEAP ``.dat`` file of 100 MB reads in about 0.3 s with a peak of about 300 MB, so the
-    defaults (2 minutes and 1.8 GB for it) stop only a reader that has gone wrong.
+    Parsing a 100 MB DEAP ``.dat`` file takes milliseconds and a few MB, reading it whole
+    under half a second and a few hundred MB, so the defaults (2 minutes and 1.8 GB for it)
+    stop only a reader that has gone wrong.
 
     ``EEGMI_READ_TIME_LIMIT_S`` and ``EEGMI_READ_MEMORY_LIMIT_MB`` in the environment replace
     the computed bounds with fixed ones (e.g. for very slow disks or huge recordings).

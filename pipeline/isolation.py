@@ -19,6 +19,7 @@ import ctypes
 import faulthandler
 import json
 import mmap
+import multiprocessing
 import os
 import resource
 import select
@@ -112,23 +113,26 @@ class IsolatedRun:
         where: str | os.PathLike,
         n_bytes: int,
         limits: ReadLimits | None = None,
+        fresh: bool = False,
     ):
         self.where = where
         self._work: Callable[[], Any] | None = None
         self._pid: int | None = None
+        self._process: Any = None
         if _forking_unavailable():
             self._work = work
             return
         limits = limits or ReadLimits()
         self.seconds, self.memory = limits.seconds(n_bytes), limits.memory_bytes(n_bytes)
         self._deadline = time.monotonic() + self.seconds
+        if fresh and _start_from_fork_server(self, work):
+            return
         self._read_end, write_end = os.pipe()
-        address_space = _virtual_memory_bytes() + self.memory
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(self._read_end)
-            _child(work, write_end, address_space, parent)
+            _child(work, write_end, self.memory, parent)
         os.close(write_end)
         self._pid = pid
 
@@ -140,11 +144,24 @@ class IsolatedRun:
 
     def close(self) -> None:
         """Stop the child if it is still running (a no-op once :meth:`result` returned)."""
-        if self._pid is not None:
-            _kill(self._pid)
-            os.waitpid(self._pid, 0)
+        if self._pid is not None or self._process is not None:
+            self._stop(kill=True)
             os.close(self._read_end)
-            self._pid = None
+
+    def _stop(self, kill: bool) -> int | None:
+        """Reap the child (killing it first if ``kill``); its exit code, negative for the
+        signal that ended it."""
+        if self._process is not None:
+            process, self._process = self._process, None
+            if kill:
+                process.kill()
+            process.join()
+            return process.exitcode
+        pid, self._pid = self._pid, None
+        if kill:
+            _kill(pid)
+        _, status = os.waitpid(pid, 0)
+        return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
     def result(self) -> Any:
         """``work()``'s result.
@@ -159,21 +176,18 @@ class IsolatedRun:
         """
         if self._work is not None:
             return self._work()
-        if self._pid is None:
+        if self._pid is None and self._process is None:
             raise RuntimeError("the isolated run was closed")
-        pid, self._pid = self._pid, None
         try:
             payload, timed_out = _read_message(self._read_end, self._deadline)
         finally:
             os.close(self._read_end)
-            if not payload:
-                _kill(pid)
-            _, status = os.waitpid(pid, 0)
+            exit_code = self._stop(kill=not payload)
         where = self.where
         if timed_out:
             raise InputError(where, f"reading took longer than {self.seconds:.0f} s and was stopped")
-        if os.WIFSIGNALED(status) and not payload:
-            name = signal.Signals(os.WTERMSIG(status)).name
+        if exit_code is not None and exit_code < 0 and not payload:
+            name = signal.Signals(-exit_code).name
             raise InputError(where, f"the reader crashed on this file ({name}); it was stopped")
         try:
             message = json.loads(payload)
@@ -193,6 +207,31 @@ class IsolatedRun:
         for text in message["warnings"]:
             warnings.warn(text, UserWarning, stacklevel=3)
         return message["result"]
+
+
+def _fork_server_child(work: Callable[[], Any], writer: Any, memory: int) -> None:
+    _child(work, writer.fileno(), memory, None)
+
+
+def _start_from_fork_server(run: IsolatedRun, work: Callable[[], Any]) -> bool:
+    """Start ``work`` (picklable) in a child of multiprocessing's fork server, a small process
+    started once: forking it costs little, where forking the run's large, busy process
+    write-protects every page the run then writes. False where that is not possible (in a
+    daemonic Dask worker, for one)."""
+    context = multiprocessing.get_context("forkserver")
+    # Loaded once in the server, not in every child (numpy and scipy take a second to import).
+    context.set_forkserver_preload(["pipeline.sources.deap"])
+    try:
+        reader, writer = context.Pipe(duplex=False)
+        process = context.Process(target=_fork_server_child, args=(work, writer, run.memory), daemon=True)
+        process.start()
+    except (AssertionError, OSError, ValueError):  # daemonic process, or no fork server here
+        return False
+    writer.close()
+    run._read_end = os.dup(reader.fileno())  # a plain descriptor, closed like the fork's pipe
+    reader.close()
+    run._process = process
+    return True
 
 
 def run_isolated(
@@ -261,16 +300,18 @@ def _read_message(descriptor: int, deadline: float) -> tuple[bytes, bool]:
         chunks.append(chunk)
 
 
-def _child(work: Callable[[], Any], write_end: int, address_space: int, parent: int) -> None:
+def _child(work: Callable[[], Any], write_end: int, memory: int, parent: int | None) -> None:
     code = 0
     try:
         # A crash is reported by the parent in one line, not as a traceback on the terminal.
         faulthandler.disable()
-        _die_with_parent()
-        if os.getppid() != parent:  # the run died before the child could ask to follow it
-            os._exit(1)
+        if parent is not None:
+            _die_with_parent()
+            if os.getppid() != parent:  # the run died before the child could ask to follow it
+                os._exit(1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        address_space = _virtual_memory_bytes() + memory
         resource.setrlimit(resource.RLIMIT_AS, (address_space, resource.getrlimit(resource.RLIMIT_AS)[1]))
         try:
             with warnings.catch_warnings(record=True) as caught:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import ctypes
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
 from test_sources_deap import N_TRIALS
 
+import pipeline.isolation
 import pipeline.sources.deap
 from pipeline.errors import InputError
-from pipeline.isolation import ReadLimits, read_isolated
+from pipeline.isolation import IsolatedRun, ReadLimits, read_isolated
 from pipeline.sources.deap import read_source_file, write_deap_dat
 from pipeline.sources.trials import N_SAMPLES
 
@@ -108,11 +110,36 @@ def test_limits_grow_with_the_file_and_can_be_fixed_from_the_environment(monkeyp
         limits.seconds(1)
 
 
+def _without_fork_server(monkeypatch):
+    """Children forked from this process, so that what a test patches here applies in them."""
+    monkeypatch.setattr(pipeline.isolation, "_start_from_fork_server", lambda run, work: False)
+
+
+@pytest.mark.parametrize(
+    ("work", "problem"),
+    [
+        (partial(ctypes.string_at, 0), r"the reader crashed on this file \(SIGSEGV\)"),
+        (partial(time.sleep, 60), r"reading took longer than 2 s"),
+        (partial(np.ones, 10**10), r"reading needed more than 300 MB"),
+    ],
+    ids=["crash", "hang", "memory"],
+)
+def test_work_started_from_the_fork_server_is_bounded_too(monkeypatch, work, problem):
+    monkeypatch.setenv("EEGMI_READ_TIME_LIMIT_S", "2")
+    monkeypatch.setenv("EEGMI_READ_MEMORY_LIMIT_MB", "300")
+    run = IsolatedRun(work, "s09.dat", 10**6, fresh=True)
+    assert run._process is not None  # started by the fork server, not forked from here
+    with pytest.raises(InputError, match=problem) as caught:
+        run.result()
+    assert caught.value.where == "s09.dat"
+
+
 def test_an_isolated_deap_read_parses_in_the_child_and_builds_the_same_trials(deap_file, monkeypatch):
     direct = read_source_file(deap_file)
     isolated = read_source_file(deap_file, isolate=True)
     np.testing.assert_array_equal(isolated.signals, direct.signals)
     assert isolated.source_sha256 == direct.source_sha256
+    _without_fork_server(monkeypatch)
     monkeypatch.setattr(pipeline.sources.deap, "describe_array_dict", _segfault)
     with pytest.raises(InputError, match=r"crashed on this file \(SIGSEGV\)"):
         read_source_file(deap_file, isolate=True)
@@ -137,6 +164,7 @@ def test_a_file_that_crashes_its_reader_fails_alone_and_the_run_stores_the_other
             log.write(f"{len(buffer)}\n")
         return _segfault(buffer) if len(buffer) == crashing_size else describe(buffer)
 
+    _without_fork_server(monkeypatch)
     monkeypatch.setattr(pipeline.sources.deap, "describe_array_dict", crashes_on_s01)
     state = preprocess_deap(out_dir=str(tmp_path / "run"), data_dir=str(data_dir), return_state=True)
     failed = state.result(raise_on_failure=False)

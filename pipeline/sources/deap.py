@@ -20,6 +20,7 @@ import re
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +138,14 @@ def read_deap_dat(path: str | os.PathLike, subject: int | None = None, isolate: 
     """
     path = Path(path)
     _check_is_file(path)
-    # Isolated, the opcodes are parsed in the child from its own view of the file while this
-    # process reads and hashes it (forking first keeps the fork small); the arrays are then
-    # built here, every offset and size checked again against the bytes read here.
+    # Isolated, the opcodes are parsed in a child (of the small fork server) from its own view
+    # of the file while this process reads and hashes it; the arrays are then built here,
+    # every offset and size checked again against the bytes read here.
     with (
         (
-            IsolatedRun(lambda: _describe_file(path), path, path.stat().st_size) if isolate else nullcontext()
+            IsolatedRun(partial(_describe_file, path), path, path.stat().st_size, fresh=True)
+            if isolate
+            else nullcontext()
         ) as parsing,
         ThreadPoolExecutor(max_workers=1) as hasher,
     ):

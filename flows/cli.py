@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from flows._runtime import configure_offline_prefect
+from flows._runtime import EXIT_TERMINATED, Terminated, configure_offline_prefect, exit_now, stop_on_sigterm
+from flows._watchdog import start_watchdog
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 130
 
 
 def _print_file_failures(failures: dict[str, str]) -> None:
@@ -510,12 +513,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_arguments_are_unicode(args: argparse.Namespace) -> None:
+    """Refuse a path that is not valid UTF-8 up front: flow parameters travel as JSON, which
+    cannot hold it, and the failure would come later as a traceback."""
+    from pipeline.errors import InputError
+
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InputError(
+                        f"--{name.replace('_', '-')}",
+                        f"{os.fsencode(text)!r} is not valid UTF-8; rename it or use another path",
+                    ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_offline_prefect()
     from pipeline.errors import InputError
 
     try:
+        _check_arguments_are_unicode(args)
         configure_threads(args)
         return args.run(args)
     except InputError as error:
@@ -523,5 +544,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
+def run_command(argv: list[str] | None = None) -> None:
+    """The ``eegmi`` entry point: :func:`main` with a watchdog that stops what the run started
+    however it ends, and SIGTERM or Ctrl-C turned into one line and a prompt exit."""
+    start_watchdog()
+    stop_on_sigterm()
+    try:
+        code = main(argv)
+    except Terminated:
+        print("eegmi: stopped by SIGTERM; everything stored before is intact", file=sys.stderr)
+        exit_now(EXIT_TERMINATED)
+    except KeyboardInterrupt:
+        print("eegmi: interrupted; everything stored before is intact", file=sys.stderr)
+        exit_now(EXIT_INTERRUPTED)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command()

@@ -32,7 +32,7 @@ from pipeline.learn import (
 )
 from pipeline.manifests import check_folder, load_manifest
 from pipeline.presets import deap_preset, with_beta, with_training_options
-from pipeline.runlock import begin_update, finish_update
+from pipeline.runlock import OutputLocationError, begin_update, finish_update, output_errors
 from pipeline.sources.deap import read_source_file
 from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject, scenario_spec
 from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
@@ -66,9 +66,11 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
 def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
-    trials = read_source_file(path)
-    store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
-    return ingest_trials(store, trials, preprocess).to_dict()
+    trials = read_source_file(path, isolate=True)
+    # A refused write is the run folder's fault, not the file's: it is neither retried nor blamed on it.
+    with output_errors(out_dir):
+        store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
+        return ingest_trials(store, trials, preprocess).to_dict()
 
 
 @task(retries=1, retry_condition_fn=_retry_unless_bad_input)
@@ -76,8 +78,9 @@ def ingest_synthetic_subject(spec: dict, subject: int, out_dir: str, config: dic
     preprocess = PreprocessConfig.from_dict(config)
     synthetic = SyntheticDeapSpec.from_dict(spec)
     trials = generate_subject(synthetic, subject)
-    store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic", synthetic.identity()))
-    return ingest_trials(store, trials, preprocess).to_dict()
+    with output_errors(out_dir):
+        store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic", synthetic.identity()))
+        return ingest_trials(store, trials, preprocess).to_dict()
 
 
 @flow(name="deap-preprocess", task_runner=preprocess_task_runner())
@@ -109,21 +112,24 @@ def preprocess_deap(
         # The store is created once here so that parallel tasks only ever open an existing group.
         open_deap_store(out_dir, preprocess, data_kind)
         names = [path.name for path in check.files]
-        futures = ingest_file.map([str(p) for p in check.files], out_dir, unmapped(config_dict), data_kind)
+        sources = [str(path) for path in check.files]
+        futures = ingest_file.map(sources, out_dir, unmapped(config_dict), data_kind)
     else:
         spec = SyntheticDeapSpec.from_dict(synthetic or {})
         data_kind = "synthetic"
         identity = spec.identity()
         open_deap_store(out_dir, preprocess, data_kind, identity)
         subjects = list(range(1, spec.n_subjects + 1))
-        names = [f"synthetic://s{subject:02d}" for subject in subjects]
+        names = sources = [f"synthetic://s{subject:02d}" for subject in subjects]
         futures = ingest_synthetic_subject.map(
             unmapped(spec.to_dict()), subjects, out_dir, unmapped(config_dict)
         )
 
     name_of = {future.task_run_id: name for future, name in zip(futures, names, strict=True)}
+    source_of = dict(zip(names, sources, strict=True))
     failures: dict[str, str] = {}
     results: list[dict] = []
+    output_error: OutputLocationError | None = None
     for done, future in enumerate(as_completed(futures), start=1):
         name = name_of[future.task_run_id]
         future.wait()  # as_completed can yield before the future's final state is recorded
@@ -141,8 +147,12 @@ def preprocess_deap(
             )
         else:
             error = state.result(raise_on_failure=False)
-            failures[name] = str(error.problem if isinstance(error, InputError) else error)
+            if isinstance(error, OutputLocationError):
+                output_error = error
+            failures[name] = error.about(source_of[name]) if isinstance(error, InputError) else str(error)
             logger.error("[%d/%d] %s failed: %s", done, len(futures), name, failures[name])
+    if output_error is not None:  # no file can be stored; the folder, not the files, is at fault
+        raise output_error
     store = open_deap_store(out_dir, preprocess, data_kind, identity)
     store.consolidate()
     summary = {

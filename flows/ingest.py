@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.factors import FactorRules
 from pipeline.ingest import ingest_trials, open_deap_store, store_path
+from pipeline.isolation import read_isolated
 from pipeline.learn import LearnConfig, checkpoint_model_id
 from pipeline.presets import DeapPreset, deap_preset
 from pipeline.runlock import OutputLocationError, begin_update, finish_update, output_errors, pending_update
@@ -150,7 +152,7 @@ def previous_report(out_dir: str) -> dict | None:
         raise InputError(path, "is too large to be a report")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # nested too deep
         raise InputError(path, f"is not a JSON report ({err})") from err
     if not isinstance(report, dict):
         raise InputError(path, "is not a JSON object")
@@ -167,7 +169,7 @@ def _reported_settings(report: dict | None) -> dict | None:
 def store_recording(path: str, out_dir: str, config: dict, data_kind: str, interpolate_missing: bool) -> dict:
     preprocess = PreprocessConfig.from_dict(config)
     with output_errors(out_dir):
-        trials = read_recording(path, interpolate_missing=interpolate_missing)
+        trials = read_isolated(read_recording, path, interpolate_missing=interpolate_missing)
         store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
         result = ingest_trials(store, trials, preprocess)
     return {**result.to_dict(), "source_sha256": trials.source_sha256}
@@ -211,7 +213,7 @@ def store_recordings(recordings: list[str], out_dir: str, interpolate_missing: b
         error = future.state.result(raise_on_failure=False)
         if isinstance(error, OutputLocationError):
             output_error = error
-        failures[path] = str(error.problem if isinstance(error, InputError) else error)
+        failures[path] = error.about(path) if isinstance(error, InputError) else str(error)
         logger.error("[%d/%d] %s failed: %s", done, len(futures), path, failures[path])
     if output_error is not None:
         raise output_error
@@ -382,6 +384,15 @@ def ingest_recordings(
     }
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether a name read from the file system decodes as UTF-8 (no surrogate escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def inbox_recordings(inbox_dir: str | os.PathLike, settle_seconds: float = 0.0) -> list[Path]:
     """Recording files directly in ``inbox_dir``, sorted by name, leaving hidden and unsettled files.
 
@@ -402,6 +413,11 @@ def inbox_recordings(inbox_dir: str | os.PathLike, settle_seconds: float = 0.0) 
     found = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or not entry.is_file():
+            continue
+        if not _is_utf8(entry.name):  # Prefect passes names as JSON, which only holds Unicode
+            warnings.warn(
+                f"{os.fsencode(entry)!r}: skipped: the file name is not valid UTF-8; rename it", stacklevel=2
+            )
             continue
         try:
             recording_suffix(entry)
@@ -425,7 +441,7 @@ def read_ledger(out_dir: str) -> dict[str, dict]:
         return {}
     try:
         ledger = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # nested too deep
         raise InputError(path, f"is not an inbox ledger ({err})") from err
     if (
         not isinstance(ledger, dict)

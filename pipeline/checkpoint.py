@@ -170,7 +170,7 @@ def load_checkpoint(
         raise InputError(pointer_path, "is too large to be a checkpoint pointer")
     try:
         pointer = json.loads(pointer_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # nested too deep
         raise InputError(pointer_path, f"is not a JSON checkpoint pointer ({err})") from err
     if not isinstance(pointer, dict) or pointer.get("format") != CHECKPOINT_FORMAT:
         raise InputError(pointer_path, f"is not an {CHECKPOINT_FORMAT} file")

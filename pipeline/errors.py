@@ -15,3 +15,10 @@ class InputError(ValueError):
         self.where = os.fspath(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+    def about(self, source: str | os.PathLike) -> str:
+        """The problem as said of ``source``: alone when it is ``source``'s own, else prefixed
+        with the file at fault (a recording's labels sidecar, a header-referenced data file)."""
+        if os.path.abspath(self.where) == os.path.abspath(os.fspath(source)):
+            return self.problem
+        return str(self)

@@ -247,13 +247,16 @@ def check_run_folder(out_dir: str | os.PathLike, *, local_only: bool = False) ->
                 "frame store of `eegmi preprocess`",
             )
         with output_errors(where):
-            filesystem, path = fsspec.core.url_to_fs(where)
+            try:
+                filesystem, path = fsspec.core.url_to_fs(where)
+            except (ImportError, ValueError) as err:  # e.g. s3:// without s3fs installed
+                raise OutputLocationError(where, f"cannot open this URL: {err}") from None
             filesystem.makedirs(path, exist_ok=True)
         return
     path = _local_path(where)
-    if path.exists() and not path.is_dir():
-        raise OutputLocationError(path, "exists and is not a folder")
     try:
+        if path.exists() and not path.is_dir():
+            raise OutputLocationError(path, "exists and is not a folder")
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path, prefix=".eegmi-write-test-") as probe:
             probe.write(b"\0" * 4096)
@@ -328,7 +331,7 @@ def pending_update(out_dir: str | os.PathLike) -> PendingUpdate | None:
         return None
     try:
         marker = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # nested too deep
         raise InputError(path, f"is not an update marker ({err}); delete it and retrain") from err
     if (
         not isinstance(marker, dict)

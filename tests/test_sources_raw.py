@@ -10,6 +10,7 @@ position or by exact spelling would put these signals in the wrong rows.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import mne
@@ -278,6 +279,27 @@ def test_brainvision_hashes_header_and_data_file(tmp_path):
     assert info["hashed_files"] == [str(header), str(header.with_suffix(".eeg"))]
     np.testing.assert_array_equal(trials.subject, [11, 11])
     assert (_amplitude_at(trials.signals, OZ_HZ).argmax(axis=1) == ROW["Oz"]).all()
+
+
+@pytest.mark.parametrize("field", ["DataFile", "MarkerFile"])
+def test_a_header_pointing_outside_the_recordings_folder_is_refused(tmp_path, field):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = tmp_path / "inbox" / "sub-12"
+    folder.mkdir(parents=True)
+    header = folder / "sub-12_eeg.vhdr"
+    raw = _recording(256.0, {}, drop=(), seed=4)
+    _write_brainvision(header, raw.copy().pick(["eeg", "ecg"]))
+    _write_labels(default_labels_path(header), FULL_COLUMNS, _full_label_rows())
+    # The referenced file is moved away, two folders up, and the header follows it there.
+    original = header.with_suffix(".eeg" if field == "DataFile" else ".vmrk")
+    moved = elsewhere / original.name
+    original.rename(moved)
+    pointer = f"../../../elsewhere/{moved.name}"
+    header.write_text(header.read_text().replace(f"{field}={original.name}", f"{field}={pointer}"))
+    with pytest.raises(InputError, match=rf"its header refers to {re.escape(pointer)}, outside") as caught:
+        read_recording(header)
+    assert caught.value.where == str(header)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,8 @@ from torch.nn import functional
 
 from pipeline.errors import InputError
 
+# Far beyond any use (the paper uses up to 128); a larger value would only exhaust memory.
+MAX_LATENTS = 4096
 LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli", "gaussian-mixture")
 DECODER_VARIANCES: tuple[str, ...] = ("unit", "learned")
 # Input shape (C, H, W) -> convolution widths of the encoder (appendix A.4).
@@ -102,8 +104,8 @@ def _check_architecture(input_shape: tuple[int, ...], n_latents: int, likelihood
         raise InputError(
             "input_shape", f"{input_shape} has no architecture; supported (C, H, W): {supported}"
         )
-    if isinstance(n_latents, bool) or not isinstance(n_latents, int) or n_latents < 1:
-        raise InputError("n_latents", f"{n_latents!r} must be a positive integer")
+    if isinstance(n_latents, bool) or not isinstance(n_latents, int) or not 1 <= n_latents <= MAX_LATENTS:
+        raise InputError("n_latents", f"{n_latents!r} must be an integer from 1 to {MAX_LATENTS}")
     if likelihood not in LIKELIHOODS:
         raise InputError("likelihood", f"{likelihood!r} is not one of {LIKELIHOODS}")
     if isinstance(beta, bool) or not isinstance(beta, int | float) or not (math.isfinite(beta) and beta >= 0):

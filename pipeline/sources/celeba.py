@@ -46,6 +46,11 @@ ALIGNED_SIZE = (178, 218)  # width, height of CelebA's aligned images
 ALIGNED_CROP = 148
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# A JPEG codes at least a few bits per 8x8 block, so a file cannot honestly hold more than a
+# few hundred pixels per byte; a header claiming more is a decompression bomb, refused before
+# its pixel buffer is allocated. (CelebA's faces hold about 4 pixels per byte.)
+MAX_JPEG_PIXELS_PER_BYTE = 1024
+MIN_JPEG_PIXEL_ALLOWANCE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,11 @@ def _crop_box(width: int, height: int) -> tuple[float, float, float, float]:
 def decode_face(data: bytes, size: int = 64) -> np.ndarray:
     """Decode one JPEG's bytes to a float32 (3, size, size) array in [0, 1] (see module doc)."""
     with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+        claimed = image.width * image.height
+        if claimed > max(MIN_JPEG_PIXEL_ALLOWANCE, MAX_JPEG_PIXELS_PER_BYTE * len(data)):
+            raise ValueError(
+                f"claims {image.width}x{image.height} pixels, more than a {len(data)}-byte JPEG can hold"
+            )
         rgb = image.convert("RGB")
     square = rgb.resize((size, size), Image.Resampling.BILINEAR, box=_crop_box(*rgb.size))
     return np.asarray(square, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)

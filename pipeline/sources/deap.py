@@ -4,21 +4,23 @@ Each ``sXX.dat`` / ``sXX.mat`` holds one subject: ``data`` (trials, 40 channels,
 128 Hz; channels 0-31 EEG in :data:`DEAP_CHANNELS` order, 32-39 peripheral) and ``labels``
 (trials, 4: valence, arousal, dominance, liking in [1, 9]). Readers keep the 32 EEG channels.
 
-The ``.dat`` files are pickles written by Python 2's cPickle. They are read through an
-unpickler that admits only the few numpy globals needed to rebuild plain numeric arrays, so
-a crafted file cannot run code.
+The ``.dat`` files are pickles written by Python 2's cPickle. They are never unpickled: their
+opcodes are read by :mod:`pipeline.sources.array_pickle`, which admits only a dict of plain
+numeric arrays and builds them from the file's bytes, so a crafted file can neither run code
+nor crash, hang or exhaust the process.
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
-import importlib
-import io
+import mmap
 import os
 import pickle
 import re
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ import numpy as np
 import scipy.io
 
 from pipeline.errors import InputError
+from pipeline.isolation import IsolatedRun, read_isolated
+from pipeline.sources.array_pickle import ArraySpec, PickleRefused, build_arrays, describe_array_dict
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, N_SAMPLES, Trials, file_sha256
 
 N_DEAP_CHANNELS = 40  # 32 EEG + 8 peripheral
@@ -34,51 +38,7 @@ PERIPHERAL_CHANNELS: tuple[str, ...] = (
 )  # fmt: skip
 _SUBJECT_FILE = re.compile(r"s(\d+)\.(dat|mat)", re.IGNORECASE)
 _REQUIRED_KEYS = ("data", "labels")
-
-
-def _numpy_internal(module_tail: str, name: str) -> Any:
-    """A numpy-internal callable, from ``numpy._core`` (numpy >= 2) or ``numpy.core`` (numpy 1.x)."""
-    try:
-        module = importlib.import_module(f"numpy._core.{module_tail}")
-    except ImportError:  # numpy 1.x has no numpy._core
-        module = importlib.import_module(f"numpy.core.{module_tail}")
-    return getattr(module, name)
-
-
-# Every global a pickle of a plain numeric ndarray refers to: protocol 2 from Python 2's cPickle
-# or Python 3 (``_reconstruct``, ``ndarray``, ``dtype``, and ``_codecs.encode`` for the raw bytes),
-# protocols 3-4 (the same without ``encode``) and protocol 5 (``_frombuffer``). numpy 2 renamed
-# ``numpy.core`` to ``numpy._core``, so files from either era name either path.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_internal("multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_internal("multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"): _numpy_internal("numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"): _numpy_internal("numeric", "_frombuffer"),
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,
-}
-
-
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that rebuilds numpy arrays and builtin containers, and refuses every other global."""
-
-    def __init__(self, handle: Any, where: str):
-        # latin1 turns Python 2 byte strings (keys and raw array bytes) into str losslessly.
-        super().__init__(handle, encoding="latin1")
-        self._where = where
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise InputError(
-                self._where,
-                f"refused to load global {module}.{name}: a DEAP .dat file holds only numpy arrays",
-            ) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise InputError(self._where, "refused a persistent id: a DEAP .dat file holds only numpy arrays")
+_READ_CHUNK = 8 << 20
 
 
 def _subject_from_name(path: Path, subject: int | None) -> int:
@@ -111,11 +71,12 @@ def _numeric_array(where: Path, key: str, value: Any) -> np.ndarray:
 
 
 def _trials_from_arrays(
-    path: Path, contents: dict, kind: str, subject: int | None, sha256: str | None = None
+    path: Path, contents: dict, kind: str, subject: int | None, sha256: Future | None = None
 ) -> Trials:
     """Validate DEAP's ``data``/``labels`` arrays and keep the EEG channels.
 
-    ``sha256`` is the file's digest when the caller already holds its bytes; else it is read.
+    ``sha256`` is the file's digest being computed from bytes the caller already holds; else
+    the file is read again for it.
     """
     missing = [key for key in _REQUIRED_KEYS if key not in contents]
     if missing:
@@ -133,18 +94,20 @@ def _trials_from_arrays(
             path, f"'labels' has shape {labels.shape}; expected ({n_trials}, {len(LABEL_NAMES)})"
         )
     subject_id = _subject_from_name(path, subject)
+    # Converted here, not in Trials, so that the conversion overlaps the hash still running.
+    signals = np.ascontiguousarray(data[:, : len(DEAP_CHANNELS), :], dtype=np.float32)
     return Trials(
-        signals=data[:, : len(DEAP_CHANNELS), :],
+        signals=signals,
         labels=labels,
         subject=np.full(n_trials, subject_id, dtype=np.int32),
         trial=np.arange(n_trials, dtype=np.int32),
         source=str(path),
-        source_sha256=sha256 or file_sha256(path),
+        source_sha256=sha256.result() if sha256 is not None else file_sha256(path),
         kind=kind,
     )
 
 
-def read_deap_dat(path: str | os.PathLike, subject: int | None = None) -> Trials:
+def read_deap_dat(path: str | os.PathLike, subject: int | None = None, isolate: bool = False) -> Trials:
     """Read one ``data_preprocessed_python/sXX.dat`` file without executing anything from it.
 
     Parameters
@@ -154,6 +117,10 @@ def read_deap_dat(path: str | os.PathLike, subject: int | None = None) -> Trials
         Python 3 pickles (str keys, protocols 2-5) are both accepted.
     subject : int, optional
         Subject id; by default taken from the file name (``s01.dat`` -> 1).
+    isolate : bool
+        Parse the pickle's opcodes in a child process bounded in time and memory
+        (:func:`pipeline.isolation.run_isolated`), as the preprocessing flows do; the arrays
+        are then built here from the bytes already read, so nothing large is copied back.
 
     Returns
     -------
@@ -164,27 +131,62 @@ def read_deap_dat(path: str | os.PathLike, subject: int | None = None) -> Trials
     ------
     InputError
         Naming the file, when it is missing, truncated or corrupt, refers to any global other
-        than numpy's array builders, is not a dict with ``data`` and ``labels``, has the wrong
-        shapes, or holds NaN/Inf samples or labels outside [1, 9].
+        than numpy's array builders, is not a dict of plain numeric arrays (or nests deeper,
+        claims more bytes than it holds: see :mod:`pipeline.sources.array_pickle`), lacks
+        ``data`` or ``labels``, has the wrong shapes, or holds NaN/Inf samples or labels
+        outside [1, 9].
     """
     path = Path(path)
     _check_is_file(path)
-    # One read serves both the content hash and the unpickler (the files are ~100 MB each).
-    raw = path.read_bytes()
-    with io.BytesIO(raw) as handle:
+    # Isolated, the opcodes are parsed in a child (of the small fork server) from its own view
+    # of the file while this process reads and hashes it; the arrays are then built here,
+    # every offset and size checked again against the bytes read here.
+    with (
+        (
+            IsolatedRun(partial(_describe_file, path), path, path.stat().st_size, fresh=True)
+            if isolate
+            else nullcontext()
+        ) as parsing,
+        ThreadPoolExecutor(max_workers=1) as hasher,
+    ):
+        raw, digest = _read_while_hashing(path, hasher)
+        described = parsing.result() if isolate else _describe(path, raw)
         try:
-            contents = _ArrayOnlyUnpickler(handle, str(path)).load()
-        except InputError:  # a refused global; InputError is a ValueError, so it must pass first
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                AttributeError, OverflowError, MemoryError) as err:  # fmt: skip
-            raise InputError(path, f"truncated or corrupt pickle ({type(err).__name__}: {err})") from None
-    if not isinstance(contents, dict):
-        raise InputError(path, f"holds a {type(contents).__name__}, expected a dict with 'data' and 'labels'")
-    # Python 3 pickles written with bytes keys come back as bytes even under latin1.
-    contents = {(key.decode("latin1") if isinstance(key, bytes) else key): value
-                for key, value in contents.items()}  # fmt: skip
-    return _trials_from_arrays(path, contents, "deap-python", subject, hashlib.sha256(raw).hexdigest())
+            contents = build_arrays(raw, {key: ArraySpec.from_json(spec) for key, spec in described.items()})
+        except PickleRefused as err:
+            raise InputError(path, str(err)) from None
+        return _trials_from_arrays(path, contents, "deap-python", subject, digest)
+
+
+def _describe(path: Path, buffer: bytes | memoryview | mmap.mmap) -> dict:
+    """Where the arrays lie in the pickle ``buffer``, as JSON (see :func:`describe_array_dict`)."""
+    try:
+        return {key: spec.to_json() for key, spec in describe_array_dict(buffer).items()}
+    except PickleRefused as err:
+        raise InputError(path, str(err)) from None
+
+
+def _describe_file(path: Path) -> dict:
+    """:func:`_describe` of the file mapped into memory: only the opcodes' pages are read."""
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return _describe(path, b"")
+        # Never closed: the parser's views may outlive this call; the child exits right after.
+        return _describe(path, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+
+
+def _read_while_hashing(path: Path, hasher: ThreadPoolExecutor) -> tuple[memoryview, Future]:
+    """The file's bytes, and their SHA-256 computed on ``hasher``'s thread chunk by chunk as they
+    arrive (one read serves both; hashlib and file reads release the GIL, so they overlap)."""
+    size = path.stat().st_size
+    buffer = memoryview(bytearray(size))
+    digest = hashlib.sha256()
+    filled = 0
+    with open(path, "rb", buffering=0) as handle:
+        while filled < size and (n := handle.readinto(buffer[filled : filled + _READ_CHUNK])):
+            hasher.submit(digest.update, buffer[filled : filled + n])
+            filled += n
+    return buffer[:filled], hasher.submit(lambda: digest.hexdigest())
 
 
 def read_deap_mat(path: str | os.PathLike, subject: int | None = None) -> Trials:
@@ -222,8 +224,12 @@ def read_deap_mat(path: str | os.PathLike, subject: int | None = None) -> Trials
 _READERS = {".dat": read_deap_dat, ".mat": read_deap_mat}
 
 
-def read_source_file(path: str | os.PathLike, subject: int | None = None) -> Trials:
+def read_source_file(path: str | os.PathLike, subject: int | None = None, isolate: bool = False) -> Trials:
     """Read a DEAP file with the reader its suffix calls for (``.dat`` or ``.mat``).
+
+    With ``isolate`` the file's untrusted content is parsed in a child process bounded in time
+    and memory (:mod:`pipeline.isolation`), so that even an unknown reader bug fails this file
+    alone, with an :class:`InputError` naming it.
 
     Raises
     ------
@@ -234,7 +240,9 @@ def read_source_file(path: str | os.PathLike, subject: int | None = None) -> Tri
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise InputError(path, f"unknown file type {path.suffix!r}; expected one of {sorted(_READERS)}")
-    return reader(path, subject=subject)
+    if reader is read_deap_dat:
+        return read_deap_dat(path, subject=subject, isolate=isolate)
+    return read_isolated(reader, path, subject=subject) if isolate else reader(path, subject=subject)
 
 
 def _checked_deap_arrays(where: Path, data: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _READ_CHUNK = 1 << 24
 _WHOLE_FILE = 2**31 - 1  # a batch size that takes a whole IDX file at once
 _GZIP_ERRORS = (OSError, EOFError, gzip.BadGzipFile)
+_DEFLATE_MAX_RATIO = 1032
 
 
 def _is_gzip(path: Path) -> bool:
@@ -107,6 +108,23 @@ def _read_header(stream: BinaryIO, where: Path) -> tuple[int, tuple[int, ...]]:
     return magic, struct.unpack(f">{n_dims}I", dims)
 
 
+def _check_claimed_size(path: Path, expected: int, shape: tuple[int, ...]) -> None:
+    """Refuse a gzip file whose header declares more bytes than it can hold, before inflating it.
+
+    Deflate expands at most 1032-fold, so a gzip file declaring more is a decompression bomb
+    (or corrupt). A raw file needs no check: reading stops at its end.
+    """
+    if not _is_gzip(path):
+        return
+    size = path.stat().st_size
+    if expected > size * _DEFLATE_MAX_RATIO:
+        raise InputError(
+            path,
+            f"its header declares {expected} data bytes (shape {shape}); a {size}-byte gzip file "
+            f"cannot hold more than {size * _DEFLATE_MAX_RATIO}",
+        )
+
+
 def read_idx_header(path: str | os.PathLike) -> tuple[int, tuple[int, ...]]:
     """Magic number and shape of an IDX file (raw or gzip), reading only the header.
 
@@ -147,6 +165,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with _open_idx(path) as stream:
             magic, shape = _read_header(stream, path)
             expected = math.prod(shape)
+            _check_claimed_size(path, expected, shape)
             data = _read_up_to(stream, expected + 1)
     except _GZIP_ERRORS as err:
         raise InputError(path, f"gzip stream is corrupt or truncated: {err}") from err

@@ -94,6 +94,7 @@ RECORDING_READERS: dict[str, Callable[..., mne.io.BaseRaw]] = {
     ".vhdr": mne.io.read_raw_brainvision,
 }
 LABELS_SUFFIX = "_labels.csv"
+_MAX_HEADER_BYTES = 1 << 20  # a BrainVision header is a few kB
 REQUIRED_COLUMNS: tuple[str, ...] = ("onset", "valence", "arousal")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("dominance", "liking")
 MISSING_LABEL_FILL = 5.0  # the middle of the 1-9 self-assessment scale: "no information"
@@ -356,11 +357,40 @@ def _subject_id(path: Path, subject: int | None) -> tuple[int, str]:
     return int(match.group(1)), "file name"
 
 
+def _check_inside_folder(path: Path, referenced: list[str]) -> None:
+    """Refuse a recording whose header points at files outside its own folder (``../x.eeg``,
+    ``/etc/...``): such a file would be read, hashed and stored as if it were the recording."""
+    folder = path.resolve().parent
+    for name in referenced:
+        target = (path.parent / name).resolve()
+        if target.parent != folder and folder not in target.parents:
+            raise InputError(
+                path, f"its header refers to {name}, outside the recording's folder; put that file beside it"
+            )
+
+
+def _brainvision_references(path: Path) -> list[str]:
+    """The DataFile and MarkerFile a BrainVision header names (read before MNE opens them)."""
+    try:
+        with path.open("rb") as handle:
+            text = handle.read(_MAX_HEADER_BYTES).decode("latin-1")
+    except OSError as err:
+        raise InputError(path, f"cannot read the header ({err.strerror or err})") from None
+    found = []
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().lower() in ("datafile", "markerfile") and value.strip():
+            found.append(value.strip())
+    return found
+
+
 def _open_recording(path: Path) -> mne.io.BaseRaw:
     reader = RECORDING_READERS[recording_suffix(path)]
+    if recording_suffix(path) == ".vhdr":
+        _check_inside_folder(path, _brainvision_references(path))
     try:
         # preload=False: only the channels kept are loaded later, so wide montages stay cheap.
-        return reader(path, preload=False, verbose=False)
+        raw = reader(path, preload=False, verbose=False)
     except (
         ValueError,
         OSError,
@@ -374,6 +404,9 @@ def _open_recording(path: Path) -> mne.io.BaseRaw:
         raise InputError(
             path, f"cannot read as a {recording_suffix(path)} recording ({type(err).__name__}: {err})"
         ) from None
+    # Whatever else MNE followed (an EEGLAB .fdt, split FIF parts) must lie beside it too.
+    _check_inside_folder(path, [str(name) for name in raw.filenames if name is not None])
+    return raw
 
 
 def _recording_sha256(path: Path, raw: mne.io.BaseRaw) -> tuple[str, list[str]]:

@@ -1,0 +1,97 @@
+"""Clumsy input that used to end in a traceback ends in one line naming what is wrong."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from test_ingest_recordings import write_recording
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.errors import InputError
+from pipeline.models.vae import VAEConfig
+from pipeline.runlock import OutputLocationError, check_run_folder
+
+
+def _error_lines(captured_err: str) -> list[str]:
+    return [line for line in captured_err.strip().splitlines() if line.startswith("eegmi:")]
+
+
+def test_an_over_long_run_folder_is_refused_in_one_line(tmp_path):
+    too_long = str(tmp_path / ("a" * 300) / "run")
+    with pytest.raises(OutputLocationError, match="cannot write here: File name too long"):
+        check_run_folder(too_long)
+
+
+def test_a_path_that_is_not_utf8_is_refused_before_the_run_starts(tmp_path, capsys):
+    from flows.cli import EXIT_BAD_INPUT, main
+
+    data_dir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/deap-\xff")
+    code = main(["preprocess", "--data-dir", data_dir, "--out", str(tmp_path / "run")])
+    assert code == EXIT_BAD_INPUT
+    lines = _error_lines(capsys.readouterr().err)
+    shown = os.fsencode(data_dir)
+    assert lines == [f"eegmi: error: --data-dir: {shown!r} is not valid UTF-8; rename it or use another path"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_inbox_files_whose_names_are_not_utf8_are_skipped_with_a_warning(tmp_path):
+    from flows.ingest import inbox_recordings
+
+    good = write_recording(tmp_path, "sub-01_eeg.fif", seed=1)
+    bad = os.fsdecode(os.fsencode(str(tmp_path)) + b"/sub-\xff_eeg.fif")
+    with open(bad, "wb") as handle:
+        handle.write(good.read_bytes())
+    with pytest.warns(UserWarning, match=r"sub-\\xff_eeg\.fif'?: skipped: the file name is not valid UTF-8"):
+        assert inbox_recordings(tmp_path) == [good]
+
+
+def test_a_url_whose_file_system_is_not_installed_is_refused_in_one_line():
+    pytest.importorskip("fsspec")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("s3fs is installed here")
+    with pytest.raises(OutputLocationError, match=r"s3://bucket/run: cannot open this URL: .*s3fs"):
+        check_run_folder("s3://bucket/run")
+
+
+def test_deeply_nested_report_and_checkpoint_pointer_are_named_errors(tmp_path):
+    from flows.ingest import previous_report
+
+    nested = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "report.json").write_text(nested)
+    with pytest.raises(InputError, match="is not a JSON report") as caught:
+        previous_report(str(tmp_path))
+    assert caught.value.where == str(tmp_path / "report.json")
+    assert "\n" not in str(caught.value)
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "best.json").write_text('{"format": ' + nested + "}")
+    with pytest.raises(InputError, match="is not a JSON checkpoint pointer"):
+        load_checkpoint(checkpoints, "best")
+
+
+@pytest.mark.parametrize("n_latents", [10**9, 4097, 0])
+def test_an_absurd_number_of_latents_is_refused_before_any_allocation(n_latents):
+    with pytest.raises(InputError, match=r"n_latents: .* must be an integer from 1 to 4096"):
+        VAEConfig(n_latents=n_latents)
+    assert VAEConfig(n_latents=4096).n_latents == 4096
+
+
+def test_a_sidecar_error_names_the_csv_and_its_line(prefect_harness, tmp_path):
+    from flows.ingest import store_recordings
+
+    (tmp_path / "data").mkdir()
+    recording = write_recording(tmp_path / "data", "sub-01_eeg.fif", seed=3)
+    sidecar = recording.with_name("sub-01_eeg_labels.csv")
+    lines = sidecar.read_text().splitlines()
+    onset, _, arousal = lines[2].split(",")  # line 3 of the file: trial 1
+    lines[2] = f"{onset},not-a-number,{arousal}"
+    sidecar.write_text("\n".join(lines) + "\n")
+    result = store_recordings(recordings=[str(recording)], out_dir=str(tmp_path / "run"))
+    failure = result["failures"][str(recording)]
+    assert failure.startswith(f"{sidecar}: line 3 (trial 1)"), failure

@@ -103,7 +103,7 @@ def block_band_power(electrode_power: np.ndarray, band: int, electrodes: list[in
 
 
 def check_blocks_against_data(
-    blocks: list[tuple[int, dict]],
+    blocks: list[dict],
     electrode_power: np.ndarray,
     classes: np.ndarray,
     subjects: np.ndarray,
@@ -111,7 +111,7 @@ def check_blocks_against_data(
     rules: FactorRules,
     seed: int = 0,
 ) -> list[dict]:
-    """The within-subject label test of each block's own band power, BH over all ``blocks``.
+    """The within-subject label test of each block's own band power, BH over the distinct ``blocks``.
 
     A factor can mix a rhythm that only tells subjects apart with a genuine emotion effect, and
     its traversal then shows both blocks. So each block of a linked factor is tested on the data:
@@ -121,8 +121,8 @@ def check_blocks_against_data(
 
     Parameters
     ----------
-    blocks : list of (factor index, block dict)
-        The blocks of every linked factor (the multiple-testing family).
+    blocks : list of dict
+        The blocks (``band``, ``electrodes``) of every linked factor: the multiple-testing family.
     electrode_power : ndarray, shape (n_trials, n_frames, n_bands, n_electrodes)
         Stored (not normalised) band power of the selection trials at each electrode.
     classes, subjects : ndarray, shape (n_trials,)
@@ -135,15 +135,14 @@ def check_blocks_against_data(
     """
     if not blocks:
         return []
+    # Two factors often show the same block: its band power is one hypothesis, tested once, so
+    # that repeats neither enlarge the family nor let a strong block vouch for a weak one in BH.
+    distinct = sorted({(block["band"], tuple(block["electrodes"])) for block in blocks})
     stimulus = electrode_power[:, rules.baseline_frames :]
     power = np.stack(
         [
-            block_band_power(
-                stimulus,
-                band_names.index(block["band"]),
-                [DEAP_CHANNELS.index(n) for n in block["electrodes"]],
-            )
-            for _, block in blocks
+            block_band_power(stimulus, band_names.index(band), [DEAP_CHANNELS.index(n) for n in electrodes])
+            for band, electrodes in distinct
         ],
         axis=-1,
     )
@@ -155,15 +154,16 @@ def check_blocks_against_data(
         summaries=("mean",),
         subjects=subjects,
     )
-    return [
-        {
+    verdicts = {
+        key: {
             "emotion_linked": bool(information.q_values[position] < rules.alpha),
             "p_value": float(information.p_values[position]),
             "q_value": float(information.q_values[position]),
             "relevance": float(information.relevance_nats[position]),
         }
-        for position in range(len(blocks))
-    ]
+        for position, key in enumerate(distinct)
+    }
+    return [dict(verdicts[(block["band"], tuple(block["electrodes"]))]) for block in blocks]
 
 
 def describe_factors(

@@ -234,7 +234,7 @@ def describe_factors(
             relevance.within.relevance_nats,
             rules.min_relevance_nats,
         )
-        subject_driven = relevance.subject_driven(rules.alpha)
+        subject_driven = relevance.subject_driven(rules.alpha, rules.min_relevance_nats)
     accuracy_drop = np.full(estimate.n_factors, np.nan)
     if classifier is not None and val_classes.size:
         accuracy_drop[reported] = ablation_accuracy_drop(

@@ -300,12 +300,7 @@ def describe_factors(
             "traversal": traversal_strip(traversal[:, 0], DEFAULT_TRAVERSAL_VALUES, band_names),
         }
 
-    linked_blocks = [
-        (factor["index"], block)
-        for factor in factors
-        if factor["emotion"]["linked"]
-        for block in factor["blocks"]
-    ]
+    linked_blocks = [block for factor in factors if factor["emotion"]["linked"] for block in factor["blocks"]]
     block_tests = iter(
         check_blocks_against_data(
             linked_blocks,

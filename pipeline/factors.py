@@ -136,7 +136,7 @@ def check_blocks_against_data(
     if not blocks:
         return []
     # Two factors often show the same block: its band power is one hypothesis, tested once, so
-    # that repeats neither enlarge the family nor let a strong block vouch for a weak one in BH.
+    # that repeats of a strong block do not crowd the BH family and lower a weak block's q-value.
     distinct = sorted({(block["band"], tuple(block["electrodes"])) for block in blocks})
     stimulus = electrode_power[:, rules.baseline_frames :]
     power = np.stack(

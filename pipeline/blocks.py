@@ -138,6 +138,22 @@ def electrode_change(
     )
 
 
+def sample_at_electrodes(maps: np.ndarray, electrode_pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Values of images ``maps`` (..., H, W) at the electrodes, shape (..., n_electrodes).
+
+    The same masked bilinear sampling :func:`electrode_change` uses, so that a block's own band
+    power (sampled from the stored frames) and its change under a traversal are read alike.
+    """
+    maps = np.asarray(maps)
+    if maps.ndim < 2 or 0 in maps.shape:
+        raise InputError("maps", f"shape {maps.shape}; expected non-empty (..., H, W) images")
+    height, width = maps.shape[-2:]
+    mask = _check_mask(mask, (height, width))
+    flat = maps.reshape(-1, height, width).astype(np.float64, copy=False)
+    samples = _masked_bilinear(flat, np.asarray(electrode_pixels, dtype=np.float64), mask)
+    return samples.reshape(*maps.shape[:-2], samples.shape[-1])
+
+
 def _check_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.shape != shape or mask.dtype != bool or not mask.any():

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__
+from pipeline.blocks import sample_at_electrodes
 from pipeline.classification import accuracy_summary, chance_verdict
 from pipeline.config import PreprocessConfig
 from pipeline.factors import FactorRules, describe_factors
-from pipeline.imaging import deap_imaging_operator
+from pipeline.imaging import ImagingOperator, deap_imaging_operator
 from pipeline.learn import (
     LearnConfig,
     classifier_dir,
@@ -89,6 +90,28 @@ def _variance_explained(
     }
 
 
+def _subjects(store: FrameStore, rows: np.ndarray) -> np.ndarray:
+    return store.subject[np.searchsorted(store.committed_rows(), rows)]
+
+
+def electrode_band_power(
+    store: FrameStore, rows: np.ndarray, operator: ImagingOperator, trials_per_read: int = 16
+) -> np.ndarray:
+    """(n_rows, n_frames, n_bands, n_electrodes) stored band power of ``rows`` at each electrode.
+
+    Read a few trials at a time and sampled at once, so only the small electrode array is kept.
+    """
+    parts = [
+        sample_at_electrodes(
+            store.read_frames(rows[start : start + trials_per_read]), operator.electrode_pixels, operator.mask
+        ).astype(np.float32)
+        for start in range(0, len(rows), trials_per_read)
+    ]
+    n_frames, n_bands = store.frame_shape[:2]
+    empty = np.empty((0, n_frames, n_bands, len(operator.electrode_pixels)), dtype=np.float32)
+    return np.concatenate(parts) if parts else empty
+
+
 def build_deap_report(
     out_dir: str | Path,
     store: FrameStore,
@@ -104,15 +127,18 @@ def build_deap_report(
 ) -> dict:
     """Compute Î, the top-k tables and the factor descriptions; write report.json/.html; return the report.
 
-    Î is estimated on the frames of the training trials (no test trial influences any choice);
-    accuracies and reconstruction errors are measured on the test trials. When the store holds
-    a second protocol's models (``--protocol both``), its classification is reported beside the
-    main one in ``classification.by_protocol``; its LSTM is read from ``OUT/checkpoints/<protocol>``.
+    Î is estimated on the frames of the training trials (no test trial influences any choice),
+    and again on the test trials' frames for comparison (the paper's figure: a factor whose Î
+    drops on unseen trials memorises rather than represents); accuracies and reconstruction
+    errors are measured on the test trials. When the store holds a second protocol's models
+    (``--protocol both``), its classification is reported beside the main one in
+    ``classification.by_protocol``; its LSTM is read from ``OUT/checkpoints/<protocol>``.
     ``beta_sweep`` (from the chosen checkpoint) is reported as it is. ``progress`` follows the
     permutation tests and the factors' traversals and figures (see :mod:`pipeline.progress`).
     """
     split = stored_split(store)
     estimate: MIEstimate = store_mi(store, split.train)
+    test_estimate = store_mi(store, split.test) if split.test.size else None
     threshold = learn.class_threshold
     test_mu, test_classes = _latents_and_classes(store, split.test, threshold)
     val_mu, val_classes = _latents_and_classes(store, split.val, threshold)
@@ -128,20 +154,28 @@ def build_deap_report(
         accuracy=lambda keep: evaluate_classifier(classifier, test_mu, test_classes, keep)["accuracy"],
     )
     preprocess = PreprocessConfig.from_dict(store.attrs["preprocessing"])
+    operator = deap_imaging_operator(preprocess)
+    selection = np.concatenate([split.train, split.val])
     factors, factor_figures, relevance = describe_factors(
         model,
         classifier,
         estimate,
         np.concatenate([train_mu, val_mu]),
         np.concatenate([train_classes, val_classes]),
+        _subjects(store, selection),
+        electrode_band_power(store, selection, operator),
         val_mu,
         val_classes,
-        deap_imaging_operator(preprocess),
+        operator,
         preprocess.band_names,
         rules,
         seed=learn.split_seed,
         progress=progress,
     )
+    for factor in factors:
+        factor["mi_test_nats"] = (
+            None if test_estimate is None else float(test_estimate.per_factor_nats[factor["index"]])
+        )
     n_trials = len(store.committed_rows())
     report = {
         "dataset": "deap",
@@ -158,6 +192,8 @@ def build_deap_report(
             **estimate.to_dict(),
             "estimated_on": "training trials",
             "influential_threshold_nats": rules.influential_threshold_nats,
+            "per_factor_test_nats": None if test_estimate is None else test_estimate.per_factor_nats.tolist(),
+            "total_test_nats": None if test_estimate is None else test_estimate.total_nats,
         },
         "topk": topk,
         "topk_units": {

@@ -19,7 +19,13 @@ from pipeline.models.sequence import EmotionLSTM, evaluate_classifier
 from pipeline.models.vae import BetaVAE
 from pipeline.montage import neighbour_graph
 from pipeline.progress import Progress, counted
-from pipeline.relevance import ablation_accuracy_drop, factor_label_information, linked_factors
+from pipeline.relevance import (
+    LabelInformation,
+    ablation_accuracy_drop,
+    factor_label_information,
+    linked_factors,
+    subject_aware_label_information,
+)
 from pipeline.report.figures import topomap_figure, traversal_strip
 from pipeline.sources.trials import DEAP_CHANNELS
 
@@ -78,12 +84,97 @@ def _decoder(model: BetaVAE):
     return decode
 
 
+def _not_tested() -> dict:
+    return {"relevance": None, "p_value": None, "q_value": None}
+
+
+def _tested_values(information: LabelInformation, index: int) -> dict:
+    """``{relevance, p_value, q_value}`` of one tested factor in one analysis."""
+    return {
+        "relevance": float(information.relevance_nats[index]),
+        "p_value": float(information.p_values[index]),
+        "q_value": float(information.q_values[index]),
+    }
+
+
+def block_band_power(electrode_power: np.ndarray, band: int, electrodes: list[int]) -> np.ndarray:
+    """(n_trials, n_frames) band power of one block: the mean over its electrodes of ``electrode_power``
+    (n_trials, n_frames, n_bands, n_electrodes) in band ``band``."""
+    return electrode_power[:, :, band][:, :, electrodes].mean(axis=-1)
+
+
+def check_blocks_against_data(
+    blocks: list[dict],
+    electrode_power: np.ndarray,
+    classes: np.ndarray,
+    subjects: np.ndarray,
+    band_names: tuple[str, ...],
+    rules: FactorRules,
+    seed: int = 0,
+) -> list[dict]:
+    """The within-subject label test of each block's own band power, BH over the distinct ``blocks``.
+
+    A factor can mix a rhythm that only tells subjects apart with a genuine emotion effect, and
+    its traversal then shows both blocks. So each block of a linked factor is tested on the data:
+    its band power (the stored frames sampled at its electrodes, averaged over the trial's
+    stimulus seconds) is centred per subject and tested like a factor's trial mean, with labels
+    shuffled within subject.
+
+    Parameters
+    ----------
+    blocks : list of dict
+        The blocks (``band``, ``electrodes``) of every linked factor: the multiple-testing family.
+    electrode_power : ndarray, shape (n_trials, n_frames, n_bands, n_electrodes)
+        Stored (not normalised) band power of the selection trials at each electrode.
+    classes, subjects : ndarray, shape (n_trials,)
+
+    Returns
+    -------
+    list of dict
+        Per block, in order: ``emotion_linked`` (q < alpha), ``p_value``, ``q_value`` and
+        ``relevance`` (nats, bias-corrected).
+    """
+    if not blocks:
+        return []
+    # Two factors often show the same block: its band power is one hypothesis, tested once, so
+    # that repeats of a strong block do not crowd the BH family and lower a weak block's q-value.
+    distinct = sorted({(block["band"], tuple(block["electrodes"])) for block in blocks})
+    stimulus = electrode_power[:, rules.baseline_frames :]
+    power = np.stack(
+        [
+            block_band_power(stimulus, band_names.index(band), [DEAP_CHANNELS.index(n) for n in electrodes])
+            for band, electrodes in distinct
+        ],
+        axis=-1,
+    )
+    information = factor_label_information(
+        power,
+        classes,
+        n_permutations=rules.n_permutations,
+        seed=seed,
+        summaries=("mean",),
+        subjects=subjects,
+    )
+    verdicts = {
+        key: {
+            "emotion_linked": bool(information.q_values[position] < rules.alpha),
+            "p_value": float(information.p_values[position]),
+            "q_value": float(information.q_values[position]),
+            "relevance": float(information.relevance_nats[position]),
+        }
+        for position, key in enumerate(distinct)
+    }
+    return [dict(verdicts[(block["band"], tuple(block["electrodes"]))]) for block in blocks]
+
+
 def describe_factors(
     model: BetaVAE,
     classifier: EmotionLSTM | None,
     estimate: MIEstimate,
     selection_mu: np.ndarray,
     selection_classes: np.ndarray,
+    selection_subjects: np.ndarray,
+    selection_electrode_power: np.ndarray,
     val_mu: np.ndarray,
     val_classes: np.ndarray,
     operator: ImagingOperator,
@@ -94,10 +185,17 @@ def describe_factors(
 ) -> tuple[list[dict], dict[int, dict[str, bytes]], dict]:
     """The ``factors`` entries of report.json, their figures, and the relevance analysis.
 
+    Only influential factors are tested, traversed into blocks and drawn: a factor below the
+    threshold carries (almost) nothing about the frames, so any block or relevance shown for it
+    would describe the decoder's noise. Its entry keeps Î and the electrode changes, with
+    ``blocks`` empty and every emotion statistic None.
+
     Parameters
     ----------
-    selection_mu, selection_classes : (n, 63, H) and (n,)
+    selection_mu, selection_classes, selection_subjects : (n, 63, H), (n,) and (n,)
         Training + validation trials: relevance, p-values and traversal seeds come from them.
+    selection_electrode_power : (n, 63, n_bands, 32)
+        The same trials' stored band power at each electrode, to check blocks against the data.
     val_mu, val_classes :
         Validation trials, for the classifier's accuracy drop when one factor is zeroed.
     progress : callable, optional
@@ -111,27 +209,38 @@ def describe_factors(
     """
     if selection_mu.ndim != 3 or selection_mu.shape[2] != estimate.n_factors:
         raise InputError("selection_mu", f"shape {selection_mu.shape}; expected (n, T, {estimate.n_factors})")
+    expected_power = (selection_mu.shape[0], selection_mu.shape[1], len(band_names), len(DEAP_CHANNELS))
+    if selection_electrode_power.shape != expected_power:
+        raise InputError(
+            "selection_electrode_power", f"shape {selection_electrode_power.shape}; expected {expected_power}"
+        )
     reported = reported_factors(estimate, rules)
     influential = influential_factors(estimate, rules.influential_threshold_nats)
+    is_influential = np.isin(np.arange(estimate.n_factors), influential)
     # The multiple-testing family is the influential factors: only they can be linked.
-    tested = influential if influential.size else reported
-    information = factor_label_information(
-        selection_mu[:, rules.baseline_frames :],
-        selection_classes,
-        n_permutations=rules.n_permutations,
-        seed=seed,
-        summaries=rules.relevance_summaries,
-        factors=tested,
-        progress=progress,
-    )
-    linked = linked_factors(
-        estimate.per_factor_nats,
-        information.q_values,
-        rules.influential_threshold_nats,
-        rules.alpha,
-        information.relevance_nats,
-        rules.min_relevance_nats,
-    )
+    relevance = None
+    linked = np.zeros(estimate.n_factors, dtype=bool)
+    subject_driven = np.zeros(estimate.n_factors, dtype=bool)
+    if influential.size:
+        relevance = subject_aware_label_information(
+            selection_mu[:, rules.baseline_frames :],
+            selection_classes,
+            selection_subjects,
+            n_permutations=rules.n_permutations,
+            seed=seed,
+            summaries=rules.relevance_summaries,
+            factors=influential,
+            progress=progress,
+        )
+        linked = linked_factors(
+            estimate.per_factor_nats,
+            relevance.within.q_values,
+            rules.influential_threshold_nats,
+            rules.alpha,
+            relevance.within.relevance_nats,
+            rules.min_relevance_nats,
+        )
+        subject_driven = relevance.subject_driven(rules.alpha, rules.min_relevance_nats)
     accuracy_drop = np.full(estimate.n_factors, np.nan)
     if classifier is not None and val_classes.size:
         accuracy_drop[reported] = ablation_accuracy_drop(
@@ -145,17 +254,23 @@ def describe_factors(
     factors, figures = [], {}
     stage = "traversals and figures (factors)"
     for rank, index in enumerate(counted(reported, progress, stage, len(reported)), start=1):
+        tested = bool(is_influential[index])
         traversal = traverse_factor(decode, seeds, int(index), DEFAULT_TRAVERSAL_VALUES)
         change = electrode_change(traversal, operator.electrode_pixels, mask=operator.mask)
-        blocks = find_blocks(
-            change,
-            adjacency,
-            DEAP_CHANNELS,
-            band_names,
-            relative_threshold=rules.block_relative_threshold,
-            min_change=rules.block_min_change,
-        )
-        q_value = information.q_values[index]
+        blocks = []
+        if tested:
+            blocks = find_blocks(
+                change,
+                adjacency,
+                DEAP_CHANNELS,
+                band_names,
+                relative_threshold=rules.block_relative_threshold,
+                min_change=rules.block_min_change,
+            )
+        drop = accuracy_drop[index]
+        within, pooled = _not_tested(), _not_tested()
+        if tested:
+            within, pooled = _tested_values(relevance.within, index), _tested_values(relevance.pooled, index)
         factors.append(
             {
                 "index": int(index),
@@ -163,12 +278,16 @@ def describe_factors(
                 "mi_nats": float(estimate.per_factor_nats[index]),
                 "variance": float(estimate.variance[index]),
                 "kl_prior_nats": float(estimate.kl_prior_nats[index]),
-                "influential": bool(index in influential),
+                "influential": tested,
                 "emotion": {
-                    "relevance": float(information.relevance_nats[index]),
-                    "p_value": float(information.p_values[index]),
-                    "q_value": None if np.isnan(q_value) else float(q_value),
-                    "accuracy_drop": None if np.isnan(accuracy_drop[index]) else float(accuracy_drop[index]),
+                    "tested": tested,
+                    # The within-subject figures decide; the pooled ones are kept beside them.
+                    **within,
+                    "within_subject": within,
+                    "pooled": pooled,
+                    "subject_share": float(relevance.subject_share[index]) if tested else None,
+                    "subject_driven": bool(subject_driven[index]),
+                    "accuracy_drop": None if np.isnan(drop) else float(drop),
                     "linked": bool(linked[index]),
                 },
                 "blocks": [
@@ -178,6 +297,8 @@ def describe_factors(
                 "change_per_electrode": np.round(change, 5).tolist(),
             }
         )
+        if not tested:
+            continue
         highlight: dict[str, list[str]] = {}
         for block in blocks:
             highlight.setdefault(block["band"], []).extend(block["electrodes"])
@@ -185,4 +306,25 @@ def describe_factors(
             "topomap": topomap_figure(change, DEAP_CHANNELS, band_names, highlight=highlight),
             "traversal": traversal_strip(traversal[:, 0], DEFAULT_TRAVERSAL_VALUES, band_names),
         }
-    return factors, figures, information.to_dict()
+
+    linked_blocks = [block for factor in factors if factor["emotion"]["linked"] for block in factor["blocks"]]
+    block_tests = iter(
+        check_blocks_against_data(
+            linked_blocks,
+            selection_electrode_power,
+            selection_classes,
+            selection_subjects,
+            band_names,
+            rules,
+            seed,
+        )
+    )
+    for factor in factors:
+        for block in factor["blocks"]:
+            if factor["emotion"]["linked"]:
+                block.update(next(block_tests))
+            else:
+                block.update({"emotion_linked": False, "p_value": None, "q_value": None, "relevance": None})
+    analysis = {"tested": influential.tolist(), **(relevance.to_dict() if relevance else {})}
+    analysis["blocks_tested"] = len(linked_blocks)
+    return factors, figures, analysis

@@ -54,8 +54,17 @@ Emotion-linked rule
     factor that is mostly something else (a label-free rhythm, say) but mixes in a trace of an
     emotion factor from being called emotion-linked just because many trials make the trace
     significant. A factor that was not tested (q-value NaN) is never linked. Reports apply the
-    rule to the *within-subject* q-values and relevance; a factor whose pooled test is
-    significant while its within-subject test is not is *subject-driven*.
+    rule to the *within-subject* q-values and relevance.
+
+Subject-driven
+    A factor is *subject-driven* when its pooled test is significant while within subject it
+    does not pass (q >= ``alpha``, or less than ``min_relevance_nats``), and the within-subject
+    relevance is under half the pooled one: most of what it tells about the class, it tells by
+    telling subjects apart. The last condition keeps a factor whose pooled and within-subject
+    figures agree (a weak but genuine effect) from being called subject-driven; the middle one
+    keeps a linked factor from being called both. A VAE factor that carries a subject's rhythm
+    often mixes in a trace of a genuine effect, significant within subject but far below the
+    minimum; a plain "within not significant" would let such a factor through.
 """
 
 from __future__ import annotations
@@ -276,9 +285,17 @@ class SubjectAwareRelevance:
     def within_equals_pooled(self) -> bool:
         return self.within is self.pooled
 
-    def subject_driven(self, alpha: float) -> np.ndarray:
-        """Tested factors whose pooled test is significant while their within-subject test is not."""
-        return _significant(self.pooled.q_values, alpha) & ~_significant(self.within.q_values, alpha)
+    def subject_driven(self, alpha: float, min_relevance_nats: float = 0.0) -> np.ndarray:
+        """Tested factors significant pooled, not passing within subject, and mostly between subjects.
+
+        See the module docstring: pooled q < ``alpha``; within subject q >= ``alpha`` or relevance
+        below ``min_relevance_nats``; within-subject relevance under half the pooled relevance.
+        """
+        within_passes = _significant(self.within.q_values, alpha) & (
+            self.within.relevance_nats >= min_relevance_nats
+        )
+        mostly_between = self.within.relevance_nats < 0.5 * self.pooled.relevance_nats
+        return _significant(self.pooled.q_values, alpha) & ~within_passes & mostly_between
 
     def to_dict(self) -> dict:
         return {
@@ -298,17 +315,23 @@ def subject_aware_label_information(
     seed: int = 0,
     summaries: Sequence[str] = SUMMARIES,
     factors: Sequence[int] | None = None,
+    progress: Progress | None = None,
 ) -> SubjectAwareRelevance:
     """:func:`factor_label_information` pooled and within subject, with each factor's subject share.
 
     Both analyses use the same permutation count, seed, summaries and testing family; with a
-    single subject the within-subject analysis is the pooled one.
+    single subject the within-subject analysis is the pooled one. ``progress`` follows the
+    labelings of each analysis in turn.
     """
-    pooled = factor_label_information(mu, classes, n_permutations, seed, summaries, factors)
+    pooled = factor_label_information(
+        mu, classes, n_permutations, seed, summaries, factors, progress=progress
+    )
     groups = _subject_codes(subjects, pooled.n_trials)
     within = pooled
     if groups.max() > 0:
-        within = factor_label_information(mu, classes, n_permutations, seed, summaries, factors, subjects)
+        within = factor_label_information(
+            mu, classes, n_permutations, seed, summaries, factors, subjects, progress=progress
+        )
     return SubjectAwareRelevance(
         pooled=pooled, within=within, subject_share=subject_share(mu, subjects, summaries)
     )

@@ -96,10 +96,27 @@ def test_factors_follow_the_ranking_and_the_html_report_is_written(small_deap_ru
     assert [factor["rank"] for factor in factors] == list(range(1, len(factors) + 1))
     for factor in factors:
         assert factor["mi_nats"] == pytest.approx(report["mi"]["per_factor_nats"][factor["index"]])
-        assert 0.0 <= factor["emotion"]["p_value"] <= 1.0
-        assert isinstance(factor["emotion"]["linked"], bool)
+        assert factor["mi_test_nats"] == pytest.approx(report["mi"]["per_factor_test_nats"][factor["index"]])
+        emotion = factor["emotion"]
+        assert isinstance(emotion["linked"], bool) and isinstance(emotion["subject_driven"], bool)
+        if not factor["influential"]:
+            # A dead factor says nothing: no blocks, no emotion statistics.
+            assert factor["blocks"] == [] and not emotion["linked"]
+            assert emotion["relevance"] is emotion["subject_share"] is None
+            assert (
+                emotion["within_subject"]
+                == emotion["pooled"]
+                == {"relevance": None, "p_value": None, "q_value": None}
+            )
+            continue
+        assert emotion["relevance"] == emotion["within_subject"]["relevance"] >= 0.0
+        for analysis in (emotion["within_subject"], emotion["pooled"]):
+            assert 0.0 < analysis["p_value"] <= analysis["q_value"] <= 1.0
+        assert 0.0 <= emotion["subject_share"] <= 1.0
         for block in factor["blocks"]:
             assert block["band"] in ("alpha", "beta", "gamma")
+            assert isinstance(block["emotion_linked"], bool)
+            assert block["emotion_linked"] <= emotion["linked"]
     html = (out_dir / "report.html").read_text()
     assert result["report_html"] == str(out_dir / "report.html")
     assert html.lstrip().lower().startswith("<!doctype html")

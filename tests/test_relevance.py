@@ -345,3 +345,25 @@ def test_subject_share_is_eta_squared():
     assert share[1] == 0.0  # the same pattern in every subject: no subject variance
     with pytest.raises(InputError, match="one subject per trial"):
         subject_share(mu, subjects[:-1])
+
+
+def test_a_subject_rhythm_with_a_trace_of_emotion_is_subject_driven_and_a_weak_effect_is_not():
+    classes, subjects = habit_trials(n_subjects=8, n_trials=40, seed=7)
+    rng = np.random.default_rng(8)
+    valence = classes % 2
+    habit = np.where(subjects % 2 == 1, 1.0, -1.0)
+    mu = rng.normal(size=(classes.size, 10, 2))
+    # Factor 0: the subject's habit plus a faint genuine valence trace; factor 1: a weak genuine effect alone.
+    mu[:, :, 0] = (3.0 * habit + 0.15 * valence)[:, None] + rng.normal(size=(classes.size, 10))
+    mu[:, :, 1] += 0.4 * valence[:, None]
+
+    result = subject_aware_label_information(
+        mu, classes, subjects, n_permutations=400, seed=3, summaries=("mean",)
+    )
+
+    assert result.within.q_values[0] < 0.05 and result.within.relevance_nats[0] < 0.1  # a trace
+    assert result.pooled.relevance_nats[0] > 2 * result.within.relevance_nats[0]
+    assert result.within.q_values[1] < 0.05 and result.pooled.q_values[1] < 0.05
+    assert result.subject_driven(0.05, min_relevance_nats=0.1).tolist() == [True, False]
+    # Without the minimum the trace counts as passing within subject, and nothing is subject-driven.
+    assert result.subject_driven(0.05).tolist() == [False, False]

@@ -453,3 +453,59 @@ def test_figures_reject_bad_input():
         confusion_figure(np.eye(3, dtype=int), CLASS_NAMES)
     with pytest.raises(InputError, match="topk\\[0\\]"):
         topk_figure([{"percent": 100}])
+
+
+def _subject_aware_report(report: dict, n_subjects: int) -> dict:
+    """The fake report's factors with the subject-aware emotion fields a DEAP run writes."""
+    report = copy.deepcopy(report)
+    linked, driven, dead = report["factors"]
+    linked["emotion"].update(
+        tested=True,
+        within_subject={"relevance": 0.31, "p_value": 0.001, "q_value": 0.003},
+        pooled={"relevance": 0.27, "p_value": 0.001, "q_value": 0.003},
+        subject_share=0.12,
+        subject_driven=False,
+    )
+    linked["blocks"][0].update(emotion_linked=True, p_value=0.001, q_value=0.004)
+    driven["emotion"].update(
+        linked=False,
+        tested=True,
+        within_subject={"relevance": 0.0, "p_value": 0.62, "q_value": 0.62},
+        pooled={"relevance": 0.29, "p_value": 0.001, "q_value": 0.003},
+        subject_share=0.91,
+        subject_driven=True,
+    )
+    dead["emotion"] = {
+        "tested": False,
+        "relevance": None,
+        "p_value": None,
+        "q_value": None,
+        "within_subject": {"relevance": None, "p_value": None, "q_value": None},
+        "pooled": {"relevance": None, "p_value": None, "q_value": None},
+        "subject_share": None,
+        "subject_driven": False,
+        "linked": False,
+    }
+    dead["blocks"] = []
+    report["emotion_relevance"] = {"n_subjects": n_subjects, "within_equals_pooled": n_subjects == 1}
+    return report
+
+
+def test_factor_cards_show_within_subject_and_pooled_relevance_and_the_subject_driven_badge(report, assets):
+    page = render_report_html(_subject_aware_report(report, n_subjects=6), assets)
+
+    assert page.count('class="badge subject-driven"') == 1
+    assert page.count('class="badge linked"') == 1 and page.count('class="badge not-linked"') == 1
+    assert "<dt>relevance within subject</dt><dd>0.310 nats\n          (q 0.00300)</dd>" in page
+    assert "<dt>pooled over subjects</dt><dd>0.290 nats" in page
+    assert "<dt>subject share</dt><dd>0.910</dd>" in page
+    assert "emotion-linked within subject\n            (q 0.00400)" in page
+    # The subject-driven factor's block was never tested; the dead factor says nothing at all.
+    assert page.count("not emotion-related within subject") == 0
+    assert page.count("Not influential (Î below the threshold)") == 1
+    assert "One subject." not in page
+
+
+def test_one_subject_report_says_within_subject_is_pooled(report, assets):
+    page = render_report_html(_subject_aware_report(report, n_subjects=1), assets)
+    assert "One subject.</b> These trials come from a single subject" in page

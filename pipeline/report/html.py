@@ -394,7 +394,8 @@ def _factor_cards(report: Mapping, assets: ReportAssets) -> list[dict]:
         cards.append({
             **factor,
             "block_labels": [
-                {"text": f"{'-'.join(block['electrodes'])} ({block['band']})", "strength": block["strength"]}
+                {"text": f"{'-'.join(block['electrodes'])} ({block['band']})", "strength": block["strength"],
+                 "emotion_linked": block.get("emotion_linked", False), "q_value": block.get("q_value")}
                 for block in factor.get("blocks", [])
             ],
             "topomap_uri": _data_uri(figures.get("topomap")),

@@ -1,0 +1,74 @@
+"""End-to-end runs of the learn-and-report stages on the synthetic scenarios, shared by tests.
+
+The stages are called as plain functions (no Prefect): store, split, β-VAE, encode, LSTM, report.
+Every run uses the settings of the planted ground-truth check, so that a scenario that must link
+nothing (``null``) and the scenario that links (``planted``, the positive control) are judged by
+the same model size, training and statistics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.config import PreprocessConfig
+from pipeline.deap_report import build_deap_report
+from pipeline.factors import FactorRules
+from pipeline.ingest import ingest_trials, open_deap_store
+from pipeline.learn import (
+    LearnConfig,
+    checkpoint_model_id,
+    encode_store,
+    fit_store_normalisation,
+    make_split,
+    train_store_classifier,
+    train_store_vae,
+)
+from pipeline.models.vae import VAEConfig
+from pipeline.sources.synthetic import generate_subject, ground_truth, scenario_spec
+from pipeline.store import FrameStore
+from pipeline.train import ClassifierConfig, TrainConfig, load_classifier, load_vae
+
+LEARN = LearnConfig(
+    vae=VAEConfig(input_shape=(3, 32, 32), n_latents=16, beta=6.0),
+    train=TrainConfig(
+        epochs=6, batch_size=128, lr=1e-3, patience=4, seed=0, trials_per_read=16, device="cpu"
+    ),
+    classifier=ClassifierConfig(hidden=64, epochs=40, batch_size=32, patience=8, seed=0, device="cpu"),
+)
+# 1000 permutations: with all 16 factors tested the smallest possible q-value is 16/1001 = 0.016.
+RULES = FactorRules(n_permutations=1000)
+
+
+def run_scenario(
+    out_dir: Path, scenario: str, seed: int = 0, n_subjects: int = 3, n_trials: int = 40
+) -> dict:
+    """Generate ``scenario`` (generator seed ``seed``), learn on it, and return report.json's content."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spec = scenario_spec(scenario, n_subjects=n_subjects, seed=seed, n_trials=n_trials)
+        config = PreprocessConfig()
+        store = open_deap_store(str(out_dir), config, "synthetic", spec.identity())
+        for subject in range(1, spec.n_subjects + 1):
+            ingest_trials(store, generate_subject(spec, subject), config)
+        store = FrameStore.open(str(out_dir / "frames.zarr"), writable=True)
+        fit_store_normalisation(store, make_split(store, "trial", 0, LEARN.class_threshold))
+        checkpoints = out_dir / "checkpoints" / "vae"
+        train_store_vae(store, LEARN, checkpoints)
+        encode_store(store, load_vae(checkpoints), checkpoint_model_id(checkpoints))
+        train_store_classifier(store, LEARN, out_dir)
+        return build_deap_report(
+            out_dir,
+            store,
+            load_vae(checkpoints),
+            load_classifier(out_dir / "checkpoints"),
+            LEARN,
+            RULES,
+            {"scenario": scenario, "seed": seed},
+            f"synthetic://deap?scenario={scenario}&subjects={n_subjects}&seed={seed}",
+            ground_truth(spec),
+        )
+    finally:
+        torch.set_num_threads(threads)

@@ -92,3 +92,39 @@ def test_sigterm_ends_a_run_within_ten_seconds_with_one_line_and_a_readable_stor
         opened = FrameStore.open(str(store))
         assert len(opened.committed_rows()) % 40 == 0  # whole subjects only: each file commits at once
     shutil.rmtree(tmp_path / "prefect-home", ignore_errors=True)
+
+
+def test_sigterm_during_training_ends_the_run_within_ten_seconds(tmp_path):
+    """The case cron and container stops hit most: a run told to stop while its β-VAE trains."""
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "OMP_NUM_THREADS": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",  # the epoch lines tell when training has begun
+    }
+    command = [str(EEGMI), "deap", "--subjects", "2", "--out", str(tmp_path / "run")]
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in run.stderr:  # Prefect logs to stderr; the first epoch's progress means training is on
+        seen.append(line)
+        if "VAE epoch" in line:
+            break
+    else:
+        pytest.fail(f"the run ended before training: {''.join(seen)[-2000:]}")
+    family = descendants(run.pid)
+    run.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    try:
+        _, rest = run.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        pytest.fail("the run was still alive 10 s after SIGTERM during training")
+    assert time.monotonic() - start < 10
+    assert run.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in rest
+    assert rest.strip().splitlines()[-1] == "eegmi: stopped by SIGTERM; everything stored before is intact"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _survivors(family):
+        time.sleep(0.25)
+    assert _survivors(family) == []
+    shutil.rmtree(tmp_path / "prefect-home", ignore_errors=True)

@@ -411,7 +411,15 @@ def deap(
         train_emotion_lstm(out_dir, slot_learn, slot)
     settings = replace(settings, learn=learn_config)
     begin_update(out_dir, settings.to_dict(), "report")
-    run_config = {"preset": settings.to_dict(), "seed": seed, "resume": resume, "synthetic": synthetic}
+    run_config = {
+        "preset": settings.to_dict(),
+        "seed": seed,
+        "resume": resume,
+        "synthetic": synthetic,
+        # Reductions split over another thread count round differently: a rerun on a machine where
+        # the thread policy chose otherwise can learn other factor indices from the same seed.
+        "torch_threads": torch.get_num_threads(),
+    }
     source_path = (
         data_dir
         if data_dir is not None

@@ -1,16 +1,16 @@
 """The subject-aware rule end to end (store, β-VAE, Î, report) on the null and confound scenarios.
 
-The runs use the settings of the planted ground-truth check (tests/test_ground_truth.py), which is
-the positive control: under them the planted emotion blocks are linked, so a link is possible
-(1000 permutations; the smallest possible q-value with every factor tested is 16/1001). What a
-model keeps in its influential factors is the model's business; these tests check the rule the
-report applies to whatever it keeps.
+The null runs use the settings of the planted ground-truth check (tests/test_ground_truth.py), which
+is their positive control: under them the planted emotion blocks are linked, so a link is possible
+(1000 permutations; the smallest possible q-value with every factor tested is 16/1001). The confound
+run uses the demo preset's size and model, where its moderate genuine effect is kept by an
+influential factor: there the genuine block must be linked and the subject-bound block never.
 """
 
 from __future__ import annotations
 
 import pytest
-from scenario_runs import RULES, run_scenario
+from scenario_runs import DEMO_LEARN, RULES, run_scenario
 
 from pipeline.blocks import block_jaccard
 
@@ -52,10 +52,14 @@ def _matches(blocks: list[dict], effect: dict) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_confound_subject_bound_block_is_never_an_emotion_linked_block(scenario_report):
-    report = scenario_report("confound", n_subjects=4, n_trials=30)
+def test_confound_links_the_genuine_block_and_never_the_subject_bound_one(scenario_report):
+    # The demo preset's size: its parietal effect is moderate, as within-subject effects are.
+    report = scenario_report("confound", n_subjects=8, n_trials=40, learn=DEMO_LEARN)
     habit = next(e for e in report["ground_truth"]["effects"] if e["role"] == "subject_habit")
-    assert report["emotion_relevance"]["n_subjects"] == 4
+    genuine = next(e for e in report["ground_truth"]["effects"] if e["role"] == "emotion")
+    assert report["emotion_relevance"]["n_subjects"] == 8
+    linked_blocks = [block for f in report["factors"] for block in f["blocks"] if block["emotion_linked"]]
+    assert _matches(linked_blocks, genuine), linked_blocks
     for factor in report["factors"]:
         emotion = factor["emotion"]
         if not factor["influential"]:

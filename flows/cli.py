@@ -55,6 +55,16 @@ def _add_scenario_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_out_folder(args: argparse.Namespace) -> None:
+    """Refuse an unusable --out (an over-long path, a URL without its filesystem, a read-only
+    folder) in one line before a Prefect server starts: inside the flow, Prefect would log the
+    refusal with its traceback. Called after the inputs are checked, since it creates the folder."""
+    from pipeline.runlock import check_run_folder
+
+    # Training, checkpoints and the report need a local folder; a frame store alone may be a URL.
+    check_run_folder(args.out, local_only=args.command != "preprocess")
+
+
 def _synthetic_spec(args: argparse.Namespace, n_subjects: int | None):
     """The synthetic data's spec, after checking that the run folder's store may take it.
 
@@ -65,6 +75,7 @@ def _synthetic_spec(args: argparse.Namespace, n_subjects: int | None):
 
     settings = {"seed": args.seed} if n_subjects is None else {"seed": args.seed, "n_subjects": n_subjects}
     spec = scenario_spec(args.synthetic_scenario, **settings)
+    _check_out_folder(args)
     check_store_accepts(args.out, "synthetic", spec.identity())
     return spec
 
@@ -76,6 +87,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     # Bad input is reported here, in one line, before a Prefect server starts for the flow.
     if args.data_dir is not None:
         check_folder(args.data_dir, "deap")
+        _check_out_folder(args)
     else:
         synthetic = _synthetic_spec(args, args.subjects).to_dict()
 
@@ -174,7 +186,9 @@ def _betas(text: str) -> list[float]:
 
 
 def _run_deap(args: argparse.Namespace) -> int:
-    if args.data_dir is None:
+    if args.data_dir is not None:
+        _check_out_folder(args)  # the flow checks the data folder against its manifest
+    else:
         from pipeline.presets import deap_preset
 
         _synthetic_spec(args, args.subjects or deap_preset(args.preset).synthetic_subjects)

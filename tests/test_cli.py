@@ -192,7 +192,7 @@ def test_another_scenario_or_seed_is_refused_in_one_line_and_leaves_the_store(tm
     assert FrameStore.open(path).attrs == before
 
 
-def test_protocol_and_beta_reach_the_flow(monkeypatch, capsys):
+def test_protocol_and_beta_reach_the_flow(monkeypatch, capsys, tmp_path):
     """``--protocol both --beta 1,2,4,6`` runs the flow with both protocols and a four-value sweep."""
     import flows.deap
 
@@ -215,7 +215,8 @@ def test_protocol_and_beta_reach_the_flow(monkeypatch, capsys):
         return Finished()
 
     monkeypatch.setattr(flows.deap, "deap", fake_deap)
-    code = main(["deap", "--data-dir", "d", "--protocol", "both", "--beta", "1,2,4,6", "--out", "o"])
+    out = str(tmp_path / "o")
+    code = main(["deap", "--data-dir", "d", "--protocol", "both", "--beta", "1,2,4,6", "--out", out])
     assert code == 0
     assert seen["protocol"] == "both" and seen["betas"] == [1.0, 2.0, 4.0, 6.0]
     out = capsys.readouterr().out

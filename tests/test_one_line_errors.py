@@ -23,6 +23,36 @@ def test_an_over_long_run_folder_is_refused_in_one_line(tmp_path):
         check_run_folder(too_long)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["preprocess", "--synthetic", "--subjects", "1"],
+        ["preprocess", "--data-dir", "{data}"],
+        ["deap", "--subjects", "1"],
+    ],
+)
+@pytest.mark.parametrize(
+    ("out", "problem"),
+    [("{tmp}/" + "a" * 300 + "/run", "cannot write here: File name too long"), ("s3://bucket/run", "URL")],
+)
+def test_an_unusable_out_ends_the_command_in_one_line_before_the_run_starts(
+    tmp_path, capsys, command, out, problem
+):
+    # Through the command, not only the check: a refusal raised inside a flow reaches the terminal
+    # with Prefect's logged traceback, so it must come before the flow starts.
+    from flows.cli import EXIT_BAD_INPUT, main
+    from pipeline.sources.synthetic import SyntheticDeapSpec, write_synthetic_deap
+
+    write_synthetic_deap(SyntheticDeapSpec(n_subjects=1, n_trials=2, seed=1), tmp_path / "data")
+    arguments = [part.format(data=tmp_path / "data") for part in command]
+    code = main([*arguments, "--out", out.format(tmp=tmp_path)])
+    captured = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert "Traceback" not in captured
+    lines = _error_lines(captured)
+    assert len(lines) == 1 and problem in lines[0], captured[-2000:]
+
+
 def test_a_path_that_is_not_utf8_is_refused_before_the_run_starts(tmp_path, capsys):
     from flows.cli import EXIT_BAD_INPUT, main
 

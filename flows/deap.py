@@ -208,23 +208,34 @@ def _epoch_logger(config: LearnConfig, what: str):
     return report_epoch
 
 
-@task
-def train_frame_vae(out_dir: str, learn: dict, resume: bool, slot: str | None = None) -> dict:
-    config = LearnConfig.from_dict(learn)
-    store = FrameStore.open(store_path(out_dir))
-    what = "VAE" if slot is None else f"VAE ({slot} protocol)"
-    logger = get_run_logger()
-    logger.info("training the β-VAE on %d torch thread(s)", torch.get_num_threads())
-    with progress_display(logger.info) as show:
-        result = train_store_vae(
+def _train_with_progress(
+    store: FrameStore,
+    config: LearnConfig,
+    checkpoints: Path,
+    resume: bool,
+    what: str,
+    slot: str | None = None,
+):
+    """Train one β-VAE with a log line per epoch and the steps within each epoch shown as progress."""
+    with progress_display(get_run_logger().info) as show:
+        return train_store_vae(
             store,
             config,
-            _checkpoint_dir(out_dir, slot),
+            checkpoints,
             resume=resume,
             progress=_epoch_logger(config, what),
             steps=show,
             slot=slot,
         )
+
+
+@task
+def train_frame_vae(out_dir: str, learn: dict, resume: bool, slot: str | None = None) -> dict:
+    config = LearnConfig.from_dict(learn)
+    store = FrameStore.open(store_path(out_dir))
+    what = "VAE" if slot is None else f"VAE ({slot} protocol)"
+    get_run_logger().info("training the β-VAE on %d torch thread(s)", torch.get_num_threads())
+    result = _train_with_progress(store, config, _checkpoint_dir(out_dir, slot), resume, what, slot)
     return {
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
@@ -248,15 +259,7 @@ def sweep_frame_vae(
     rows = []
     for beta in betas:
         candidate = with_beta(config, beta)
-        with progress_display(logger.info) as show:
-            result = train_store_vae(
-                store,
-                candidate,
-                _sweep_dir(out_dir, beta),
-                resume=resume,
-                progress=_epoch_logger(candidate, f"VAE β={beta:g}"),
-                steps=show,
-            )
+        result = _train_with_progress(store, candidate, _sweep_dir(out_dir, beta), resume, f"VAE β={beta:g}")
         rows.append(score_candidate(result.model, store, split.train, split.val, threshold_nats))
         logger.info(
             "β=%g: %d influential factor(s), total Î %.2f nats, validation MSE %.4f",

@@ -10,13 +10,17 @@ import re
 import stat
 import struct
 from html.parser import HTMLParser
+from pathlib import Path
 
+import jsonschema
 import markupsafe
 import numpy as np
 import pytest
 
+import pipeline.report
 from pipeline.errors import InputError
 from pipeline.report import (
+    REPORT_SCHEMA_VERSION,
     ReportAssets,
     confusion_figure,
     mi_variance_figure,
@@ -36,6 +40,7 @@ BANDS = ("alpha", "beta", "gamma")
 CLASS_NAMES = ["HVHA", "HVLA", "LVHA", "LVLA"]
 SCRIPT_PAYLOAD = "<script>alert(1)</script>"
 ATTRIBUTE_PAYLOAD = '"><img src=x onerror=alert(1)>'
+REPORT_SCHEMA_FILE = Path(pipeline.report.__file__).with_name("report.schema.json")
 REPORTED_BLOCKS = {
     # factor rank -> blocks (band, electrodes, strength)
     0: [("gamma", ["C4", "T8", "P4", "P8"], 0.83), ("beta", ["F3", "FC5"], 0.41)],
@@ -290,6 +295,109 @@ def test_malformed_report_is_rejected(report, assets, mutate, message):
         render_report_html(broken, assets)
 
 
+# --------------------------------------------------------------------------- the shipped schema
+
+
+def _shipped_schema() -> dict:
+    schema = json.loads(REPORT_SCHEMA_FILE.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def test_written_reports_record_the_schema_version_and_pass_the_shipped_schema(tmp_path, report, assets):
+    schema = _shipped_schema()
+    deap_json = write_report(tmp_path / "deap", report, assets)["report.json"]
+    image_assets = ReportAssets(mi_variance=assets.mi_variance, topk=assets.topk)
+    image_json = write_report(tmp_path / "mnist", make_image_report(), image_assets)["report.json"]
+
+    version = schema["properties"]["schema_version"]["const"]
+    assert schema["$id"] == f"urn:eegmi:schema:report:{version}" and version == REPORT_SCHEMA_VERSION
+    for path in (deap_json, image_json):
+        written = json.loads(path.read_text(encoding="utf-8"))
+        assert next(iter(written)) == "schema_version" and written["schema_version"] == version
+        jsonschema.validate(written, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_the_schema_tells_deap_reports_from_image_reports(tmp_path, report, assets):
+    schema = _shipped_schema()
+    deap = json.loads(write_report(tmp_path, report, assets)["report.json"].read_text(encoding="utf-8"))
+    without_classifier = {key: value for key, value in deap.items() if key != "classification"}
+    with pytest.raises(jsonschema.ValidationError, match="'classification' is a required property"):
+        jsonschema.validate(without_classifier, schema)
+    # The same sections are fine for an image data set, which has no classifier ...
+    jsonschema.validate({**without_classifier, "dataset": "mnist"}, schema)
+    # ... but not with a DEAP source.
+    as_image = {**without_classifier, "dataset": "mnist", "source": {**deap["source"], "kind": "deap-python"}}
+    with pytest.raises(jsonschema.ValidationError, match="'deap-python' is not one of"):
+        jsonschema.validate(as_image, schema)
+
+
+def test_keys_the_schema_does_not_list_are_allowed_and_stability_is_checked(tmp_path, report, assets):
+    schema = _shipped_schema()
+    extended = copy.deepcopy(report)
+    extended["stability"] = {"n_seeds": 3, "method": "factors matched by their decoder directions"}
+    extended["factors"][0]["stability"] = {"seeds_found": 3, "seeds_linked": 2}
+    extended["factors"][0]["blocks"][0]["seeds_found"] = 2
+    extended["factors"][1]["emotion"]["pooled"] = {"relevance": 0.2}
+    extended["a_later_section"] = {"anything": [1, "two", None]}
+    written = json.loads(write_report(tmp_path, extended, assets)["report.json"].read_text(encoding="utf-8"))
+    jsonschema.validate(written, schema)
+    assert written["stability"]["n_seeds"] == 3 and written["a_later_section"]["anything"] == [1, "two", None]
+
+    for edit, problem in [
+        (lambda r: r["stability"].update(n_seeds=0), "'stability.n_seeds' is 0; expected a value >= 1"),
+        (
+            lambda r: r["factors"][0]["stability"].update(seeds_linked=1.5),
+            "'factors[0].stability.seeds_linked' is 1.5; expected a whole number",
+        ),
+    ]:
+        broken = copy.deepcopy(extended)
+        edit(broken)
+        with pytest.raises(InputError) as caught:
+            write_report(tmp_path / "broken", broken, assets)
+        assert str(caught.value) == f"{tmp_path / 'broken' / 'report.json'}: {problem}"
+        assert not (tmp_path / "broken" / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        # Python's json reads NaN, which JSON itself cannot hold: a number must be finite.
+        (lambda r: r["mi"].update(total_nats=float("nan")),
+         "'mi.total_nats' is NaN; expected a finite number"),
+        (lambda r: r["mi"]["variance"].__setitem__(2, None),
+         "'mi.variance[2]' is null; expected a finite number"),
+        (lambda r: r["source"].update(n_trials="40"), "'source.n_trials' is '40'; expected a whole number"),
+        (lambda r: r.update(source=[]), "'source' is a list of 0 item(s); expected an object"),
+        (
+            lambda r: r["factors"][1]["emotion"].pop("linked"),
+            "missing key 'factors[1].emotion.linked' required by the report contract",
+        ),
+        (lambda r: r.pop("classification"), "missing key 'classification' required by the report contract"),
+        (
+            lambda r: r.update(schema_version=REPORT_SCHEMA_VERSION + 1),
+            f"'schema_version' is {REPORT_SCHEMA_VERSION + 1}; expected {REPORT_SCHEMA_VERSION}",
+        ),
+        (
+            lambda r: r["classification"].update(accuracy_ci95=[0.4, 0.3]),
+            "'classification.accuracy_ci95' has its low bound above its high one",
+        ),
+        (
+            lambda r: r["classification"].update(class_names=["HV", "LV"]),
+            "'classification.class_names' has 2 names; the confusion matrix has 4 classes",
+        ),
+    ],
+    ids=["nan", "null", "string", "list", "nested-key", "deap-section", "version", "interval", "class-names"],
+)
+def test_a_broken_report_file_is_named_with_its_key_in_one_line(tmp_path, report, assets, edit, problem):
+    path = write_report(tmp_path, report, assets)["report.json"]
+    broken = json.loads(path.read_text(encoding="utf-8"))
+    edit(broken)
+    with pytest.raises(InputError) as caught:
+        validate_report(broken, path)
+    assert str(caught.value) == f"{path}: {problem}"
+
+
 # --------------------------------------------------------------------------- report.html
 
 
@@ -365,10 +473,11 @@ def test_strings_from_files_are_escaped(report, assets, payload):
     assert f"C4-{escaped}-P4-P8 (gamma)" in page
 
 
-def test_image_dataset_report_omits_eeg_sections(assets):
+def make_image_report() -> dict:
+    """An MNIST-like report: no classifier, factors without emotion or scalp blocks."""
     rng = np.random.default_rng(1)
     mi = rng.uniform(0, 3, 8)
-    image_report = {
+    return {
         "dataset": "mnist",
         "source": {"kind": "idx", "path": "train-images-idx3-ubyte", "n_trials": 60000, "n_frames": 60000},
         "config": {"vae": {"latent_dim": 8}},
@@ -379,6 +488,11 @@ def test_image_dataset_report_omits_eeg_sections(assets):
         "factors": [{"index": int(np.argmax(mi)), "rank": 1, "mi_nats": mi.max(), "variance": 0.5}],
         "provenance": {"package_version": "0.1.0", "store": "mnist.zarr", "created": "2024-05-01"},
     }
+
+
+def test_image_dataset_report_omits_eeg_sections(assets):
+    image_report = make_image_report()
+    mi = image_report["mi"]["per_factor_nats"]
     image_assets = ReportAssets(mi_variance=assets.mi_variance, topk=assets.topk)
 
     page = render_report_html(image_report, image_assets)

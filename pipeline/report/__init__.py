@@ -7,10 +7,12 @@ from pipeline.report.figures import (
     topomap_figure,
     traversal_strip,
 )
-from pipeline.report.html import ReportAssets, render_report_html, to_json_native, validate_report
+from pipeline.report.html import ReportAssets, render_report_html, to_json_native
+from pipeline.report.schema import REPORT_SCHEMA_VERSION, validate_report
 from pipeline.report.writer import write_report
 
 __all__ = [
+    "REPORT_SCHEMA_VERSION",
     "ReportAssets",
     "confusion_figure",
     "mi_variance_figure",

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.report.html import ReportAssets, render_report_html, to_json_native, validate_report
+from pipeline.report.html import ReportAssets, render_report_html, to_json_native
+from pipeline.report.schema import validate_report, with_schema_version
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -58,8 +59,9 @@ def write_report(out_dir: str | os.PathLike, report: Mapping, assets: ReportAsse
     out_dir : str or path-like
         Directory to write into; created if missing. Existing report files are replaced.
     report : mapping
-        Report following the ``report.json`` contract; numpy scalars and arrays are allowed
-        and converted to JSON types (non-finite floats become ``null``).
+        Report following the ``report.json`` contract (``pipeline/report/report.schema.json``);
+        numpy scalars and arrays are allowed and converted to JSON types (non-finite floats
+        become ``null``). ``schema_version`` is added, first, when the report has none.
     assets : ReportAssets
         The report's figures as PNG bytes.
 
@@ -81,7 +83,7 @@ def write_report(out_dir: str | os.PathLike, report: Mapping, assets: ReportAsse
     if not isinstance(assets, ReportAssets):
         raise InputError("assets", f"is a {type(assets).__name__}; expected ReportAssets")
     report_path = out / REPORT_JSON
-    native = to_json_native(report, REPORT_JSON)
+    native = with_schema_version(to_json_native(report, REPORT_JSON))
     validate_report(native, report_path)
     html = render_report_html(native, assets)
     payload = json.dumps(native, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

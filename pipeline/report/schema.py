@@ -1,0 +1,87 @@
+"""The ``report.json`` contract: the shipped JSON Schema, its version, and the check a report passes.
+
+The schema (``report.schema.json`` beside this module; ``eegmi schema`` prints it) says which
+keys a report holds and what each holds. A few facts relate two keys (equal lengths, a
+permutation, a square matrix), which JSON Schema cannot state; :func:`validate_report` checks
+them after the schema. The writer and the renderer both call it, so every report written passes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pipeline.errors import InputError
+from pipeline.schemas import check_against_schema, load_schema
+
+REPORT_SCHEMA_VERSION: int = load_schema("report")["properties"]["schema_version"]["const"]
+
+
+def with_schema_version(report):
+    """``report`` with ``schema_version`` first, set to this package's version unless it has one
+    (a report of another version then fails :func:`validate_report`, naming the key); anything
+    but a mapping is returned as it is, for :func:`validate_report` to refuse."""
+    if not isinstance(report, Mapping):
+        return report
+    return {"schema_version": REPORT_SCHEMA_VERSION, **report}
+
+
+def _check_mi(mi: Mapping, where: str) -> int:
+    n_factors = len(mi["per_factor_nats"])
+    for name in ("variance", "kl_prior_nats"):
+        if len(mi[name]) != n_factors:
+            raise InputError(
+                where, f"'mi.{name}' has {len(mi[name])} values; 'mi.per_factor_nats' has {n_factors}"
+            )
+    if sorted(mi["ranking"]) != list(range(n_factors)):
+        raise InputError(where, f"'mi.ranking' is not a permutation of the factor indices 0..{n_factors - 1}")
+    return n_factors
+
+
+def _check_classification(classification: Mapping, where: str, key: str = "classification") -> None:
+    confusion = classification["confusion"]
+    if any(len(row) != len(confusion) for row in confusion):
+        raise InputError(where, f"'{key}.confusion' is not a non-empty square matrix")
+    names = classification.get("class_names")
+    if names is not None and len(names) != len(confusion):
+        raise InputError(
+            where,
+            f"'{key}.class_names' has {len(names)} names; the confusion matrix has {len(confusion)} classes",
+        )
+    interval = classification.get("accuracy_ci95")
+    if interval is not None and interval[0] > interval[1]:
+        raise InputError(where, f"'{key}.accuracy_ci95' has its low bound above its high one")
+    for protocol, figures in classification.get("by_protocol", {}).items():
+        _check_classification(figures, where, f"{key}.by_protocol.{protocol}")
+
+
+def validate_report(report, where: str | os.PathLike = "report.json") -> None:
+    """Check a JSON-native report (as read from ``report.json``, or made by ``to_json_native``).
+
+    Required: ``schema_version``, ``dataset``, ``source`` {kind, path, n_trials, n_frames},
+    ``config``, ``mi`` {per_factor_nats, variance, kl_prior_nats, total_nats, ranking} and
+    ``provenance`` {package_version, store, created}; a DEAP report also has ``topk``,
+    ``classification`` and ``factors``. Optional sections are checked in full when present;
+    keys the schema does not list are allowed.
+
+    Parameters
+    ----------
+    report : object
+        The report: dicts, lists, strings, finite numbers, booleans and None.
+    where : str or path-like
+        Name used in error messages (usually the report file).
+
+    Raises
+    ------
+    InputError
+        One line naming ``where`` and the first key at fault (e.g. ``'mi.ranking'``).
+    """
+    check_against_schema(report, "report", where)
+    where = os.fspath(where)
+    n_factors = _check_mi(report["mi"], where)
+    if "classification" in report:
+        _check_classification(report["classification"], where)
+    for i, factor in enumerate(report.get("factors", [])):
+        if factor["index"] >= n_factors:
+            expected = f"expected a factor index 0..{n_factors - 1}"
+            raise InputError(where, f"'factors[{i}].index' is {factor['index']}; {expected}")

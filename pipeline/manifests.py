@@ -6,6 +6,10 @@ subject), plus the array shapes, sampling rate, channel order and label columns.
 folder picks the layout it holds, lists the subject files found and the expected ones that are
 absent, and names every other entry as unexpected. Only plain names that match the pattern are
 ever turned into paths, so a folder listing cannot lead outside the folder.
+
+What a manifest must hold is the JSON Schema ``pipeline/manifest.schema.json`` (printed by
+``eegmi schema manifest``); a manifest that breaks it is refused in one line naming the file and
+the key.
 """
 
 from __future__ import annotations
@@ -20,14 +24,11 @@ from typing import Any
 import yaml
 
 from pipeline.errors import InputError
+from pipeline.schemas import check_against_schema
 
 MANIFEST_DIR = Path(__file__).resolve().parents[1] / "data_manifests"
 _MANIFEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _RANGE_PATTERN = re.compile(r"(?P<prefix>[^{}]*)\{(?P<first>\d+)\.\.(?P<last>\d+)\}(?P<suffix>[^{}]*)")
-_REQUIRED_KEYS = (
-    "dataset", "layouts", "arrays", "sampling_rate_hz", "baseline_seconds", "n_eeg_channels",
-    "channels", "label_columns", "label_range",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,115 +86,57 @@ class _Layout:
         return number if self.first <= number <= self.last else None
 
 
-def _is_plain_name(name: Any) -> bool:
-    """A single path component that stays inside its folder: no separator, not '.' or '..'."""
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and "/" not in name
-        and "\\" not in name
-        and "\x00" not in name
-    )
-
-
-def _parse_layout(where: str, entry: Any) -> _Layout:
-    if not isinstance(entry, Mapping):
-        raise InputError(where, f"each layout must be a mapping, got {type(entry).__name__}")
-    for key in ("name", "format", "pattern", "count"):
-        if key not in entry:
-            raise InputError(where, f"layout {entry.get('name', '?')!r} lacks '{key}'")
+def _parse_layout(where: str, entry: Mapping[str, Any]) -> _Layout:
+    """A layout the schema accepted, with the facts that relate its keys checked."""
     name, pattern = entry["name"], entry["pattern"]
-    if not isinstance(name, str) or not name:
-        raise InputError(where, f"layout name must be a non-empty string, got {name!r}")
-    match = _RANGE_PATTERN.fullmatch(pattern) if isinstance(pattern, str) else None
-    if match is None:
-        raise InputError(where, f"layout {name!r}: pattern {pattern!r} is not like 's{{01..32}}.dat'")
+    match = _RANGE_PATTERN.fullmatch(pattern)
     first_text, last_text = match.group("first"), match.group("last")
     first, last = int(first_text), int(last_text)
     if len(first_text) != len(last_text) or first > last:
         problem = f"range {{{first_text}..{last_text}}} must rise and its numbers have equal width"
         raise InputError(where, f"layout {name!r}: {problem}")
-    if not _is_plain_name(match.group("prefix") + first_text + match.group("suffix")):
-        raise InputError(where, f"layout {name!r}: pattern {pattern!r} must name plain files in one folder")
-    count = entry["count"]
-    if isinstance(count, bool) or not isinstance(count, int) or count != last - first + 1:
-        raise InputError(where, f"layout {name!r}: count {count!r} disagrees with pattern {pattern!r}")
-    subfolder = entry.get("folder")
-    if subfolder is not None and not _is_plain_name(subfolder):
-        raise InputError(where, f"layout {name!r}: folder {subfolder!r} must be a plain folder name")
-    companions = entry.get("companions", [])
-    if not isinstance(companions, list) or not all(_is_plain_name(item) for item in companions):
-        raise InputError(where, f"layout {name!r}: companions must be a list of plain file names")
+    if entry["count"] != last - first + 1:
+        problem = f"count {entry['count']!r} disagrees with pattern {pattern!r}"
+        raise InputError(where, f"layout {name!r}: {problem}")
     return _Layout(
         name=name,
-        subfolder=subfolder,
+        subfolder=entry.get("folder"),
         prefix=match.group("prefix"),
         suffix=match.group("suffix"),
         first=first,
         last=last,
         width=len(first_text),
-        companions=frozenset(companions),
+        companions=frozenset(entry.get("companions", [])),
     )
 
 
-def _shape(where: str, arrays: Any, key: str, n_dims: int) -> list[int]:
-    entry = arrays.get(key) if isinstance(arrays, Mapping) else None
-    shape = entry.get("shape") if isinstance(entry, Mapping) else None
-    if (
-        not isinstance(shape, list)
-        or len(shape) != n_dims
-        or not all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape)
-    ):
-        raise InputError(where, f"arrays.{key}.shape must be {n_dims} positive integers, got {shape!r}")
-    return shape
-
-
 def _validate(manifest: Any, where: str) -> list[_Layout]:
-    """Check a loaded manifest's keys and their agreement; return its parsed layouts."""
-    if not isinstance(manifest, Mapping):
-        raise InputError(where, f"manifest must be a mapping, got {type(manifest).__name__}")
-    missing = [key for key in _REQUIRED_KEYS if key not in manifest]
-    if missing:
-        raise InputError(where, f"manifest lacks key(s) {missing}")
-    layouts_entry = manifest["layouts"]
-    if not isinstance(layouts_entry, list) or not layouts_entry:
-        raise InputError(where, "'layouts' must be a non-empty list")
-    layouts = [_parse_layout(where, entry) for entry in layouts_entry]
+    """Check a loaded manifest against ``pipeline/manifest.schema.json``, then the facts that
+    relate its keys (which JSON Schema cannot state); return its parsed layouts."""
+    check_against_schema(manifest, "manifest", where)
+    layouts = [_parse_layout(where, entry) for entry in manifest["layouts"]]
     names = [layout.name for layout in layouts]
     if len(set(names)) != len(names):
         raise InputError(where, f"layout names repeat: {names}")
 
-    data_shape = _shape(where, manifest["arrays"], "data", 3)
-    labels_shape = _shape(where, manifest["arrays"], "labels", 2)
-    channels, label_columns = manifest["channels"], manifest["label_columns"]
-    if not isinstance(channels, list) or not all(isinstance(name, str) for name in channels):
-        raise InputError(where, "'channels' must be a list of names")
-    if len(set(channels)) != len(channels) or len(channels) != data_shape[1]:
+    data_shape = manifest["arrays"]["data"]["shape"]
+    labels_shape = manifest["arrays"]["labels"]["shape"]
+    channels = manifest["channels"]
+    if len(channels) != data_shape[1]:
         problem = f"must be {data_shape[1]} distinct names (arrays.data.shape[1]), got {len(channels)}"
         raise InputError(where, f"'channels' {problem}")
     n_eeg = manifest["n_eeg_channels"]
-    if isinstance(n_eeg, bool) or not isinstance(n_eeg, int) or not 0 < n_eeg <= len(channels):
+    if n_eeg > len(channels):
         raise InputError(where, f"'n_eeg_channels' must be an integer in [1, {len(channels)}], got {n_eeg!r}")
-    if not isinstance(label_columns, list) or len(label_columns) != labels_shape[1]:
+    if len(manifest["label_columns"]) != labels_shape[1]:
         raise InputError(where, f"'label_columns' must list {labels_shape[1]} names (arrays.labels.shape[1])")
     if labels_shape[0] != data_shape[0]:
         raise InputError(
             where, f"arrays.labels has {labels_shape[0]} rows but arrays.data {data_shape[0]} trials"
         )
-    label_range = manifest["label_range"]
-    if (
-        not isinstance(label_range, list)
-        or len(label_range) != 2
-        or not all(isinstance(value, int | float) and not isinstance(value, bool) for value in label_range)
-        or not label_range[0] < label_range[1]
-    ):
-        raise InputError(where, f"'label_range' must be [low, high] with low < high, got {label_range!r}")
-    for key, positive in (("sampling_rate_hz", True), ("baseline_seconds", False)):
-        value = manifest[key]
-        is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not is_number or value < 0 or (positive and value == 0):
-            sign = "positive" if positive else "non-negative"
-            raise InputError(where, f"'{key}' must be a {sign} number, got {value!r}")
+    low, high = manifest["label_range"]
+    if not low < high:
+        raise InputError(where, f"'label_range' must be [low, high] with low < high, got {[low, high]!r}")
     return layouts
 
 

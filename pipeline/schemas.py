@@ -122,11 +122,14 @@ def _problem(error: jsonschema.ValidationError, name: str) -> str:
     elif keyword in bounds:
         expected = f"a value {bounds[keyword]} {rule}"
     elif keyword in ("minItems", "maxItems"):
-        count = f"{'at least' if keyword == 'minItems' else 'at most'} {rule} item(s)"
-        return f"'{key}' has {len(value)} item(s); expected {count}"
+        exact = error.schema.get("minItems") == error.schema.get("maxItems")
+        bound = "exactly" if exact else ("at least" if keyword == "minItems" else "at most")
+        return f"'{key}' has {len(value)} item(s); expected {bound} {rule}"
+    elif keyword == "uniqueItems":
+        return f"'{key}' repeats an item; expected distinct items"
     elif keyword == "minLength":
         expected = f"at least {rule} character(s)"
-    elif keyword in ("pattern", "not"):
+    elif keyword == "pattern":
         expected = error.schema.get("description", f"a string matching {rule}")
     else:
         return f"'{key}': {error.message[: _SHOWN_CHARS * 2]}"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
+import pipeline
 from pipeline.errors import InputError
 from pipeline.manifests import FolderCheck, check_folder, load_manifest
 from pipeline.sources.deap import N_DEAP_CHANNELS, PERIPHERAL_CHANNELS
@@ -89,21 +92,41 @@ def _variant(manifest: dict, edit) -> dict:
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
-        (lambda m: m.pop("channels"), r"lacks key\(s\) \['channels'\]"),
-        (lambda m: m["layouts"][0].update(pattern="../s{01..32}.dat"), "must name plain files"),
-        (lambda m: m["layouts"][0].update(pattern="s01.dat"), "is not like"),
+        (lambda m: m.pop("channels"), "missing key 'channels' required by the manifest schema"),
+        (lambda m: m["layouts"][0].pop("count"), r"missing key 'layouts\[0\]\.count'"),
+        (
+            lambda m: m["layouts"][0].update(pattern="../s{01..32}.dat"),
+            r"'layouts\[0\]\.pattern' is '\.\./s\{01\.\.32\}\.dat'; expected a plain file name \(no folder\)",
+        ),
+        (
+            lambda m: m["layouts"][0].update(pattern="s01.dat"),
+            r"is 's01\.dat'; expected .* like 's\{01\.\.32\}",
+        ),
         (lambda m: m["layouts"][0].update(pattern="s{1..32}.dat"), "equal width"),
         (lambda m: m["layouts"][0].update(count=40), "count 40 disagrees"),
         (lambda m: m["layouts"][0].update(folder="../elsewhere"), "plain folder name"),
         (lambda m: m["layouts"][1].update(name="data_preprocessed_python"), "layout names repeat"),
         (lambda m: m["channels"].pop(), "must be 40 distinct names"),
+        (
+            lambda m: m["channels"].__setitem__(1, "Fp1"),
+            "'channels' repeats an item; expected distinct items",
+        ),
         (lambda m: m["arrays"]["labels"].update(shape=[40, 3]), "must list 3 names"),
-        (lambda m: m["arrays"]["data"].update(shape=[40, 40]), "must be 3 positive integers"),
+        (
+            lambda m: m["arrays"]["data"].update(shape=[40, 40]),
+            r"'arrays\.data\.shape' has 2 item\(s\); expected exactly 3",
+        ),
+        (
+            lambda m: m["arrays"]["labels"].update(shape=[40, 0]),
+            r"'arrays\.labels\.shape\[1\]' is 0; expected a value >= 1",
+        ),
         (lambda m: m.update(label_range=[9, 1]), "low < high"),
-        (lambda m: m.update(sampling_rate_hz=0), "positive number"),
+        (lambda m: m.update(sampling_rate_hz=0), "'sampling_rate_hz' is 0; expected a value > 0"),
+        (lambda m: m.update(baseline_seconds="3 s"), "'baseline_seconds' is '3 s'; expected a finite number"),
     ],
     ids=[
         "no-channels",
+        "no-count",
         "escape",
         "no-range",
         "width",
@@ -111,10 +134,13 @@ def _variant(manifest: dict, edit) -> dict:
         "subfolder",
         "repeat",
         "channels",
+        "repeated-channel",
         "label-columns",
         "data-shape",
+        "label-shape",
         "label-range",
         "rate",
+        "baseline",
     ],
 )
 def test_invalid_manifests_are_refused(tmp_path, deap_manifest, edit, problem):
@@ -123,6 +149,25 @@ def test_invalid_manifests_are_refused(tmp_path, deap_manifest, edit, problem):
     with pytest.raises(InputError, match=problem) as caught:
         load_manifest(path)
     assert caught.value.where == str(path)
+
+
+@pytest.mark.parametrize("name", ["deap", "deap-synthetic"])
+def test_shipped_manifests_follow_the_shipped_schema(name):
+    schema = json.loads(Path(pipeline.__file__).with_name("manifest.schema.json").read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(load_manifest(name), schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_a_manifest_that_is_not_a_mapping_is_named(tmp_path, deap_manifest):
+    path = tmp_path / "list.yaml"
+    path.write_text(yaml.safe_dump(deap_manifest["layouts"]))
+    with pytest.raises(InputError) as caught:
+        load_manifest(path)
+    assert str(caught.value) == f"{path}: 'manifest' is a list of 2 item(s); expected an object"
+    # A manifest given as a mapping is named by its data set.
+    with pytest.raises(InputError) as caught:
+        check_folder(tmp_path, _variant(deap_manifest, lambda m: m.update(n_eeg_channels=0)))
+    assert str(caught.value) == "manifest deap: 'n_eeg_channels' is 0; expected a value >= 1"
 
 
 def test_partial_folder_reports_missing_and_unexpected(tmp_path, deap_manifest):

@@ -159,10 +159,19 @@ def test_no_code_path_loads_files_in_a_way_that_can_execute_them(folder):
 @pytest.mark.parametrize(
     ("key", "value", "complaint"),
     [
-        ("pattern", "../s{01..32}.dat", "must name plain files in one folder"),
-        ("pattern", "/etc/s{01..32}.dat", "must name plain files in one folder"),
-        ("folder", "../../elsewhere", "must be a plain folder name"),
-        ("companions", ["../README"], "companions must be a list of plain file names"),
+        (
+            "pattern",
+            "../s{01..32}.dat",
+            r"'layouts\[0\]\.pattern' is .*; expected a plain file name \(no folder\)",
+        ),
+        (
+            "pattern",
+            "/etc/s{01..32}.dat",
+            r"'layouts\[0\]\.pattern' is .*; expected a plain file name \(no folder\)",
+        ),
+        ("folder", "../../elsewhere", r"'layouts\[0\]\.folder' is .*; expected a plain folder name"),
+        ("folder", "..", r"'layouts\[0\]\.folder' is '\.\.'; expected a plain folder name"),
+        ("companions", ["../README"], r"'layouts\[0\]\.companions\[0\]' is .*; expected a plain file name"),
     ],
 )
 def test_manifest_names_cannot_lead_outside_the_data_folder(tmp_path, key, value, complaint):

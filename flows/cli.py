@@ -322,11 +322,15 @@ def _run_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_schedule_options(parser: argparse.ArgumentParser) -> None:
+def _add_schedule_options(parser: argparse.ArgumentParser, folders_required: bool = True) -> None:
     from flows.deployments import DEFAULT_NIGHTLY_CRON, DEFAULT_SETTLE_SECONDS, DEFAULT_WEEKLY_CRON
 
-    parser.add_argument("--inbox", required=True, metavar="DIR", help="folder new recordings are put in")
-    parser.add_argument("--out", required=True, help="run folder the recordings are added to")
+    parser.add_argument(
+        "--inbox", required=folders_required, metavar="DIR", help="folder new recordings are put in"
+    )
+    parser.add_argument(
+        "--out", required=folders_required, metavar="DIR", help="run folder the recordings are added to"
+    )
     parser.add_argument(
         "--nightly", default=DEFAULT_NIGHTLY_CRON, metavar="CRON", help="cron of the nightly ingest"
     )
@@ -382,9 +386,10 @@ def _add_deployments(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "deployments",
         help="list the scheduled runs `eegmi serve` would serve, without starting anything",
-        description="Print each deployment with its cron schedule, next run and parameters.",
+        description="Print each deployment with its cron schedule, next run and parameters. With no "
+        "arguments, the defaults are listed and the folders are shown as the options that set them.",
     )
-    _add_schedule_options(parser)
+    _add_schedule_options(parser, folders_required=False)
     parser.set_defaults(run=_run_deployments)
 
 
@@ -392,6 +397,33 @@ def _run_deployments(args: argparse.Namespace) -> int:
     from flows.deployments import describe
 
     print(describe(_schedule_specs(args)))
+    if args.inbox is None or args.out is None:
+        print(
+            "\nServe them with `eegmi serve --inbox DIR --out DIR` (plus any schedule options given "
+            "here); `eegmi deployments --inbox DIR --out DIR` lists them with those folders."
+        )
+    return EXIT_OK
+
+
+def _add_schema(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of report.json (or of a DEAP data manifest)",
+        description="Print a JSON Schema shipped with eegmi: that of OUT/report.json (the default; its "
+        "schema_version is the one every report records), or with 'manifest' that of the DEAP-style data "
+        "manifests (data_manifests/deap.yaml). Validate a report elsewhere with any JSON Schema "
+        "2020-12 validator.",
+    )
+    parser.add_argument(
+        "document", nargs="?", choices=("report", "manifest"), default="report", help="which schema"
+    )
+    parser.set_defaults(run=_run_schema)
+
+
+def _run_schema(args: argparse.Namespace) -> int:
+    from pipeline.schemas import schema_text
+
+    sys.stdout.write(schema_text(args.document))
     return EXIT_OK
 
 
@@ -525,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest(commands)
     _add_serve(commands)
     _add_deployments(commands)
+    _add_schema(commands)
     return parser
 
 

@@ -12,7 +12,8 @@ Both hold the run folder while they run (:func:`pipeline.runlock.run_lock`), so 
 overlap the later one waits. Declaring the deployments (:func:`deployment_specs`) starts
 nothing and needs no Prefect server; :func:`serve_deployments` registers them with the Prefect
 API (``PREFECT_API_URL``, or a temporary local server) and runs each scheduled run in a
-subprocess until interrupted.
+subprocess until interrupted. Declared without folders, the deployments can be listed with
+their defaults (``eegmi deployments`` with no arguments) but not served.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ DEFAULT_NIGHTLY_CRON = "0 2 * * *"
 DEFAULT_WEEKLY_CRON = "0 3 * * 0"
 # A file changed in the last five minutes may still be being copied; the next run takes it.
 DEFAULT_SETTLE_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class FolderNotChosen:
+    """A folder parameter left open in a listing; shown as the option that sets it."""
+
+    option: str
+
+    def __repr__(self) -> str:
+        return f"<set by {self.option} DIR>"
 
 
 @dataclass(frozen=True)
@@ -93,9 +104,19 @@ def _check_timezone(timezone: str) -> str:
     return timezone
 
 
+def _folder_parameter(value: str | os.PathLike | None, option: str) -> str | FolderNotChosen:
+    if value is None:
+        return FolderNotChosen(option)
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise InputError(option, f"must be a folder path, got {value!r}")
+    if "://" in os.fspath(value):
+        raise InputError(option, f"{os.fspath(value)!r}: scheduled runs need local folders")
+    return str(Path(value).absolute())
+
+
 def deployment_specs(
-    inbox_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    inbox_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike | None,
     *,
     nightly_cron: str = DEFAULT_NIGHTLY_CRON,
     weekly_cron: str = DEFAULT_WEEKLY_CRON,
@@ -105,7 +126,9 @@ def deployment_specs(
 ) -> list[DeploymentSpec]:
     """Declare the nightly ingest and the weekly retrain of ``inbox_dir`` into ``out_dir``.
 
-    Paths are made absolute, since scheduled runs may start in another working directory.
+    Paths are made absolute, since scheduled runs may start in another working directory. A
+    folder given as None stays open (:class:`FolderNotChosen`): such specs list the deployments
+    with their defaults, but cannot be built or served.
 
     Returns
     -------
@@ -117,17 +140,15 @@ def deployment_specs(
     InputError
         For an invalid cron expression, time zone or settle time, or an ``out_dir`` that is a URL.
     """
-    for value, name in ((inbox_dir, "--inbox"), (out_dir, "--out")):
-        if not isinstance(value, str | os.PathLike) or not os.fspath(value):
-            raise InputError(name, f"must be a folder path, got {value!r}")
-        if "://" in os.fspath(value):
-            raise InputError(name, f"{os.fspath(value)!r}: scheduled runs need local folders")
+    folders = {
+        "inbox_dir": _folder_parameter(inbox_dir, "--inbox"),
+        "out_dir": _folder_parameter(out_dir, "--out"),
+    }
     if not isinstance(settle_seconds, int | float) or settle_seconds < 0:
         raise InputError("settle_seconds", f"must be a number >= 0, got {settle_seconds!r}")
     timezone = _check_timezone(timezone)
     common = {
-        "inbox_dir": str(Path(inbox_dir).absolute()),
-        "out_dir": str(Path(out_dir).absolute()),
+        **folders,
         "interpolate_missing": bool(interpolate_missing),
         "settle_seconds": float(settle_seconds),
     }
@@ -167,6 +188,9 @@ def build_deployments(specs: list[DeploymentSpec]):
     for spec in specs:
         if spec.flow_name not in flows:
             raise InputError(spec.full_name, f"unknown flow {spec.flow_name!r}; known: {sorted(flows)}")
+        for value in spec.parameters.values():
+            if isinstance(value, FolderNotChosen):
+                raise InputError(spec.full_name, f"has no folder for {value.option}; give {value.option} DIR")
         deployments.append(
             flows[spec.flow_name].to_deployment(
                 name=spec.name,

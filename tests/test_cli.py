@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -222,3 +223,29 @@ def test_protocol_and_beta_reach_the_flow(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "β sweep: kept β = 2" in out
     assert "split by trial: accuracy" in out and "split by subject: accuracy" in out
+
+
+def test_schema_prints_the_shipped_report_and_manifest_schemas(capsys):
+    import jsonschema
+
+    import pipeline
+    from pipeline.manifests import load_manifest
+    from pipeline.report import REPORT_SCHEMA_VERSION
+
+    assert main(["schema"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    shipped = Path(pipeline.__file__).parent / "report" / "report.schema.json"
+    assert printed == shipped.read_text(encoding="utf-8")
+    report_schema = json.loads(printed)
+    jsonschema.Draft202012Validator.check_schema(report_schema)
+    assert report_schema["properties"]["schema_version"]["const"] == REPORT_SCHEMA_VERSION
+
+    assert main(["schema", "manifest"]) == EXIT_OK
+    manifest_schema = json.loads(capsys.readouterr().out)
+    assert manifest_schema["$id"] == "urn:eegmi:schema:manifest:1"
+    jsonschema.validate(load_manifest("deap"), manifest_schema)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["schema", "store"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert "invalid choice: 'store'" in capsys.readouterr().err

@@ -133,6 +133,38 @@ def test_the_listing_shows_schedules_and_parameters_without_a_server(tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "inbox").exists()
 
 
+def test_without_folders_the_listing_shows_the_defaults_and_cannot_be_served(tmp_path, capsys, monkeypatch):
+    from flows.cli import EXIT_OK, main
+    from flows.deployments import build_deployments, deployment_specs
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["deployments"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "ingest-inbox/nightly-ingest"
+    assert lines[1].startswith("  schedule:   0 2 * * * (UTC); next run ")
+    assert "ingest-inbox/weekly-retrain" in lines
+    assert any(line.startswith("  schedule:   0 3 * * 0 (UTC); next run ") for line in lines)
+    for default in (
+        "interpolate_missing = False",
+        "settle_seconds = 300.0",
+        "retrain = False",
+        "retrain = True",
+    ):
+        assert f"  parameter:  {default}" in lines
+    assert lines.count("  parameter:  inbox_dir = <set by --inbox DIR>") == 2
+    assert lines.count("  parameter:  out_dir = <set by --out DIR>") == 2
+    assert lines[-1].startswith("Serve them with `eegmi serve --inbox DIR --out DIR`")
+    assert list(tmp_path.iterdir()) == []  # nothing created in the working directory
+
+    # One folder given: the other stays open, and open folders cannot be deployed.
+    nightly, _ = deployment_specs(None, tmp_path / "run", weekly_cron="0 4 * * 6")
+    assert nightly.parameters["out_dir"] == str(tmp_path / "run")
+    with pytest.raises(
+        InputError, match="ingest-inbox/nightly-ingest: has no folder for --inbox; give --inbox DIR"
+    ):
+        build_deployments([nightly])
+
+
 def test_a_bad_schedule_exits_2_naming_it(tmp_path, capsys):
     from flows.cli import EXIT_BAD_INPUT, main
 

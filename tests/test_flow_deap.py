@@ -3,12 +3,16 @@ that agree with the store, the split and each other; report.html is written next
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from small_deap_run import N_LATENTS, N_SUBJECTS, SEED, TRIALS_PER_SUBJECT, tiny_preset
 
+import pipeline
 from pipeline.classification import wilson_interval
 from pipeline.ingest import store_path
 from pipeline.learn import checkpoint_model_id
@@ -38,6 +42,16 @@ def test_report_names_the_data_and_the_run_settings(small_deap_run):
         assert report["provenance"][key]
     store = FrameStore.open(store_path(str(out_dir)))
     assert len(store.committed_rows()) == n_trials
+
+
+@pytest.mark.parametrize("run", ["small_deap_run", "small_deap_run_both"])
+def test_the_written_report_follows_the_shipped_schema(run, request):
+    report = request.getfixturevalue(run)[2]  # as read from the run's report.json
+    schema_file = Path(pipeline.__file__).parent / "report" / "report.schema.json"
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    jsonschema.validate(report, schema, cls=jsonschema.Draft202012Validator)
+    assert next(iter(report)) == "schema_version"
+    assert report["schema_version"] == schema["properties"]["schema_version"]["const"]
 
 
 def test_mi_section_ranks_every_factor_and_sums_to_the_total(small_deap_run):

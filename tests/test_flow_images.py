@@ -2,12 +2,15 @@
 
 import io
 import json
+from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import pipeline
 from flows.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from pipeline.errors import InputError
 from pipeline.image_report import (
@@ -47,7 +50,11 @@ def digits_idx_folder(tmp_path):
 
 
 def _read_report(out):
-    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+    """The run's report.json, checked against the shipped schema file with a plain validator."""
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    schema_file = Path(pipeline.__file__).parent / "report" / "report.schema.json"
+    jsonschema.validate(report, json.loads(schema_file.read_text(encoding="utf-8")))
+    return report
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -337,6 +337,7 @@ def test_keys_the_schema_does_not_list_are_allowed_and_stability_is_checked(tmp_
     extended = copy.deepcopy(report)
     extended["stability"] = {"n_seeds": 3, "method": "factors matched by their decoder directions"}
     extended["factors"][0]["stability"] = {"seeds_found": 3, "seeds_linked": 2}
+    extended["factors"][1]["stability"] = None  # not measured for this factor
     extended["factors"][0]["blocks"][0]["seeds_found"] = 2
     extended["factors"][1]["emotion"]["pooled"] = {"relevance": 0.2}
     extended["a_later_section"] = {"anything": [1, "two", None]}

@@ -318,18 +318,19 @@ def test_written_reports_record_the_schema_version_and_pass_the_shipped_schema(t
         jsonschema.validate(written, schema, cls=jsonschema.Draft202012Validator)
 
 
-def test_the_schema_tells_deap_reports_from_image_reports(tmp_path, report, assets):
+def test_the_schema_tells_deap_sources_from_image_sources(tmp_path, report, assets):
     schema = _shipped_schema()
     deap = json.loads(write_report(tmp_path, report, assets)["report.json"].read_text(encoding="utf-8"))
-    without_classifier = {key: value for key, value in deap.items() if key != "classification"}
-    with pytest.raises(jsonschema.ValidationError, match="'classification' is a required property"):
-        jsonschema.validate(without_classifier, schema)
-    # The same sections are fine for an image data set, which has no classifier ...
-    jsonschema.validate({**without_classifier, "dataset": "mnist"}, schema)
-    # ... but not with a DEAP source.
-    as_image = {**without_classifier, "dataset": "mnist", "source": {**deap["source"], "kind": "deap-python"}}
+    recorded = {**deap, "source": {**deap["source"], "kind": "deap-python"}}
+    jsonschema.validate(recorded, schema)
     with pytest.raises(jsonschema.ValidationError, match="'deap-python' is not one of"):
-        jsonschema.validate(as_image, schema)
+        jsonschema.validate({**recorded, "dataset": "mnist"}, schema)
+    as_idx = {**deap, "source": {**deap["source"], "kind": "idx"}}
+    jsonschema.validate({**as_idx, "dataset": "mnist"}, schema)
+    with pytest.raises(jsonschema.ValidationError, match="'idx' is not one of"):
+        jsonschema.validate(as_idx, schema)
+    # Synthetic data exist for both: the synthetic DEAP and the procedural stand-in for CelebA.
+    jsonschema.validate({**deap, "dataset": "celeba"}, schema)
 
 
 def test_keys_the_schema_does_not_list_are_allowed_and_stability_is_checked(tmp_path, report, assets):
@@ -374,7 +375,10 @@ def test_keys_the_schema_does_not_list_are_allowed_and_stability_is_checked(tmp_
             lambda r: r["factors"][1]["emotion"].pop("linked"),
             "missing key 'factors[1].emotion.linked' required by the report contract",
         ),
-        (lambda r: r.pop("classification"), "missing key 'classification' required by the report contract"),
+        (
+            lambda r: r["source"].update(kind="idx"),
+            "'source.kind' is 'idx'; expected one of ['synthetic', 'deap-python', 'deap-matlab', 'raw']",
+        ),
         (
             lambda r: r.update(schema_version=REPORT_SCHEMA_VERSION + 1),
             f"'schema_version' is {REPORT_SCHEMA_VERSION + 1}; expected {REPORT_SCHEMA_VERSION}",
@@ -388,7 +392,7 @@ def test_keys_the_schema_does_not_list_are_allowed_and_stability_is_checked(tmp_
             "'classification.class_names' has 2 names; the confusion matrix has 4 classes",
         ),
     ],
-    ids=["nan", "null", "string", "list", "nested-key", "deap-section", "version", "interval", "class-names"],
+    ids=["nan", "null", "string", "list", "nested-key", "deap-source", "version", "interval", "class-names"],
 )
 def test_a_broken_report_file_is_named_with_its_key_in_one_line(tmp_path, report, assets, edit, problem):
     path = write_report(tmp_path, report, assets)["report.json"]

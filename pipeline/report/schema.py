@@ -60,9 +60,10 @@ def validate_report(report, where: str | os.PathLike = "report.json") -> None:
 
     Required: ``schema_version``, ``dataset``, ``source`` {kind, path, n_trials, n_frames},
     ``config``, ``mi`` {per_factor_nats, variance, kl_prior_nats, total_nats, ranking} and
-    ``provenance`` {package_version, store, created}; a DEAP report also has ``topk``,
-    ``classification`` and ``factors``. Optional sections are checked in full when present;
-    keys the schema does not list are allowed.
+    ``provenance`` {package_version, store, created}. ``topk``, ``classification`` and
+    ``factors`` (which image reports have without a classifier, emotion or scalp blocks) are
+    checked in full when present, and the source kind must be one of the data set's; keys the
+    schema does not list are allowed.
 
     Parameters
     ----------

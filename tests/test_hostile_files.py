@@ -21,19 +21,25 @@ import sys
 import time
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
+from test_failure_safety import _child_env
 from test_sources_deap import _python2_deap_pickle
 
 from pipeline.errors import InputError
+from pipeline.ingest import store_path
 from pipeline.sources.array_pickle import MAX_DEPTH, PickleRefused, load_array_dict
 from pipeline.sources.celeba import decode_face
-from pipeline.sources.deap import read_deap_dat, read_source_file
+from pipeline.sources.deap import read_deap_dat, read_source_file, write_deap_dat
 from pipeline.sources.mnist import read_idx
 from pipeline.sources.trials import N_SAMPLES
+from pipeline.store import FrameStore
+
+EEGMI = Path(sys.executable).with_name("eegmi")
 
 
 def _text(value: str) -> bytes:
@@ -97,6 +103,51 @@ def odd_dtype_state() -> bytes:
     )  # fmt: skip
 
 
+def _int(value: int) -> bytes:
+    return b"J" + struct.pack("<i", value)
+
+
+def dtype_names_fields_disagree() -> bytes:
+    """A structured dtype whose BUILD state names a field ('b') its field dict lacks and whose
+    flags say it holds Python objects: numpy walks the names to release the array's objects,
+    finds no field 'b' and dereferences nothing (SIGSEGV), even after the reader refused the
+    array. Only allowed globals: ``numpy.dtype``, ``_reconstruct``, ``ndarray``."""
+    dtype = (
+        b"cnumpy\ndtype\n" + _text("V16") + b"K\x00K\x01\x87R(K\x03" + _text("|") + b"N"
+        + b"(" + _text("a") + _text("b") + b"t}(" + _text("a") + b"(" + _f8_dtype() + _int(0) + b"tu"
+        + _int(16) + b"K\x01" + _int(1) + b"tb"
+    )  # fmt: skip
+    return _dict_of(
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R(K\x01(" + _int(2)
+        + b"t" + dtype + b"\x89C\x20" + b"\x00" * 32 + b"tb",
+        n_trials=2,
+    )  # fmt: skip
+
+
+def stride_zero_array() -> bytes:
+    """``ndarray(shape, 'f8', <8 bytes>, 0, strides=(0, ...))`` for both arrays: one sample and one
+    label repeated over 200 trials. An unpickler accepted it; preprocessing then copied it into
+    gigabytes."""
+
+    def repeated(shape: tuple[int, ...], value: float) -> bytes:
+        dims = b"(" + b"".join(b"M" + struct.pack("<H", d) for d in shape) + b"t"
+        return (
+            b"("
+            + dims
+            + _text("f8")
+            + b"C\x08"
+            + struct.pack("<d", value)
+            + b"K\x00("
+            + b"K\x00" * len(shape)
+            + b"ttR"
+        )
+
+    return (
+        b"\x80\x02}(" + _text("data") + b"cnumpy\nndarray\nq\x00" + repeated((200, 40, N_SAMPLES), 1.0)
+        + _text("labels") + b"h\x00" + repeated((200, 4), 5.0) + b"u."
+    )  # fmt: skip
+
+
 def claimed_array() -> bytes:
     """``_reconstruct(ndarray, (200, 40, 8064), 'd')`` never given its bytes: 516 MB of nothing."""
     return _dict_of(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n(K\xc8K(M\x80\x1ftC\x01d\x87R")
@@ -116,6 +167,11 @@ CRAFTED = {
     "hex_chain": (hex_chain, r"_codecs\.encode other than encode\(str, 'latin1'\)"),
     "unknown_codec": (unknown_codec, r"_codecs\.encode other than encode\(str, 'latin1'\)"),
     "odd_dtype_state": (odd_dtype_state, "an array has dtype 'V16', expected a real numeric array"),
+    "dtype_names_fields_disagree": (
+        dtype_names_fields_disagree,
+        "an array has dtype 'V16', expected a real numeric array",
+    ),
+    "stride_zero_array": (stride_zero_array, "refused to call numpy.ndarray"),
     "claimed_array": (claimed_array, "'data' is an array the file never gives the bytes of"),
     "broadcast_array": (broadcast_array, "needs 516096000 bytes, its data holds 8"),
 }
@@ -154,6 +210,42 @@ def test_a_crafted_pickle_is_refused_in_one_named_line_quickly_and_in_little_mem
     assert result["seconds"] < 1.0
     # numpy and scipy alone take ~60 MB; an unpickler took 435 MB to 1 GB on these files.
     assert result["max_rss_mb"] < 200
+
+
+def test_every_crafted_file_fails_alone_in_one_line_through_the_command(prefect_harness, tmp_path):
+    """``eegmi preprocess`` over a folder of every crafted file beside a good ``s02.dat``, in its
+    own process (a crash would end it, not the test run): each crafted file gets its one named
+    line, no traceback, and s02's trials are stored."""
+    data = tmp_path / "data"
+    data.mkdir()
+    free_names = (f"s{number:02d}.dat" for number in range(1, 33) if number != 2)
+    problems = {}
+    for craft, problem in CRAFTED.values():
+        name = next(free_names)
+        (data / name).write_bytes(craft())
+        problems[name] = problem
+    write_deap_dat(
+        data / "s02.dat", np.random.default_rng(7).normal(0.0, 20.0, (2, 40, N_SAMPLES)), np.full((2, 4), 5.0)
+    )
+    out = tmp_path / "run"
+    child = subprocess.run(
+        [str(EEGMI), "preprocess", "--data-dir", str(data), "--out", str(out)],
+        env=_child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert child.returncode == 1, child.stderr[-3000:]
+    assert "Traceback" not in child.stderr, child.stderr[-3000:]
+    errors = [line for line in child.stderr.splitlines() if line.startswith("eegmi: error: ")]
+    assert len(errors) == len(problems), errors
+    for name, problem in problems.items():
+        [line] = [line for line in errors if line.startswith(f"eegmi: error: {name}: ")]
+        assert re.search(problem, line), line
+    assert f"eegmi: {len(problems)} file(s) failed; 1 stored" in child.stderr
+    store = FrameStore.open(store_path(str(out)))
+    assert [Path(source).name for source in store.source[:]] == ["s02.dat", "s02.dat"]
+    assert len(store.committed_rows()) == 2
 
 
 def test_crafted_pickles_are_input_errors_so_the_flow_does_not_retry_them(tmp_path):

@@ -27,13 +27,18 @@ class _NamedErrorsWithoutTraceback(logging.Filter):
 
     Bad input, an unwritable run folder and files that failed one by one are reported by the
     command in one line naming the file and what is wrong; a traceback above that line would bury
-    it and read as a bug. Every other exception keeps its traceback.
+    it and read as a bug. So is a write the file system refused (full, read-only, forbidden) in a
+    task: the flow turns it into the run folder's one-line error. Every other exception keeps its
+    traceback.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         from pipeline.errors import InputError, NamedFailure
+        from pipeline.runlock import OUTPUT_ERRNOS
 
-        if record.exc_info and isinstance(record.exc_info[1], InputError | NamedFailure):
+        error = record.exc_info[1] if record.exc_info else None
+        refused_write = isinstance(error, OSError) and error.errno in OUTPUT_ERRNOS
+        if refused_write or isinstance(error, InputError | NamedFailure):
             record.exc_info = None
             record.exc_text = None
         return True

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_failure_safety import _cli_error_lines
 
 from pipeline.ingest import ingest_trials, store_path
@@ -100,11 +101,12 @@ def test_a_full_disk_during_preprocessing_is_the_folders_error_not_the_files(
     np.testing.assert_array_equal(after.read_frames(after.committed_rows()), frames_before)
 
 
-def test_a_full_disk_during_training_is_the_folders_error_and_not_retried(
-    prefect_harness, tmp_path, monkeypatch, capsys
+@pytest.mark.parametrize("refusal", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_during_training_is_the_folders_error_and_not_retried(
+    prefect_harness, tmp_path, monkeypatch, capsys, refusal
 ):
-    """``eegmi deap``: the frames are stored, then the disk fills as the β-VAE writes its first
-    checkpoint (a write() that fails carries no file name)."""
+    """``eegmi deap``: the frames are stored, then the disk fills (or is remounted read-only) as
+    the β-VAE writes its first checkpoint; the write carries no file name, as a failed write()."""
     from small_deap_run import N_SUBJECTS, TRIALS_PER_SUBJECT, tiny_preset
 
     import flows.deap
@@ -122,7 +124,7 @@ def test_a_full_disk_during_training_is_the_folders_error_and_not_retried(
     def disk_fills(path, data):
         if out_dir / "checkpoints" in Path(path).parents:
             checkpoint_writes.append(Path(path).name)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(refusal, os.strerror(refusal))
         return write(path, data)
 
     monkeypatch.setattr(pipeline.checkpoint, "atomic_write_bytes", disk_fills)
@@ -138,10 +140,11 @@ def test_a_full_disk_during_training_is_the_folders_error_and_not_retried(
         code = main(["deap", "--subjects", str(N_SUBJECTS), "--out", str(out_dir)])
     assert code == EXIT_BAD_INPUT
     assert [record for record in logged if "Traceback" in record] == []
-    assert any("Task run failed with exception: OSError(28, 'No space left on device')" in r for r in logged)
+    failed_task = f"Task run failed with exception: OSError({refusal}, '{os.strerror(refusal)}')"
+    assert any(failed_task in record for record in logged)
     lines = _cli_error_lines(capsys.readouterr().err)
     assert lines == [
-        f"eegmi: error: {out_dir}: cannot write the run's output: No space left on device. Everything "
+        f"eegmi: error: {out_dir}: cannot write the run's output: {os.strerror(refusal)}. Everything "
         "stored before is intact and readable; free space or fix the permissions, then rerun"
     ]
     assert len(trainings) == 1 and len(checkpoint_writes) == 1  # not retried

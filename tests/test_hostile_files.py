@@ -34,8 +34,8 @@ from pipeline.errors import InputError
 from pipeline.ingest import store_path
 from pipeline.sources.array_pickle import MAX_DEPTH, PickleRefused, load_array_dict
 from pipeline.sources.celeba import decode_face
-from pipeline.sources.deap import read_deap_dat, read_source_file, write_deap_dat
-from pipeline.sources.mnist import read_idx
+from pipeline.sources.deap import read_deap_dat, read_deap_mat, read_source_file, write_deap_dat
+from pipeline.sources.mnist import read_idx, write_idx
 from pipeline.sources.trials import N_SAMPLES
 from pipeline.store import FrameStore
 
@@ -273,10 +273,12 @@ def _valid_pickles() -> list[bytes]:
     return pickles
 
 
-def _mutate(valid: bytes, rng: np.random.Generator) -> bytes:
+def _mutate(valid: bytes, rng: np.random.Generator, spared: tuple[int, int] = (0, 0)) -> bytes:
+    """One mutation of ``valid``, anywhere but inside the ``spared`` byte range (bulk sample data)."""
     raw = bytearray(valid)
     kind = rng.integers(6)
-    position = int(rng.integers(len(raw)))
+    position = int(rng.integers(len(raw) - (spared[1] - spared[0])))
+    position += (spared[1] - spared[0]) if position >= spared[0] else 0
     if kind == 0:  # flip a byte
         raw[position] = int(rng.integers(256))
     elif kind == 1:  # truncate
@@ -341,6 +343,77 @@ def test_a_full_size_file_mutated_in_its_opcodes_is_read_or_refused(tmp_path):
             assert trials.signals.shape == (2, 32, N_SAMPLES)
 
 
+def _deap_mat(compressed: bool) -> tuple[bytes, tuple[int, int]]:
+    """A one-trial DEAP .mat file and the byte range of its (uncompressed) sample data."""
+    data = np.random.default_rng(4).normal(0.0, 20.0, (1, 40, N_SAMPLES)).astype(np.float32)
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"data": data, "labels": np.full((1, 4), 5.0)}, do_compression=compressed)
+    raw = buffer.getvalue()
+    if compressed:
+        return raw, (0, 0)
+    start = raw.index(data.transpose(2, 1, 0).tobytes()[:64])  # MATLAB order: first index fastest
+    return raw, (start, start + data.nbytes)
+
+
+def _small_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(
+        buffer, "JPEG"
+    )
+    return buffer.getvalue()
+
+
+def test_fuzzed_mat_idx_and_jpeg_files_give_a_valid_read_or_a_named_refusal(tmp_path):
+    """Each reader on 150 mutations of a valid file, in process: a valid read or its named
+    refusal (an InputError; for a CelebA JPEG, one of the errors that skip the image), quickly
+    and without allocating more than the file could hold."""
+    from pipeline.sources.celeba import _DECODE_ERRORS
+
+    rng = np.random.default_rng(20261201)
+    idx = tmp_path / "valid-idx3-ubyte"
+    write_idx(idx, rng.integers(0, 256, (3, 28, 28), dtype=np.uint8))
+
+    def reads(reader, path: Path):
+        return lambda raw: reader(_written(path, raw))
+
+    read_mat = reads(read_deap_mat, tmp_path / "s01.mat")
+    cases = {
+        "mat": (_deap_mat(compressed=False), read_mat, InputError),
+        "compressed mat": (_deap_mat(compressed=True), read_mat, InputError),
+        "idx": ((idx.read_bytes(), (0, 0)), reads(read_idx, tmp_path / "t-idx3-ubyte"), InputError),
+        "gzip idx": (
+            (gzip.compress(idx.read_bytes()), (0, 0)),
+            reads(read_idx, tmp_path / "t-idx3-ubyte.gz"),
+            InputError,
+        ),
+        "jpeg": ((_small_jpeg(), (0, 0)), decode_face, _DECODE_ERRORS),
+    }
+    tracemalloc.start()
+    for name, ((valid, spared), read, refusal) in cases.items():
+        outcomes = {"read": 0, "refused": 0}
+        slowest = 0.0
+        for _ in range(150):
+            mutated = _mutate(valid, rng, spared)
+            start = time.perf_counter()
+            try:
+                read(mutated)
+                outcomes["read"] += 1
+            except refusal as err:
+                assert "\n" not in str(err) and str(err), (name, err)
+                outcomes["refused"] += 1
+            slowest = max(slowest, time.perf_counter() - start)
+        assert slowest < 5.0, (name, slowest)  # a hang would last for ever; reads take ~0.1 s
+        assert outcomes["refused"] >= 30, (name, outcomes)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 64 * 2**20  # bytes: a few copies of a 1.3 MB file; a claimed 4 GB tag was allocated
+
+
+def _written(path: Path, raw: bytes) -> Path:
+    path.write_bytes(raw)
+    return path
+
+
 # -- decompression bombs in the other readers ---------------------------------------------------
 
 
@@ -390,6 +463,21 @@ def _mat_bomb(n_rows: int, n_cols: int) -> bytes:
     chunks += [compress.compress(zeros) for _ in range(n_bytes // len(zeros))]
     stream = b"".join(chunks) + compress.flush()
     return header + struct.pack("<II", 15, len(stream)) + stream
+
+
+def test_a_mat_element_claiming_more_than_the_file_holds_is_refused_before_allocating(tmp_path):
+    raw = bytearray(_deap_mat(compressed=False)[0])
+    (first_size,) = struct.unpack_from("<I", raw, 132)
+    second = 128 + 8 + first_size + (-first_size % 8)  # the 'labels' variable
+    raw[second + 4 : second + 8] = struct.pack("<I", 0xFFFFFFF0)  # scipy allocated this before reading
+    path = tmp_path / "s01.mat"
+    path.write_bytes(bytes(raw))
+    tracemalloc.start()
+    with pytest.raises(InputError, match=rf"the MAT element at byte {second} claims 4294967280 bytes; its"):
+        read_deap_mat(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2**20
 
 
 def test_a_mat_file_that_inflates_beyond_the_memory_bound_fails_alone(tmp_path, monkeypatch):

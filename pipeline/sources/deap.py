@@ -192,7 +192,7 @@ def _read_while_hashing(path: Path, hasher: ThreadPoolExecutor) -> tuple[memoryv
 
 # MAT v5 element types (MATLAB's "MAT-File Format", table 1-1) and the nesting the walk follows.
 _MI_MATRIX, _MI_COMPRESSED = 14, 15
-_MAT_HEADER_BYTES = 128
+_MAT_HEADER_BYTES, _MAT_V5 = 128, 0x0100
 _MAX_MAT_NESTING = 32
 
 
@@ -203,14 +203,16 @@ def _check_mat_element_sizes(path: Path) -> None:
     claims 4 GB made it allocate 4 GB. The walk reads only tags (the file is mapped, not
     copied), descending into uncompressed matrices (cells and structs nest them). A compressed
     element is checked against the file only: what it inflates to is bounded by the isolated
-    read's memory limit. Files without a v5 header are left to scipy, which refuses them.
+    read's memory limit. Files without a v5 header are left to scipy, which reads v4 files and
+    refuses the rest.
     """
     with open(path, "rb") as handle:
         if os.fstat(handle.fileno()).st_size <= _MAT_HEADER_BYTES:
             return
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as raw:
             order = {b"IM": "<", b"MI": ">"}.get(raw[126:128])
-            if order is not None:
+            # Version 0x0100 is v5 (and v7); v7.3 files (0x0200) are HDF5 after the header.
+            if order is not None and struct.unpack_from(f"{order}H", raw, 124)[0] == _MAT_V5:
                 _check_elements(path, raw, _MAT_HEADER_BYTES, len(raw), order, 0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -19,6 +20,43 @@ def configure_offline_prefect() -> None:
     # The temporary local server can take longer than Prefect's 20-s default to start on a busy
     # 2-core machine; a timeout there would fail a run before it began.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+class _NamedErrorsWithoutTraceback(logging.Filter):
+    """Drops the traceback Prefect logs with a flow or task run that failed on a named error.
+
+    Bad input, an unwritable run folder and files that failed one by one are reported by the
+    command in one line naming the file and what is wrong; a traceback above that line would bury
+    it and read as a bug. So is a write the file system refused (full, read-only, forbidden) in a
+    task: the flow turns it into the run folder's one-line error. Every other exception keeps its
+    traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pipeline.errors import InputError, NamedFailure
+        from pipeline.runlock import OUTPUT_ERRNOS
+
+        error = record.exc_info[1] if record.exc_info else None
+        refused_write = isinstance(error, OSError) and error.errno in OUTPUT_ERRNOS
+        if refused_write or isinstance(error, InputError | NamedFailure):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_NAMED_ERRORS_FILTER = _NamedErrorsWithoutTraceback()
+
+
+def log_named_errors_without_traceback() -> None:
+    """Install :class:`_NamedErrorsWithoutTraceback` on Prefect's flow- and task-run loggers.
+
+    A logger's filters survive Prefect's logging set-up (``dictConfig`` only adds to them), so
+    this may run before or after ``import prefect``; running it twice installs one filter.
+    """
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if _NAMED_ERRORS_FILTER not in logger.filters:
+            logger.addFilter(_NAMED_ERRORS_FILTER)
 
 
 class Terminated(KeyboardInterrupt):

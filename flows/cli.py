@@ -7,7 +7,14 @@ import importlib
 import os
 import sys
 
-from flows._runtime import EXIT_TERMINATED, Terminated, configure_offline_prefect, exit_now, stop_on_sigterm
+from flows._runtime import (
+    EXIT_TERMINATED,
+    Terminated,
+    configure_offline_prefect,
+    exit_now,
+    log_named_errors_without_traceback,
+    stop_on_sigterm,
+)
 from flows._watchdog import start_watchdog
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -581,6 +588,7 @@ def _check_arguments_are_unicode(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_offline_prefect()
+    log_named_errors_without_traceback()
     from pipeline.errors import InputError
 
     try:

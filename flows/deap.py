@@ -14,7 +14,7 @@ from flows.runners import cluster_safe, exclusive_run, preprocess_task_runner
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import PreprocessConfig
 from pipeline.deap_report import build_deap_report
-from pipeline.errors import InputError
+from pipeline.errors import InputError, NamedFailure
 from pipeline.factors import FactorRules
 from pipeline.ingest import ingest_trials, open_deap_store, store_path
 from pipeline.learn import (
@@ -42,7 +42,7 @@ from pipeline.sweep import choose_beta, score_candidate
 from pipeline.train import load_classifier, load_vae
 
 
-class SourceFilesFailed(RuntimeError):
+class SourceFilesFailed(NamedFailure):
     """Some source files could not be stored; the others were. Carries which and why."""
 
     def __init__(self, failures: dict[str, str], n_stored_files: int):

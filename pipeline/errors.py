@@ -1,4 +1,5 @@
-"""The one error type for bad input: it always names the file or array at fault."""
+"""The one error type for bad input: it always names the file or array at fault; and the failure
+of a run whose files each failed with such an error."""
 
 from __future__ import annotations
 
@@ -22,3 +23,8 @@ class InputError(ValueError):
         if os.path.abspath(self.where) == os.path.abspath(os.fspath(source)):
             return self.problem
         return str(self)
+
+
+class NamedFailure(RuntimeError):
+    """A run that stopped after failures each already reported in one line naming its file (e.g.
+    source files that could not be stored): like :class:`InputError`, shown without a traceback."""

@@ -21,19 +21,25 @@ import sys
 import time
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
+from test_failure_safety import _child_env
 from test_sources_deap import _python2_deap_pickle
 
 from pipeline.errors import InputError
+from pipeline.ingest import store_path
 from pipeline.sources.array_pickle import MAX_DEPTH, PickleRefused, load_array_dict
 from pipeline.sources.celeba import decode_face
-from pipeline.sources.deap import read_deap_dat, read_source_file
-from pipeline.sources.mnist import read_idx
+from pipeline.sources.deap import read_deap_dat, read_deap_mat, read_source_file, write_deap_dat
+from pipeline.sources.mnist import read_idx, write_idx
 from pipeline.sources.trials import N_SAMPLES
+from pipeline.store import FrameStore
+
+EEGMI = Path(sys.executable).with_name("eegmi")
 
 
 def _text(value: str) -> bytes:
@@ -97,6 +103,51 @@ def odd_dtype_state() -> bytes:
     )  # fmt: skip
 
 
+def _int(value: int) -> bytes:
+    return b"J" + struct.pack("<i", value)
+
+
+def dtype_names_fields_disagree() -> bytes:
+    """A structured dtype whose BUILD state names a field ('b') its field dict lacks and whose
+    flags say it holds Python objects: numpy walks the names to release the array's objects,
+    finds no field 'b' and dereferences nothing (SIGSEGV), even after the reader refused the
+    array. Only allowed globals: ``numpy.dtype``, ``_reconstruct``, ``ndarray``."""
+    dtype = (
+        b"cnumpy\ndtype\n" + _text("V16") + b"K\x00K\x01\x87R(K\x03" + _text("|") + b"N"
+        + b"(" + _text("a") + _text("b") + b"t}(" + _text("a") + b"(" + _f8_dtype() + _int(0) + b"tu"
+        + _int(16) + b"K\x01" + _int(1) + b"tb"
+    )  # fmt: skip
+    return _dict_of(
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R(K\x01(" + _int(2)
+        + b"t" + dtype + b"\x89C\x20" + b"\x00" * 32 + b"tb",
+        n_trials=2,
+    )  # fmt: skip
+
+
+def stride_zero_array() -> bytes:
+    """``ndarray(shape, 'f8', <8 bytes>, 0, strides=(0, ...))`` for both arrays: one sample and one
+    label repeated over 200 trials. An unpickler accepted it; preprocessing then copied it into
+    gigabytes."""
+
+    def repeated(shape: tuple[int, ...], value: float) -> bytes:
+        dims = b"(" + b"".join(b"M" + struct.pack("<H", d) for d in shape) + b"t"
+        return (
+            b"("
+            + dims
+            + _text("f8")
+            + b"C\x08"
+            + struct.pack("<d", value)
+            + b"K\x00("
+            + b"K\x00" * len(shape)
+            + b"ttR"
+        )
+
+    return (
+        b"\x80\x02}(" + _text("data") + b"cnumpy\nndarray\nq\x00" + repeated((200, 40, N_SAMPLES), 1.0)
+        + _text("labels") + b"h\x00" + repeated((200, 4), 5.0) + b"u."
+    )  # fmt: skip
+
+
 def claimed_array() -> bytes:
     """``_reconstruct(ndarray, (200, 40, 8064), 'd')`` never given its bytes: 516 MB of nothing."""
     return _dict_of(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n(K\xc8K(M\x80\x1ftC\x01d\x87R")
@@ -116,6 +167,11 @@ CRAFTED = {
     "hex_chain": (hex_chain, r"_codecs\.encode other than encode\(str, 'latin1'\)"),
     "unknown_codec": (unknown_codec, r"_codecs\.encode other than encode\(str, 'latin1'\)"),
     "odd_dtype_state": (odd_dtype_state, "an array has dtype 'V16', expected a real numeric array"),
+    "dtype_names_fields_disagree": (
+        dtype_names_fields_disagree,
+        "an array has dtype 'V16', expected a real numeric array",
+    ),
+    "stride_zero_array": (stride_zero_array, "refused to call numpy.ndarray"),
     "claimed_array": (claimed_array, "'data' is an array the file never gives the bytes of"),
     "broadcast_array": (broadcast_array, "needs 516096000 bytes, its data holds 8"),
 }
@@ -156,6 +212,42 @@ def test_a_crafted_pickle_is_refused_in_one_named_line_quickly_and_in_little_mem
     assert result["max_rss_mb"] < 200
 
 
+def test_every_crafted_file_fails_alone_in_one_line_through_the_command(prefect_harness, tmp_path):
+    """``eegmi preprocess`` over a folder of every crafted file beside a good ``s02.dat``, in its
+    own process (a crash would end it, not the test run): each crafted file gets its one named
+    line, no traceback, and s02's trials are stored."""
+    data = tmp_path / "data"
+    data.mkdir()
+    free_names = (f"s{number:02d}.dat" for number in range(1, 33) if number != 2)
+    problems = {}
+    for craft, problem in CRAFTED.values():
+        name = next(free_names)
+        (data / name).write_bytes(craft())
+        problems[name] = problem
+    write_deap_dat(
+        data / "s02.dat", np.random.default_rng(7).normal(0.0, 20.0, (2, 40, N_SAMPLES)), np.full((2, 4), 5.0)
+    )
+    out = tmp_path / "run"
+    child = subprocess.run(
+        [str(EEGMI), "preprocess", "--data-dir", str(data), "--out", str(out)],
+        env=_child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert child.returncode == 1, child.stderr[-3000:]
+    assert "Traceback" not in child.stderr, child.stderr[-3000:]
+    errors = [line for line in child.stderr.splitlines() if line.startswith("eegmi: error: ")]
+    assert len(errors) == len(problems), errors
+    for name, problem in problems.items():
+        [line] = [line for line in errors if line.startswith(f"eegmi: error: {name}: ")]
+        assert re.search(problem, line), line
+    assert f"eegmi: {len(problems)} file(s) failed; 1 stored" in child.stderr
+    store = FrameStore.open(store_path(str(out)))
+    assert [Path(source).name for source in store.source[:]] == ["s02.dat", "s02.dat"]
+    assert len(store.committed_rows()) == 2
+
+
 def test_crafted_pickles_are_input_errors_so_the_flow_does_not_retry_them(tmp_path):
     for name, (craft, problem) in CRAFTED.items():
         if name in ("nested_tuples", "tuple_dag"):  # an unpickler would crash or hang here
@@ -181,10 +273,12 @@ def _valid_pickles() -> list[bytes]:
     return pickles
 
 
-def _mutate(valid: bytes, rng: np.random.Generator) -> bytes:
+def _mutate(valid: bytes, rng: np.random.Generator, spared: tuple[int, int] = (0, 0)) -> bytes:
+    """One mutation of ``valid``, anywhere but inside the ``spared`` byte range (bulk sample data)."""
     raw = bytearray(valid)
     kind = rng.integers(6)
-    position = int(rng.integers(len(raw)))
+    position = int(rng.integers(len(raw) - (spared[1] - spared[0])))
+    position += (spared[1] - spared[0]) if position >= spared[0] else 0
     if kind == 0:  # flip a byte
         raw[position] = int(rng.integers(256))
     elif kind == 1:  # truncate
@@ -249,6 +343,77 @@ def test_a_full_size_file_mutated_in_its_opcodes_is_read_or_refused(tmp_path):
             assert trials.signals.shape == (2, 32, N_SAMPLES)
 
 
+def _deap_mat(compressed: bool) -> tuple[bytes, tuple[int, int]]:
+    """A one-trial DEAP .mat file and the byte range of its (uncompressed) sample data."""
+    data = np.random.default_rng(4).normal(0.0, 20.0, (1, 40, N_SAMPLES)).astype(np.float32)
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"data": data, "labels": np.full((1, 4), 5.0)}, do_compression=compressed)
+    raw = buffer.getvalue()
+    if compressed:
+        return raw, (0, 0)
+    start = raw.index(data.transpose(2, 1, 0).tobytes()[:64])  # MATLAB order: first index fastest
+    return raw, (start, start + data.nbytes)
+
+
+def _small_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(
+        buffer, "JPEG"
+    )
+    return buffer.getvalue()
+
+
+def test_fuzzed_mat_idx_and_jpeg_files_give_a_valid_read_or_a_named_refusal(tmp_path):
+    """Each reader on 150 mutations of a valid file, in process: a valid read or its named
+    refusal (an InputError; for a CelebA JPEG, one of the errors that skip the image), quickly
+    and without allocating more than the file could hold."""
+    from pipeline.sources.celeba import _DECODE_ERRORS
+
+    rng = np.random.default_rng(20261201)
+    idx = tmp_path / "valid-idx3-ubyte"
+    write_idx(idx, rng.integers(0, 256, (3, 28, 28), dtype=np.uint8))
+
+    def reads(reader, path: Path):
+        return lambda raw: reader(_written(path, raw))
+
+    read_mat = reads(read_deap_mat, tmp_path / "s01.mat")
+    cases = {
+        "mat": (_deap_mat(compressed=False), read_mat, InputError),
+        "compressed mat": (_deap_mat(compressed=True), read_mat, InputError),
+        "idx": ((idx.read_bytes(), (0, 0)), reads(read_idx, tmp_path / "t-idx3-ubyte"), InputError),
+        "gzip idx": (
+            (gzip.compress(idx.read_bytes()), (0, 0)),
+            reads(read_idx, tmp_path / "t-idx3-ubyte.gz"),
+            InputError,
+        ),
+        "jpeg": ((_small_jpeg(), (0, 0)), decode_face, _DECODE_ERRORS),
+    }
+    tracemalloc.start()
+    for name, ((valid, spared), read, refusal) in cases.items():
+        outcomes = {"read": 0, "refused": 0}
+        slowest = 0.0
+        for _ in range(150):
+            mutated = _mutate(valid, rng, spared)
+            start = time.perf_counter()
+            try:
+                read(mutated)
+                outcomes["read"] += 1
+            except refusal as err:
+                assert "\n" not in str(err) and str(err), (name, err)
+                outcomes["refused"] += 1
+            slowest = max(slowest, time.perf_counter() - start)
+        assert slowest < 5.0, (name, slowest)  # a hang would last for ever; reads take ~0.1 s
+        assert outcomes["refused"] >= 30, (name, outcomes)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 64 * 2**20  # bytes: a few copies of a 1.3 MB file; a claimed 4 GB tag was allocated
+
+
+def _written(path: Path, raw: bytes) -> Path:
+    path.write_bytes(raw)
+    return path
+
+
 # -- decompression bombs in the other readers ---------------------------------------------------
 
 
@@ -298,6 +463,21 @@ def _mat_bomb(n_rows: int, n_cols: int) -> bytes:
     chunks += [compress.compress(zeros) for _ in range(n_bytes // len(zeros))]
     stream = b"".join(chunks) + compress.flush()
     return header + struct.pack("<II", 15, len(stream)) + stream
+
+
+def test_a_mat_element_claiming_more_than_the_file_holds_is_refused_before_allocating(tmp_path):
+    raw = bytearray(_deap_mat(compressed=False)[0])
+    (first_size,) = struct.unpack_from("<I", raw, 132)
+    second = 128 + 8 + first_size + (-first_size % 8)  # the 'labels' variable
+    raw[second + 4 : second + 8] = struct.pack("<I", 0xFFFFFFF0)  # scipy allocated this before reading
+    path = tmp_path / "s01.mat"
+    path.write_bytes(bytes(raw))
+    tracemalloc.start()
+    with pytest.raises(InputError, match=rf"the MAT element at byte {second} claims 4294967280 bytes; its"):
+        read_deap_mat(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2**20
 
 
 def test_a_mat_file_that_inflates_beyond_the_memory_bound_fails_alone(tmp_path, monkeypatch):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from test_failure_safety import _child_env
 from test_ingest_recordings import write_recording
 
 from pipeline.checkpoint import load_checkpoint
@@ -103,6 +107,44 @@ def test_deeply_nested_report_and_checkpoint_pointer_are_named_errors(tmp_path):
     (checkpoints / "best.json").write_text('{"format": ' + nested + "}")
     with pytest.raises(InputError, match="is not a JSON checkpoint pointer"):
         load_checkpoint(checkpoints, "best")
+
+
+NESTED_JSON = "[" * 100_000 + "]" * 100_000
+TOO_DEEP = "maximum recursion depth exceeded while decoding a JSON array from a unicode string"
+
+
+@pytest.mark.parametrize(
+    ("crafted", "problem"),
+    [
+        ("report.json", f"is not a JSON report ({TOO_DEEP})"),
+        ("checkpoints/vae/best.json", f"is not a JSON checkpoint pointer ({TOO_DEEP})"),
+    ],
+)
+def test_a_deeply_nested_report_or_pointer_ends_eegmi_ingest_in_one_line(
+    prefect_harness, tmp_path, crafted, problem
+):
+    """Through the command, in its own process: the error is raised inside the flow, where Prefect
+    used to log it with its traceback above the command's line."""
+    from flows.ingest import ingest_recordings
+
+    recordings = [write_recording(tmp_path / "data", f"sub-0{s}_eeg.fif", seed=s) for s in (1, 2)]
+    out = tmp_path / "run"
+    ingest_recordings(recordings=[str(recordings[0])], out_dir=str(out))
+    if crafted.startswith("checkpoints/"):  # models seem present, so ingest encodes with them
+        (out / "checkpoints" / "vae").mkdir(parents=True)
+        (out / "checkpoints" / "classifier.json").write_text("{}")
+    (out / crafted).write_text(NESTED_JSON)
+
+    child = subprocess.run(
+        [str(Path(sys.executable).with_name("eegmi")), "ingest", str(recordings[1]), "--out", str(out)],
+        env=_child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 2, child.stderr[-3000:]
+    assert "Traceback" not in child.stderr, child.stderr[-3000:]
+    assert _error_lines(child.stderr) == [f"eegmi: error: {out / crafted}: {problem}"]
 
 
 @pytest.mark.parametrize("n_latents", [10**9, 4097, 0])

@@ -1,13 +1,19 @@
-"""A run folder that refuses writes during preprocessing ends the run with exit 2 and one line
-naming the folder: not retried, never blamed on an input file, the store left readable."""
+"""A run folder that refuses writes during preprocessing or training ends the run with exit 2 and
+one line naming the folder: not retried, never blamed on an input file, no traceback in the run's
+log, the store left readable."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_failure_safety import _cli_error_lines
 
 from pipeline.ingest import ingest_trials, store_path
@@ -29,6 +35,26 @@ def _disk_full_for_chunks(monkeypatch, out_dir: Path) -> None:
         return original(path, value, exclusive)
 
     monkeypatch.setattr(local_store, "_put", no_space)
+
+
+@contextmanager
+def run_logs() -> Iterator[list[str]]:
+    """The flow- and task-run log records, formatted as a console shows them (with any traceback)."""
+    logged: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(logging.Formatter().format(record))
+
+    collect = Collect()
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    for logger in loggers:
+        logger.addHandler(collect)
+    try:
+        yield logged
+    finally:
+        for logger in loggers:
+            logger.removeHandler(collect)
 
 
 def _deap_folder(folder, names):
@@ -62,8 +88,10 @@ def test_a_full_disk_during_preprocessing_is_the_folders_error_not_the_files(
     with monkeypatch.context() as patch:
         _disk_full_for_chunks(patch, out_dir)
         patch.setattr(flows.deap, "ingest_trials", counted)
-        code = main(["preprocess", "--data-dir", str(second), "--out", str(out_dir)])
+        with run_logs() as logged:
+            code = main(["preprocess", "--data-dir", str(second), "--out", str(out_dir)])
     assert code == EXIT_BAD_INPUT
+    assert [record for record in logged if "Traceback" in record] == []
     lines = _cli_error_lines(capsys.readouterr().err)
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"eegmi: error: {out_dir}: cannot write the run's output: No space left")
@@ -71,3 +99,57 @@ def test_a_full_disk_during_preprocessing_is_the_folders_error_not_the_files(
     assert sorted(Path(source).name for source in attempts) == ["s02.dat", "s03.dat"]  # not retried
     after = FrameStore.open(store_path(str(out_dir)))
     np.testing.assert_array_equal(after.read_frames(after.committed_rows()), frames_before)
+
+
+@pytest.mark.parametrize("refusal", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_during_training_is_the_folders_error_and_not_retried(
+    prefect_harness, tmp_path, monkeypatch, capsys, refusal
+):
+    """``eegmi deap``: the frames are stored, then the disk fills (or is remounted read-only) as
+    the β-VAE writes its first checkpoint; the write carries no file name, as a failed write()."""
+    from small_deap_run import N_SUBJECTS, TRIALS_PER_SUBJECT, tiny_preset
+
+    import flows.deap
+    import pipeline.checkpoint
+    from flows.cli import EXIT_BAD_INPUT, main
+    from pipeline.sources.synthetic import scenario_spec
+
+    out_dir = tmp_path / "run"
+    monkeypatch.setattr(flows.deap, "deap_preset", tiny_preset)
+    monkeypatch.setattr(flows.deap, "scenario_spec", partial(scenario_spec, n_trials=TRIALS_PER_SUBJECT))
+    monkeypatch.setattr("flows.cli.configure_threads", lambda args: None)  # keep the test's threads
+    write = pipeline.checkpoint.atomic_write_bytes
+    checkpoint_writes = []
+
+    def disk_fills(path, data):
+        if out_dir / "checkpoints" in Path(path).parents:
+            checkpoint_writes.append(Path(path).name)
+            raise OSError(refusal, os.strerror(refusal))
+        return write(path, data)
+
+    monkeypatch.setattr(pipeline.checkpoint, "atomic_write_bytes", disk_fills)
+    trainings = []
+    train = flows.deap.train_store_vae
+
+    def counted(*args, **kwargs):
+        trainings.append(1)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(flows.deap, "train_store_vae", counted)
+    with run_logs() as logged:
+        code = main(["deap", "--subjects", str(N_SUBJECTS), "--out", str(out_dir)])
+    assert code == EXIT_BAD_INPUT
+    assert [record for record in logged if "Traceback" in record] == []
+    failed_task = f"Task run failed with exception: OSError({refusal}, '{os.strerror(refusal)}')"
+    assert any(failed_task in record for record in logged)
+    lines = _cli_error_lines(capsys.readouterr().err)
+    assert lines == [
+        f"eegmi: error: {out_dir}: cannot write the run's output: {os.strerror(refusal)}. Everything "
+        "stored before is intact and readable; free space or fix the permissions, then rerun"
+    ]
+    assert len(trainings) == 1 and len(checkpoint_writes) == 1  # not retried
+    store = FrameStore.open(store_path(str(out_dir)))
+    rows = store.committed_rows()
+    assert len(rows) == N_SUBJECTS * TRIALS_PER_SUBJECT
+    assert np.isfinite(store.read_frames(rows)).all()
+    assert not list((out_dir / "checkpoints").rglob("*.safetensors"))

@@ -16,6 +16,7 @@ from pathlib import Path
 import mne
 import numpy as np
 import pytest
+import scipy.io
 import yaml
 
 from pipeline.errors import InputError
@@ -300,6 +301,46 @@ def test_a_header_pointing_outside_the_recordings_folder_is_refused(tmp_path, fi
     with pytest.raises(InputError, match=rf"its header refers to {re.escape(pointer)}, outside") as caught:
         read_recording(header)
     assert caught.value.where == str(header)
+
+
+def _write_eeglab(set_path: Path, raw: mne.io.BaseRaw, data_file: str) -> Path:
+    """A minimal EEGLAB recording: a MAT-file header naming its float32 data file (µV, channels
+    fastest) as ``data_file``, a path relative to the header's folder. Returns that data file."""
+    data_path = set_path.parent / data_file
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    (raw.get_data() * 1e6).T.astype("<f4").tofile(data_path)
+    chanlocs = np.array([(name,) for name in raw.ch_names], dtype=[("labels", "O")])
+    header = {
+        "nbchan": len(raw.ch_names), "trials": 1, "pnts": raw.n_times, "srate": raw.info["sfreq"],
+        "xmin": 0.0, "data": data_file, "chanlocs": chanlocs, "event": np.array([]),
+    }  # fmt: skip
+    scipy.io.savemat(set_path, {"EEG": header}, appendmat=False)
+    return data_path
+
+
+def test_an_eeglab_set_whose_data_file_lies_outside_its_folder_fails_alone(prefect_harness, tmp_path):
+    from flows.ingest import store_recordings
+
+    folder = tmp_path / "inbox"
+    raw = _recording(256.0, {}, drop=(), seed=5).pick("eeg")
+    good = folder / "sub-13_eeg.set"
+    _write_eeglab(good, raw, "sub-13_eeg.fdt")
+    hostile = folder / "sub-14_eeg.set"
+    pointer = "../elsewhere/sub-14_eeg.fdt"
+    _write_eeglab(hostile, raw, pointer)
+    for header in (good, hostile):
+        _write_labels(default_labels_path(header), FULL_COLUMNS, _full_label_rows())
+    assert (
+        mne.io.read_raw_eeglab(hostile, verbose=False).filenames[0].resolve().parent == tmp_path / "elsewhere"
+    )
+
+    with pytest.raises(InputError, match=rf"its header refers to .*{re.escape(pointer)}, outside") as caught:
+        read_recording(hostile)
+    assert caught.value.where == str(hostile)
+    result = store_recordings(recordings=[str(good), str(hostile)], out_dir=str(tmp_path / "run"))
+    assert result["stored"][str(good)]["n_trials"] == 2
+    assert list(result["failures"]) == [str(hostile)]
+    assert "outside the recording's folder" in result["failures"][str(hostile)]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import mmap
 import os
 import pickle
 import re
+import struct
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -189,6 +190,54 @@ def _read_while_hashing(path: Path, hasher: ThreadPoolExecutor) -> tuple[memoryv
     return buffer[:filled], hasher.submit(lambda: digest.hexdigest())
 
 
+# MAT v5 element types (MATLAB's "MAT-File Format", table 1-1) and the nesting the walk follows.
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MAT_HEADER_BYTES, _MAT_V5 = 128, 0x0100
+_MAX_MAT_NESTING = 32
+
+
+def _check_mat_element_sizes(path: Path) -> None:
+    """Refuse a MAT v5 file any of whose data elements claims more bytes than its container holds.
+
+    scipy allocates an element's claimed size before reading it, so a 10-kB file whose tag
+    claims 4 GB made it allocate 4 GB. The walk reads only tags (the file is mapped, not
+    copied), descending into uncompressed matrices (cells and structs nest them). A compressed
+    element is checked against the file only: what it inflates to is bounded by the isolated
+    read's memory limit. Files without a v5 header are left to scipy, which reads v4 files and
+    refuses the rest.
+    """
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size <= _MAT_HEADER_BYTES:
+            return
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as raw:
+            order = {b"IM": "<", b"MI": ">"}.get(raw[126:128])
+            # Version 0x0100 is v5 (and v7); v7.3 files (0x0200) are HDF5 after the header.
+            if order is not None and struct.unpack_from(f"{order}H", raw, 124)[0] == _MAT_V5:
+                _check_elements(path, raw, _MAT_HEADER_BYTES, len(raw), order, 0)
+
+
+def _check_elements(path: Path, raw: mmap.mmap, start: int, end: int, order: str, depth: int) -> None:
+    if depth > _MAX_MAT_NESTING:
+        raise InputError(path, f"MAT elements nested more than {_MAX_MAT_NESTING} deep")
+    position = start
+    while position + 8 <= end:  # fewer than 8 trailing bytes: scipy judges them
+        kind, size = struct.unpack_from(f"{order}II", raw, position)
+        if kind >> 16:  # a small element: type and size packed in one word, its data in the next
+            position += 8
+            continue
+        payload = position + 8
+        if size > end - payload:
+            raise InputError(
+                path,
+                f"the MAT element at byte {position} claims {size} bytes; its container holds "
+                f"{end - payload} after it (truncated or crafted)",
+            )
+        if kind == _MI_MATRIX:
+            _check_elements(path, raw, payload, payload + size, order, depth + 1)
+        # Elements are padded to 8 bytes, except compressed ones.
+        position = payload + size + (0 if kind == _MI_COMPRESSED else -size % 8)
+
+
 def read_deap_mat(path: str | os.PathLike, subject: int | None = None) -> Trials:
     """Read one ``data_preprocessed_matlab/sXX.mat`` file (MATLAB v5 format, variables ``data``, ``labels``).
 
@@ -212,11 +261,17 @@ def read_deap_mat(path: str | os.PathLike, subject: int | None = None) -> Trials
     """
     path = Path(path)
     _check_is_file(path)
+    _check_mat_element_sizes(path)
     try:
         contents = scipy.io.loadmat(path, variable_names=list(_REQUIRED_KEYS))
     except NotImplementedError as err:
         raise InputError(path, f"unsupported MAT file version ({err}); save it as MATLAB v5 or v7") from None
-    except (scipy.io.matlab.MatReadError, ValueError, TypeError, EOFError, OSError) as err:
+    except MemoryError:  # the isolated read's memory bound, which pipeline.isolation reports
+        raise
+    # scipy's parser lets a corrupt file surface as whatever its internals hit first (a bad
+    # deflate stream as zlib.error, a tag past the end as IndexError, a half-built variable as
+    # UnboundLocalError, ...): loadmat reads only this file, so any failure is this file's.
+    except Exception as err:
         raise InputError(path, f"cannot read as a MAT file ({type(err).__name__}: {err})") from None
     return _trials_from_arrays(path, contents, "deap-matlab", subject)
 

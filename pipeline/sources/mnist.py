@@ -19,6 +19,7 @@ import itertools
 import math
 import os
 import struct
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -57,7 +58,7 @@ EMBEDDED_DIGITS = "embedded://sklearn-digits"
 _GZIP_MAGIC = b"\x1f\x8b"
 _READ_CHUNK = 1 << 24
 _WHOLE_FILE = 2**31 - 1  # a batch size that takes a whole IDX file at once
-_GZIP_ERRORS = (OSError, EOFError, gzip.BadGzipFile)
+_GZIP_ERRORS = (OSError, EOFError, gzip.BadGzipFile, zlib.error)
 _DEFLATE_MAX_RATIO = 1032
 
 

@@ -36,9 +36,10 @@ from pathlib import Path
 
 from pipeline.threads import apply_thread_environment, choose_thread_policy
 
-# As the eegmi command does, before numpy starts its threads: files as parallel tasks, one per
-# usable core (the load is recorded, not acted on, so runs stay comparable), one BLAS thread each.
-apply_thread_environment(choose_thread_policy(load_average=0.0))
+# As the eegmi command does for a run alone, before numpy starts its threads: files as parallel
+# tasks, one per usable core (other runs are not counted, so runs stay comparable; the load is
+# recorded), one BLAS thread each.
+apply_thread_environment(choose_thread_policy(other_runs=0))
 
 import numpy as np  # noqa: E402
 
@@ -388,7 +389,7 @@ def run(
     }
     steps, band_power = time_steps(files, work_dir / "steps-out")
     shutil.rmtree(work_dir / "steps-out")
-    floor = time_floor(files, band_power, choose_thread_policy(load_average=0.0).parallel_tasks)
+    floor = time_floor(files, band_power, choose_thread_policy(other_runs=0).parallel_tasks)
     end_to_end = time_end_to_end(work_dir / "data", work_dir, n_expected, max_workers)
     interpolation = time_interpolation(band_power, n_griddata_frames)
     load_end = os.getloadavg()

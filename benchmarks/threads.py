@@ -135,6 +135,35 @@ def _scenario(name: str, n_runs: int, steps: int, warmup: int, use_policy: bool,
     return result
 
 
+def _fair_share_overhead(registry: Path) -> dict:
+    """What following the fair share costs a step: the per-step call when the registry is not due
+    for a look, and a look (list the registry, check each process, compare the thread count).
+    Medians of 20 batches, in microseconds."""
+    from pipeline.threads import FairShare, RunRegistry
+
+    runs = RunRegistry(Path(registry) / "overhead")
+    runs.register()
+    share = FairShare(runs, cores=2, get_threads=lambda: 2, set_threads=lambda threads: None)
+    share.refresh()
+
+    def median_microseconds(calls: int, force: bool) -> float:
+        batches = []
+        for _ in range(20):
+            start = time.perf_counter()
+            for _ in range(calls):
+                share.refresh(force=force)
+            batches.append((time.perf_counter() - start) / calls * 1e6)
+        return statistics.median(batches)
+
+    result = {
+        "per_step_call_microseconds": median_microseconds(1000, force=False),
+        "registry_look_microseconds": median_microseconds(100, force=True),
+        "looks_per_second_at_most": 1 / share.interval,
+    }
+    runs.unregister()
+    return result
+
+
 def run(steps: int, warmup: int, threads: int | None, default_pair: bool, repeats: int) -> dict:
     sys.path.insert(0, str(ROOT))
     from pipeline import __version__
@@ -144,6 +173,7 @@ def run(steps: int, warmup: int, threads: int | None, default_pair: bool, repeat
     names = ["default_alone", "policy_alone", "policy_pair"]
     repetitions = []
     with tempfile.TemporaryDirectory(prefix="eegmi-bench-runs-") as registry:
+        overhead = _fair_share_overhead(Path(registry))
         for repeat in range(repeats):
             scenarios = {
                 "default_alone": _scenario("default_alone", 1, steps, warmup, False, None, registry),
@@ -177,6 +207,7 @@ def run(steps: int, warmup: int, threads: int | None, default_pair: bool, repeat
             "timed_steps": steps,
             "repeats": repeats,
         },
+        "fair_share_overhead": overhead,
         "median_slowest_run_seconds": median,
         "repetitions": repetitions,
         "targets": {

@@ -10,11 +10,14 @@ threads than it has cores, and leaves OpenMP's waiting as it is:
   (:func:`registry_folder`) when it starts and removes it when it ends. An entry names the
   process and its start time, so the entry of a run that died (``kill -9``) is recognised and
   removed by the next run that looks, even after its process id was reused.
-- **a fair share**: a run's torch (and MKL) threads are ``max(1, usable_cores // live_runs)``;
-  one run alone gets every core. A run looks at the registry again at most every
-  :data:`REFRESH_SECONDS` while it trains or encodes (:func:`keep_fair_share`, called once per
-  step) and changes its thread count when the share changes: when a second run starts both
-  drop to half, and when one ends the other grows back.
+- **a fair share**: a run's torch (and MKL) threads are an equal part of the usable cores
+  among the live runs, ``max(1, usable_cores // live_runs)``; one run alone on an idle machine
+  gets every core. A run looks again at most every :data:`REFRESH_SECONDS` while it trains or
+  encodes (:func:`keep_fair_share`, called once per step) and changes its thread count when the
+  share changes: when a second run starts both drop to half, and when one ends the other grows
+  back. Cores that other work (anything but the registered runs) kept busy since the last looks
+  are left to it first (:class:`OtherWork`, from ``/proc/stat``: seconds old, where the 1-minute
+  load average still counted a run that had ended and made a run alone take one thread).
 - **overrides**: ``--threads N`` or a ``OMP_NUM_THREADS`` the user set fix the count for the
   whole run (the run still registers, so dynamic runs beside it make room for it).
 - **parallel tasks**: tasks that run side by side in one process (one preprocessing task per
@@ -38,6 +41,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import math
 import os
 import tempfile
 import threading
@@ -133,10 +137,14 @@ class RunRegistry:
     def live_runs(self, other_than: int | None = None) -> int:
         """Registered processes still alive, other than pid ``other_than`` (stale entries are
         removed on the way)."""
-        live = 0
+        return sum(pid != other_than for pid in self.live_pids())
+
+    def live_pids(self) -> list[int]:
+        """The registered processes still alive (stale entries are removed on the way)."""
+        live = []
         for pid, start_time, path in self._entries():
             if process_start_time(pid) in (start_time, "alive"):
-                live += pid != other_than
+                live.append(pid)
             else:
                 # In a folder others share (EEGMI_RUN_REGISTRY) their stale entries may stay.
                 with contextlib.suppress(OSError):
@@ -156,9 +164,66 @@ class RunRegistry:
         return entries
 
 
-def fair_share(cores: int, live_runs: int) -> int:
-    """Threads for one of ``live_runs`` runs on ``cores`` cores: an equal part, at least one."""
-    return max(1, cores // max(1, live_runs))
+def fair_share(cores: int, live_runs: int, busy_cores: float = 0.0) -> int:
+    """Threads for one of ``live_runs`` runs on ``cores`` cores of which other work keeps
+    ``busy_cores`` busy: an equal part of the rest, at least one."""
+    free = cores - math.floor(max(0.0, busy_cores) + 0.5)
+    return max(1, free // max(1, live_runs))
+
+
+def _cpu_ticks(pids: list[int]) -> tuple[int, int, dict[int, int]] | None:
+    """Clock ticks the whole machine spent busy and in all (``/proc/stat``), and each process
+    of ``pids`` ran (user + system); None without ``/proc``."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in fields[:8])
+    busy = user + nice + system + irq + softirq + steal
+    runs = {}
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        runs[pid] = int(stat[11]) + int(stat[12])  # utime, stime (fields 14 and 15)
+    return busy, busy + idle + iowait, runs
+
+
+class OtherWork:
+    """Cores of this process's share of the machine that work other than the registered runs
+    keeps busy, measured from one look to the next (seconds ago, not the 1-minute load average,
+    which still counts a run that ended a minute ago) and smoothed over a few looks.
+
+    The runs' own threads are left out, spinning or not, so a run never yields to itself.
+    """
+
+    def __init__(
+        self,
+        cores: int,
+        read: Callable[[list[int]], tuple[int, int, dict[int, int]] | None] = _cpu_ticks,
+        weight: float = 0.5,
+    ):
+        self.cores = cores
+        self._read = read
+        self._weight = weight
+        self._last: tuple[int, int, dict[int, int]] | None = None
+        self.busy_cores = 0.0
+
+    def update(self, run_pids: list[int]) -> float:
+        ticks = self._read(run_pids)
+        if ticks is None:
+            return self.busy_cores
+        last, self._last = self._last, ticks
+        if last is None or ticks[1] <= last[1]:
+            return self.busy_cores
+        busy, total = ticks[0] - last[0], ticks[1] - last[1]
+        # A run that registered since the last look counts as other work for one look.
+        runs = sum(ticks[2][pid] - last[2][pid] for pid in ticks[2] if pid in last[2])
+        # The fraction of the whole machine other work used, on this process's share of it.
+        measured = max(0.0, busy - runs) / total * self.cores
+        self.busy_cores = self._weight * measured + (1 - self._weight) * self.busy_cores
+        return self.busy_cores
 
 
 @dataclass(frozen=True)
@@ -332,9 +397,11 @@ class FairShare:
         get_threads: Callable[[], int] = _torch_threads,
         set_threads: Callable[[int], None] = _set_torch_threads,
         clock: Callable[[], float] = time.monotonic,
+        other_work: OtherWork | None = None,
     ):
         self.registry = registry
         self.cores = cores
+        self.other_work = OtherWork(cores) if other_work is None else other_work
         self.interval = interval
         self._get_threads = get_threads
         self._set_threads = set_threads
@@ -351,7 +418,8 @@ class FairShare:
         if not force and self._checked is not None and now - self._checked < self.interval:
             return None
         self._checked = now
-        share = fair_share(self.cores, self.registry.live_runs())
+        runs = self.registry.live_pids()
+        share = fair_share(self.cores, len(runs), self.other_work.update(runs))
         if self._get_threads() != share:
             self._set_threads(share)
         self.threads = share

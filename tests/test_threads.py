@@ -13,6 +13,7 @@ from pipeline import threads as policy_module
 from pipeline.errors import InputError
 from pipeline.threads import (
     FairShare,
+    OtherWork,
     RunRegistry,
     ThreadPolicy,
     apply_thread_environment,
@@ -25,6 +26,16 @@ from pipeline.threads import (
 @pytest.fixture
 def registry(tmp_path) -> RunRegistry:
     return RunRegistry(tmp_path / "runs")
+
+
+def no_other_work(cores: int) -> OtherWork:
+    """A machine where nothing but the runs works (the test machine may be busy)."""
+    return OtherWork(cores, read=lambda pids: None)
+
+
+@pytest.fixture
+def quiet_machine(monkeypatch):
+    monkeypatch.setattr(policy_module, "OtherWork", no_other_work)
 
 
 @pytest.fixture
@@ -94,6 +105,69 @@ def test_a_registry_that_cannot_be_written_leaves_the_run_unregistered(tmp_path)
 def test_the_fair_share_is_an_equal_part_of_the_cores_and_at_least_one(cores, runs, share):
     assert fair_share(cores, runs) == share
     assert share * max(1, runs) <= cores or share == 1
+
+
+@pytest.mark.parametrize(
+    ("cores", "runs", "busy", "share"),
+    [(2, 1, 0.4, 2), (2, 1, 0.6, 1), (2, 1, 5.0, 1), (8, 2, 2.0, 3), (8, 1, 1.2, 7), (4, 2, -1.0, 2)],
+)
+def test_cores_other_work_keeps_busy_are_left_to_it(cores, runs, busy, share):
+    assert fair_share(cores, runs, busy) == share
+
+
+class FakeTicks:
+    """/proc readings: the machine's busy and total ticks, and each run's own."""
+
+    def __init__(self):
+        self.busy, self.total, self.runs = 1000, 4000, {}
+
+    def advance(self, total: int, other: int, runs: dict[int, int]) -> None:
+        self.total += total
+        self.busy += other + sum(runs.values())
+        for pid, ticks in runs.items():
+            self.runs[pid] = self.runs.get(pid, 0) + ticks
+
+    def __call__(self, pids):
+        return self.busy, self.total, {pid: self.runs[pid] for pid in pids if pid in self.runs}
+
+
+def test_other_work_is_measured_since_the_last_look_without_the_runs_own_threads():
+    ticks = FakeTicks()
+    other = OtherWork(cores=2, read=ticks, weight=1.0)
+    ticks.advance(200, 0, {11: 0})
+    assert other.update([11]) == 0.0  # a first look has nothing to compare with
+    ticks.advance(200, 0, {11: 200})  # a run spinning on both cores: not other work
+    assert other.update([11]) == 0.0
+    ticks.advance(200, 100, {11: 100})  # something else takes a core
+    assert other.update([11]) == pytest.approx(1.0)
+    ticks.advance(200, 0, {11: 200})  # and ends: no load average lingers
+    assert other.update([11]) == 0.0
+
+
+def test_other_work_is_smoothed_over_looks_and_missing_proc_changes_nothing():
+    ticks = FakeTicks()
+    other = OtherWork(cores=2, read=ticks, weight=0.5)
+    other.update([])
+    ticks.advance(200, 200, {})
+    assert other.update([]) == pytest.approx(1.0)  # half of the 2 cores measured
+    ticks.advance(200, 200, {})
+    assert other.update([]) == pytest.approx(1.5)
+    assert OtherWork(2, read=lambda pids: None).update([]) == 0.0
+
+
+def test_a_run_alone_yields_the_cores_other_work_takes_and_takes_them_back(registry):
+    clock = mock.Mock(return_value=0.0)
+    torch, ticks = FakeTorch(2), FakeTicks()
+    registry.register()
+    me = os.getpid()
+    ticks.advance(0, 0, {me: 0})
+    share = FairShare(registry, 2, 0.5, torch.get, torch.set, clock, OtherWork(2, ticks, weight=1.0))
+    assert share.refresh() == 2
+    for other, expected in ((0, 2), (180, 1), (150, 1), (20, 2)):
+        clock.return_value += 0.5
+        ticks.advance(200, other, {me: 200 - other})
+        assert share.refresh() == expected
+    assert torch.set_calls == [1, 2]
 
 
 def test_a_run_alone_gets_every_core_and_a_second_run_half(registry, other_process):
@@ -178,9 +252,7 @@ def test_the_share_follows_runs_that_start_and_end_and_reads_the_registry_at_mos
     clock = mock.Mock(return_value=100.0)
     torch = FakeTorch(4)
     registry.register()
-    share = FairShare(
-        registry, cores=4, interval=0.5, get_threads=torch.get, set_threads=torch.set, clock=clock
-    )
+    share = FairShare(registry, 4, 0.5, torch.get, torch.set, clock, other_work=no_other_work(4))
     assert share.refresh() == 4
     assert torch.set_calls == []  # already at the share: nothing to change
 
@@ -200,7 +272,7 @@ def test_the_share_follows_runs_that_start_and_end_and_reads_the_registry_at_mos
     assert (share.low, share.high) == (2, 4)
 
 
-def test_a_run_keeps_torchs_threads_at_its_share_from_step_to_step(registry, other_process):
+def test_a_run_keeps_torchs_threads_at_its_share_from_step_to_step(registry, other_process, quiet_machine):
     import torch
 
     policy = ThreadPolicy(threads=2, source="automatic", usable_cores=2, other_runs=0)
@@ -232,7 +304,7 @@ def test_a_run_keeps_torchs_threads_at_its_share_from_step_to_step(registry, oth
     assert torch.get_num_threads() == 2
 
 
-def test_a_fixed_count_registers_but_is_never_changed(registry, other_process):
+def test_a_fixed_count_registers_but_is_never_changed(registry, other_process, quiet_machine):
     import torch
 
     registry.register(other_process.pid)

@@ -27,9 +27,9 @@ threads than it has cores, and leaves OpenMP's waiting as it is:
   those of Dask workers (which hold BLAS to one thread too).
 
 The registry folder belongs to one user (``<tmp>/eegmi-<uid>/runs``), so runs of different
-users do not see each other and each takes its own share: two users' runs alone on one machine
-can hold twice its cores between them. ``EEGMI_RUN_REGISTRY`` names another folder, e.g. one
-that a group shares; otherwise give such runs ``--threads``.
+users do not see each other's entries; each counts the other's threads as other work, so they
+still end up sharing, over a few looks rather than at once. ``EEGMI_RUN_REGISTRY`` names
+another folder, e.g. one that a group shares.
 
 OpenMP and BLAS read the thread variables once, when the library is loaded, so
 :func:`apply_thread_environment` must run before ``torch`` or ``numpy`` is imported; child

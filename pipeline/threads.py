@@ -267,14 +267,6 @@ class ThreadPolicy:
             variables[AUTOMATIC_MARKER] = str(self.threads)
         return variables
 
-    def describe(self) -> str:
-        if self.dynamic:
-            return (
-                f"{self.threads} thread(s) (fair share of {self.usable_cores} usable core(s) with "
-                f"{self.other_runs} other eegmi run(s); follows runs that start and end)"
-            )
-        return f"{self.threads} thread(s) ({self.source}; {self.usable_cores} usable core(s))"
-
     def to_dict(self) -> dict:
         return {**asdict(self), "dynamic": self.dynamic}
 

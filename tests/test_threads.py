@@ -357,3 +357,32 @@ def test_runs_of_one_user_share_a_registry_folder_that_the_environment_can_move(
     default = policy_module.registry_folder({})
     assert default.name == "runs" and default.parent.name == f"eegmi-{os.getuid()}"
     assert policy_module.registry_folder({"EEGMI_RUN_REGISTRY": str(tmp_path)}) == tmp_path
+
+
+def test_a_scheduled_run_started_with_the_policys_environment_registers_at_its_first_step(
+    monkeypatch, tmp_path, quiet_machine
+):
+    import torch
+
+    monkeypatch.setattr(policy_module, "_run", policy_module._RunState())  # a fresh process
+    monkeypatch.setenv("EEGMI_RUN_REGISTRY", str(tmp_path / "runs"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("EEGMI_AUTOMATIC_THREADS", "2")  # what eegmi serve passes on
+    try:
+        policy_module.keep_fair_share()
+        assert RunRegistry().live_runs() == 1
+        assert policy_module.thread_record()["thread_policy"]["dynamic"] is True
+        assert torch.get_num_threads() == fair_share(policy_module.usable_cores(), 1)
+    finally:
+        policy_module.end_run()
+    assert RunRegistry().live_runs() == 0
+
+
+def test_a_process_whose_thread_count_the_user_set_never_registers_by_itself(monkeypatch, tmp_path):
+    monkeypatch.setattr(policy_module, "_run", policy_module._RunState())
+    monkeypatch.setenv("EEGMI_RUN_REGISTRY", str(tmp_path / "runs"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("EEGMI_AUTOMATIC_THREADS", raising=False)
+    policy_module.keep_fair_share()
+    assert RunRegistry().live_runs() == 0
+    assert "thread_policy" not in policy_module.thread_record()

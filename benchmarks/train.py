@@ -42,9 +42,9 @@ from pathlib import Path
 
 from pipeline.threads import apply_thread_environment, choose_thread_policy
 
-# As the eegmi command does, before torch starts its threads: one per usable core (the load is
-# recorded, not acted on, so runs stay comparable) and OpenMP threads that sleep while waiting.
-apply_thread_environment(choose_thread_policy(load_average=0.0))
+# As the eegmi command does for a run alone, before torch starts its threads: one per usable core
+# (other runs are not counted, so that measurements stay comparable; the load is recorded).
+apply_thread_environment(choose_thread_policy(other_runs=0))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

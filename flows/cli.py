@@ -525,8 +525,9 @@ def _thread_options() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         metavar="N",
-        help="CPU threads for torch and numpy, and parallel preprocessing tasks (default: the usable "
-        "cores less those other work keeps busy; OMP_NUM_THREADS also sets it)",
+        help="CPU threads for torch and numpy, and parallel preprocessing tasks (default: a fair "
+        "share of the usable cores among the eegmi runs alive, following them as they start and "
+        "end; OMP_NUM_THREADS also sets it)",
     )
     return options
 
@@ -540,15 +541,26 @@ class _WithThreadOptions(argparse._SubParsersAction):
 
 
 def configure_threads(args: argparse.Namespace) -> None:
-    """Apply the thread policy (pipeline.threads) before torch or numpy starts its thread pools."""
-    from pipeline.threads import apply_thread_environment, choose_thread_policy
+    """Apply the thread policy (pipeline.threads) before torch or numpy starts its thread pools,
+    and register the run so that runs alive at once share the cores (:func:`release_threads` ends it)."""
+    from pipeline.threads import apply_thread_environment, choose_thread_policy, start_run
 
-    # Scheduled runs start later, under whatever load there is then: only the cores count.
-    load = 0.0 if args.command == "serve" else None
-    policy = choose_thread_policy(args.threads, load_average=load)
+    if args.command == "serve":
+        # serve waits; its scheduled runs (child processes) register and take their share themselves.
+        policy = choose_thread_policy(args.threads, other_runs=0)
+    else:
+        policy = choose_thread_policy(args.threads)
+        start_run(policy)
     apply_thread_environment(policy)
     if "torch" in sys.modules:  # already loaded (eegmi called from Python): set its pool directly
         sys.modules["torch"].set_num_threads(policy.threads)
+
+
+def release_threads() -> None:
+    """The run is over: other runs may take its cores."""
+    from pipeline.threads import end_run
+
+    end_run()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -598,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"eegmi: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        release_threads()
 
 
 def run_command(argv: list[str] | None = None) -> None:

@@ -39,6 +39,7 @@ from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
 from pipeline.store import FrameStore
 from pipeline.sweep import RULE as SWEEP_RULE
 from pipeline.sweep import choose_beta, score_candidate
+from pipeline.threads import thread_record
 from pipeline.train import load_classifier, load_vae
 
 
@@ -421,7 +422,7 @@ def deap(
         "synthetic": synthetic,
         # Reductions split over another thread count round differently: a rerun on a machine where
         # the thread policy chose otherwise can learn other factor indices from the same seed.
-        "torch_threads": torch.get_num_threads(),
+        **thread_record(),
     }
     source_path = (
         data_dir

@@ -74,9 +74,9 @@ def preprocess_task_runner(dask_address: str | None = None, dask_workers: int | 
         )
     # One thread per core the thread policy gives the run: the work is CPU-bound, and every extra
     # thread holds another ~100 MB file in memory while it waits (measured: 2 threads beat 6 by a
-    # fifth on 2 cores). The load is not read again here: the command line already chose
-    # OMP_NUM_THREADS from it, and a flow imported elsewhere may run much later.
-    return ThreadPoolTaskRunner(max_workers=choose_thread_policy(load_average=0.0).parallel_tasks)
+    # fifth on 2 cores). Under the command line this is the share its run started with; a flow
+    # imported elsewhere may run much later, so other runs are not counted then.
+    return ThreadPoolTaskRunner(max_workers=choose_thread_policy(other_runs=0).parallel_tasks)
 
 
 class _ClusterLockedWrites:

@@ -20,10 +20,12 @@ import faulthandler
 import json
 import mmap
 import multiprocessing
+import multiprocessing.spawn
 import os
 import resource
 import select
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -213,6 +215,38 @@ def _fork_server_child(work: Callable[[], Any], writer: Any, memory: int) -> Non
     _child(work, writer.fileno(), memory, None)
 
 
+_starting = threading.local()
+_install_guard = threading.Lock()
+
+
+def _without_main_module(get_preparation_data: Callable[[str], dict]) -> Callable[[str], dict]:
+    """multiprocessing's preparation of a child, less the parent's ``__main__`` for the children
+    :func:`_start_from_fork_server` starts from this thread.
+
+    multiprocessing runs the parent's main script again in every child it starts (to find what
+    the script defines); a script that imports numpy, zarr or Prefect at its top (``eegmi``, a
+    benchmark) then cost each file's read 1–2 s. The work sent here lives in importable modules.
+    """
+
+    def prepare(name: str) -> dict:
+        data = get_preparation_data(name)
+        if getattr(_starting, "without_main", False):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    prepare.drops_main = True
+    return prepare
+
+
+def _install_without_main_module() -> None:
+    with _install_guard:
+        if not getattr(multiprocessing.spawn.get_preparation_data, "drops_main", False):
+            multiprocessing.spawn.get_preparation_data = _without_main_module(
+                multiprocessing.spawn.get_preparation_data
+            )
+
+
 def _start_from_fork_server(run: IsolatedRun, work: Callable[[], Any]) -> bool:
     """Start ``work`` (picklable) in a child of multiprocessing's fork server, a small process
     started once: forking it costs little, where forking the run's large, busy process
@@ -224,7 +258,12 @@ def _start_from_fork_server(run: IsolatedRun, work: Callable[[], Any]) -> bool:
     try:
         reader, writer = context.Pipe(duplex=False)
         process = context.Process(target=_fork_server_child, args=(work, writer, run.memory), daemon=True)
-        process.start()
+        _install_without_main_module()
+        _starting.without_main = True
+        try:
+            process.start()
+        finally:
+            _starting.without_main = False
     except (AssertionError, OSError, ValueError):  # daemonic process, or no fork server here
         return False
     writer.close()

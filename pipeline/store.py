@@ -26,6 +26,7 @@ them, so re-running an ingest never duplicates a trial. Writers of one store tak
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import math
 import os
@@ -37,8 +38,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import numcodecs
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from pipeline import __version__
 from pipeline.errors import InputError
@@ -217,6 +221,57 @@ def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
     for start, stop, offset in _contiguous_runs(ordered):
         out[order[offset : offset + stop - start]] = array[start:stop]
     return out
+
+
+def _frame_codec(array: zarr.Array) -> numcodecs.abc.Codec | None:
+    """The Blosc compressor of ``array`` when a chunk is one row's values in little-endian bytes
+    compressed by it alone (the layout this module creates), else None."""
+    codecs = array.metadata.codecs
+    if (
+        array.chunks != (1, *array.shape[1:])
+        or len(codecs) != 2
+        or not isinstance(codecs[0], zarr.codecs.BytesCodec)
+        or codecs[0].endian not in (None, zarr.codecs.Endian.little)
+        or not isinstance(codecs[1], zarr.codecs.BloscCodec)
+    ):
+        return None
+    blosc = codecs[1]
+    return numcodecs.Blosc(
+        cname=blosc.cname.value,
+        clevel=blosc.clevel,
+        shuffle={"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[blosc.shuffle.value],
+        blocksize=blosc.blocksize,
+        typesize=blosc.typesize,
+    )
+
+
+def _encoded_frame_chunks(array: zarr.Array, values: np.ndarray) -> list[bytes] | None:
+    """Each row of ``values`` encoded as ``array`` stores a chunk, or None when its codecs are
+    not the ones :func:`_frame_codec` knows (then zarr encodes them as it writes)."""
+    codec = _frame_codec(array)
+    if codec is None:
+        return None
+    little_endian = values.astype(values.dtype.newbyteorder("<"), copy=False)
+    return [codec.encode(np.ascontiguousarray(row)) for row in little_endian]
+
+
+def _store_chunks(array: zarr.Array, rows: np.ndarray, chunks: list[bytes]) -> None:
+    """Put already encoded one-row chunks at ``rows`` of ``array`` (each key written whole)."""
+    store, prefix = array.store_path.store, array.store_path.path
+    prototype = default_buffer_prototype()
+
+    async def put_all() -> None:
+        await asyncio.gather(
+            *(
+                store.set(
+                    f"{prefix}/{array.metadata.encode_chunk_key((int(row),) + (0,) * (array.ndim - 1))}",
+                    prototype.buffer.from_bytes(chunk),
+                )
+                for row, chunk in zip(rows, chunks, strict=True)
+            )
+        )
+
+    sync(put_all())
 
 
 def _strings(array: np.ndarray) -> np.ndarray:
@@ -541,6 +596,9 @@ class FrameStore:
         if len(set(zip(shas, trial.tolist(), strict=True))) != n_trials:
             raise InputError(where, "trial holds repeated indices; each (file, trial) must be unique")
 
+        # Compressing is most of a write's work; done before taking the lock, writers of other
+        # files (parallel tasks) compress side by side and only take turns to store the bytes.
+        frame_chunks = _encoded_frame_chunks(self._arrays["frames"], frames)
         with writer_lock(self.path):
             # Another handle (a parallel task, another process) may have added rows since this
             # one was opened; reserving from a stale view would overwrite them.
@@ -551,7 +609,10 @@ class FrameStore:
             if not n_new:
                 return 0
             rows = self._reserve_rows(n_new)
-            write_rows(self._arrays["frames"], rows, frames[new])
+            if frame_chunks is None:
+                write_rows(self._arrays["frames"], rows, frames[new])
+            else:
+                _store_chunks(self._arrays["frames"], rows, [frame_chunks[i] for i in np.flatnonzero(new)])
             write_rows(self._arrays["labels"], rows, labels[new])
             write_rows(self._arrays["subject"], rows, subject[new])
             write_rows(self._arrays["trial"], rows, trial[new])

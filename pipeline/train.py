@@ -38,6 +38,7 @@ from pipeline.errors import InputError
 from pipeline.models.sequence import N_CLASSES, EmotionLSTM, check_sequences
 from pipeline.models.vae import BetaVAE, VAEConfig, config_from_dict
 from pipeline.progress import Progress
+from pipeline.threads import keep_fair_share
 
 __all__ = [
     "ClassifierConfig",
@@ -515,6 +516,7 @@ class VAETrainer:
         sums = torch.zeros(3, dtype=torch.float64)
         count = 0
         for batch_index, batch in enumerate(self._batches(self.train_rows, rng), start=1):
+            keep_fair_share()
             x = self._to_device(batch)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._use_autocast):
                 terms = model.loss(x, noise, kl_weight)
@@ -549,6 +551,7 @@ class VAETrainer:
         total, count = 0.0, 0
         with torch.no_grad():
             for batch_index, batch in enumerate(self._batches(self.val_rows, None), start=1):
+                keep_fair_share()
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._use_autocast):
                     value = model.loss(self._to_device(batch), noise)["total"].item()
                 if not math.isfinite(value):
@@ -776,6 +779,7 @@ def iter_encode_frames(
     try:
         with torch.no_grad():
             for start in range(0, rows.size, trials_per_group):
+                keep_fair_share()
                 group = rows[start : start + trials_per_group]
                 block = read_frames(frames, group, normalise)
                 mu, logvar = model.encode(torch.from_numpy(block.reshape(-1, *shape[2:])).to(device))
@@ -862,6 +866,7 @@ def _classifier_pass(
     model.train(optimizer is not None)
     with torch.set_grad_enabled(optimizer is not None):
         for start in range(0, len(indices), batch_size):
+            keep_fair_share()
             batch = indices[start : start + batch_size].to(sequences.device)
             logits = model(sequences[batch])
             loss = functional.cross_entropy(logits, classes[batch])

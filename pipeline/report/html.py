@@ -279,6 +279,39 @@ def validate_report(report, where: str | os.PathLike = "report.json") -> None:
         _check_classification(report["classification"], where)
     if "factors" in report:
         _check_factors(report["factors"], n_factors, where)
+    if "stability" in report:
+        _check_stability(report, where)
+
+
+def _check_stability(report: Mapping, where: str) -> None:
+    """``stability.n_seeds``; per matched factor ``stability.seeds_found`` (and ``seeds_linked``
+    for EEG) and per block ``seeds_found``, each a count from 0 (linked) or 1 (found) to n_seeds."""
+    stability = _as_mapping(report["stability"], where, "stability")
+    n_seeds = _require(stability, "n_seeds", where, "stability.")
+    _check_count(n_seeds, where, "stability.n_seeds")
+    if n_seeds < 1:
+        raise InputError(where, f"'stability.n_seeds' is {n_seeds!r}; expected at least 1")
+
+    def check_found(value, key: str, low: int = 1, high: int = n_seeds) -> None:
+        _check_count(value, where, key)
+        if not low <= value <= high:
+            raise InputError(where, f"'{key}' is {value!r}; expected {low}..{high}")
+
+    for i, factor in enumerate(report.get("factors", [])):
+        if factor.get("stability") is None:
+            if factor.get("influential", True):
+                raise InputError(where, f"'factors[{i}].stability' is missing for an influential factor")
+            continue
+        found = _as_mapping(factor["stability"], where, f"factors[{i}].stability")
+        check_found(_require(found, "seeds_found", where, f"factors[{i}].stability."),
+                    f"factors[{i}].stability.seeds_found")
+        if report["dataset"] == "deap":
+            check_found(_require(found, "seeds_linked", where, f"factors[{i}].stability."),
+                        f"factors[{i}].stability.seeds_linked", low=0, high=found["seeds_found"])
+        for b, block in enumerate(factor.get("blocks", [])):
+            key = f"factors[{i}].blocks[{b}]"
+            check_found(_require(block, "seeds_found", where, f"{key}."), f"{key}.seeds_found",
+                        high=found["seeds_found"])
 
 
 # --------------------------------------------------------------------------- figures
@@ -395,13 +428,32 @@ def _factor_cards(report: Mapping, assets: ReportAssets) -> list[dict]:
             **factor,
             "block_labels": [
                 {"text": f"{'-'.join(block['electrodes'])} ({block['band']})", "strength": block["strength"],
-                 "emotion_linked": block.get("emotion_linked", False), "q_value": block.get("q_value")}
+                 "emotion_linked": block.get("emotion_linked", False), "q_value": block.get("q_value"),
+                 "seeds_found": block.get("seeds_found")}
                 for block in factor.get("blocks", [])
             ],
             "topomap_uri": _data_uri(figures.get("topomap")),
             "traversal_uri": _data_uri(figures.get("traversal")),
         })
     return cards
+
+
+def _headline_blocks(report: Mapping) -> list[str] | None:
+    """The emotion-linked blocks the headline may name: those found in a majority of the seeds.
+
+    None for a report without seed stability (images, or a report written before it existed).
+    """
+    stability = report.get("stability")
+    if stability is None or report["dataset"] != "deap":
+        return None
+    majority = stability["n_seeds"] // 2 + 1
+    return [
+        f"{'-'.join(block['electrodes'])} ({block['band']})"
+        for factor in report.get("factors", [])
+        if factor.get("emotion", {}).get("linked")
+        for block in factor.get("blocks", [])
+        if block.get("emotion_linked") and block.get("seeds_found", 0) >= majority
+    ]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -465,6 +517,8 @@ def render_report_html(report: Mapping, assets: ReportAssets) -> str:
                                          if k not in _REQUIRED_SECTIONS["provenance"]}),
         n_classes=len(classification["confusion"]) if classification is not None else None,
         factor_cards=cards,
+        stability=report.get("stability"),
+        headline_blocks=_headline_blocks(report),
         n_linked=sum(card["emotion"]["linked"] for card in with_emotion) if with_emotion else None,
         n_with_emotion=len(with_emotion),
         mi_variance_uri=_data_uri(assets.mi_variance),

@@ -407,9 +407,7 @@ def encode_frames_task(out_dir: str, learn: dict, slot: str | None = None) -> di
 
 
 @task
-def train_emotion_lstm(
-    out_dir: str, learn: dict, slot: str | None = None, group: str | None = None
-) -> dict:
+def train_emotion_lstm(out_dir: str, learn: dict, slot: str | None = None, group: str | None = None) -> dict:
     """Train a protocol's LSTM on its latents (``group``: another seed's latents of the main protocol)."""
     config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir))

@@ -26,10 +26,9 @@ from pipeline.blocks import block_jaccard
 from pipeline.errors import InputError
 
 # |cos| ≥ 0.7: the matched effect's projection carries at least half (0.7² = 0.49) of its
-# squared norm. Unrelated maps are far below it: for a random map of D values |cos| has a
-# standard deviation of about 1/√D (0.10 for DEAP's 3 bands × 32 electrodes, less for images),
-# so 0.7 is about seven standard deviations of chance, while one factor learned again under
-# another seed keeps its scalp pattern and typically matches at 0.9 or more.
+# squared norm. Unrelated maps are far below it: the cosine of two random maps of D values has
+# a standard deviation of 1/√D (0.10 for DEAP's 3 bands × 32 electrodes, less for images), so
+# 0.7 is about seven standard deviations of chance (tests/test_stability.py).
 MATCH_THRESHOLD = 0.7
 # A block is found again when the matched factor has a block of the same band over mostly the
 # same electrodes: |A ∩ B| / |A ∪ B| ≥ 0.5 (the planted-block check uses the same overlap).

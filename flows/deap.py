@@ -346,19 +346,21 @@ def choose_reported_seed(analyses: list[dict]) -> int:
 
 def seed_ensemble(
     out_dir: str, learn: dict, rules: dict, seeds: list[int], reuse: bool
-) -> tuple[list[dict], int]:
+) -> tuple[list[dict], int, int]:
     """Train, encode and analyse every seed of ``seeds`` (the first is the reference, with the run's
-    split and normalisation), one after another; returns the analyses and the seed to report.
+    split and normalisation), one after another; returns the analyses, the seed to report and how
+    many trials the reference seed's model encoded.
 
     Seeds train sequentially with the run's threads: the thread policy already gives one run every
     core it may use, so seeds side by side would share those cores and gain nothing.
     """
     reference = seeds[0]
+    encoded = {}
     for model_seed in seeds:
         train_seed_vae(out_dir, learn, model_seed, reference, reuse)
-        encode_seed_task(out_dir, learn, model_seed, reference)
+        encoded[model_seed] = encode_seed_task(out_dir, learn, model_seed, reference)["n_encoded"]
     analyses = [analyse_seed_task(out_dir, learn, rules, model_seed, reference) for model_seed in seeds]
-    return analyses, choose_reported_seed(analyses)
+    return analyses, choose_reported_seed(analyses), encoded[reference]
 
 
 @task
@@ -555,7 +557,7 @@ def deap(
         train_emotion_lstm(out_dir, learn)
     else:
         seeds = list(range(seed, seed + n_seeds))
-        seed_analyses, reported_seed = seed_ensemble(out_dir, learn, settings.rules.to_dict(), seeds, True)
+        seed_analyses, reported_seed, _ = seed_ensemble(out_dir, learn, settings.rules.to_dict(), seeds, True)
         reported_learn = with_model_seed(learn_config, reported_seed).to_dict()
         train_emotion_lstm(out_dir, reported_learn, group=seed_latent_set(reported_seed, seed))
     for slot in protocols[1:]:

@@ -449,6 +449,7 @@ def _add_image_options(parser: argparse.ArgumentParser, dataset: str, data_help:
     parser.add_argument(
         "--resume", action="store_true", help="continue β-VAE training from its last checkpoint"
     )
+    _add_seeds_option(parser)
 
 
 def _print_image_outcome(outcome: dict) -> None:
@@ -472,6 +473,13 @@ def _print_image_outcome(outcome: dict) -> None:
         print(
             f"procedural images: {check['n_true_factors']} true factor(s), {check['n_influential']} "
             f"influential ({verdict} k ± 1)"
+        )
+    stability = outcome.get("stability")
+    if stability is not None and stability["n_seeds"] > 1:
+        counts = ", ".join(f"{found} of {stability['n_seeds']}" for found in outcome["seeds_found"])
+        print(
+            f"seeds: {stability['n_seeds']}; the report is seed {stability['reported_seed']}'s (the most "
+            f"representative); its influential factors were found in {counts or 'no'} seeds"
         )
 
 
@@ -509,6 +517,7 @@ def _run_image_flow(args: argparse.Namespace) -> int:
         preset=args.preset,
         seed=args.seed,
         resume=args.resume,
+        n_seeds=args.seeds,
         return_state=True,
     )
     outcome = state.result(raise_on_failure=False)

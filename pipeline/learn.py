@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.checkpoint import checkpoint_exists, load_checkpoint
+from pipeline.checkpoint import load_checkpoint
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.imaging import deap_imaging_operator
@@ -29,12 +29,12 @@ from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.train import (
     ClassifierConfig,
     TrainConfig,
+    can_resume_training,
     iter_encode_frames,
     read_frames,
     save_classifier,
     train_classifier,
     train_vae,
-    training_state_mismatch,
 )
 
 Normaliser = Callable[[np.ndarray], np.ndarray]
@@ -253,16 +253,8 @@ def can_continue_training(
 ) -> bool:
     """Whether ``checkpoint_dir`` holds a training state of this model on this split (finished or
     killed midway), so that resuming it reuses its epochs instead of training afresh."""
-    if not checkpoint_exists(checkpoint_dir, "last"):
-        return False
-    try:
-        _, metadata = load_checkpoint(checkpoint_dir, "last")
-    except InputError:
-        return False  # unreadable: trained afresh
     split = stored_split(store, slot)
-    return metadata.get("kind") == "vae-training-state" and (
-        training_state_mismatch(metadata, config.vae, config.train, split.train, split.val) is None
-    )
+    return can_resume_training(checkpoint_dir, config.vae, config.train, split.train, split.val)
 
 
 def checkpoint_model_id(checkpoint_dir: str | Path, which: str = "best") -> str:

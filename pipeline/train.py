@@ -400,6 +400,26 @@ def training_state_mismatch(
     return None
 
 
+def can_resume_training(
+    checkpoint_dir: str | os.PathLike,
+    model_config: VAEConfig,
+    train_config: TrainConfig,
+    train_rows,
+    val_rows,
+) -> bool:
+    """Whether ``checkpoint_dir`` holds a training state of this model on these rows (finished, or
+    killed midway) that :meth:`VAETrainer.fit` can continue with ``resume=True``."""
+    if not checkpoint_exists(checkpoint_dir, "last"):
+        return False
+    try:
+        _, metadata = load_checkpoint(checkpoint_dir, "last")
+    except InputError:
+        return False  # unreadable: trained afresh
+    return metadata.get("kind") == "vae-training-state" and (
+        training_state_mismatch(metadata, model_config, train_config, train_rows, val_rows) is None
+    )
+
+
 class VAETrainer:
     """Trains a β-VAE on the frames of the training trials, checkpointing every epoch.
 

@@ -150,6 +150,9 @@ def test_mnist_with_two_seeds_matches_their_factors_and_reuses_a_trained_seed(
             assert factor["stability"]["matched"][str(reported)] == factor["index"]
         else:
             assert factor["stability"] is None
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="seed-stability"' in html
+    assert html.count("of 2\n          seeds") == sum(f["stability"] is not None for f in report["factors"])
     # A rerun reuses both trained seeds: their training states are not written again.
     states = {
         name: (out / "checkpoints" / name / "last.json").stat().st_mtime_ns for name in ("vae", "vae_seed5")

@@ -98,7 +98,12 @@ def ingest_celeba(out_dir: str, data_dir: str | None, preset: dict) -> dict:
 
 @flow(name="celeba")
 def celeba(
-    out_dir: str, data_dir: str | None = None, preset: str = "demo", seed: int = 0, resume: bool = False
+    out_dir: str,
+    data_dir: str | None = None,
+    preset: str = "demo",
+    seed: int = 0,
+    resume: bool = False,
+    n_seeds: int = 1,
 ) -> dict:
     """CelebA through the stages of the paper: store → β-VAE → encode → Î → Table 2 → report.
 
@@ -117,4 +122,6 @@ def celeba(
         "skipped": ingest["skipped"],
     }
     run_config = {"preset": settings.to_dict(), "seed": seed, "resume": resume, "data_dir": data_dir}
-    return learn_and_report(out_dir, settings, run_config, source, ground_truth, resume=resume)
+    return learn_and_report(
+        out_dir, settings, run_config, source, ground_truth, resume=resume, n_seeds=n_seeds
+    )

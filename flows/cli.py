@@ -174,9 +174,31 @@ def _add_deap(commands: argparse._SubParsersAction) -> None:
         help="the β-VAE's β; several values (e.g. 1,2,4,6) train one model each and keep one by "
         "its validation reconstruction (default: the preset's)",
     )
+    _add_seeds_option(parser)
     _add_scenario_option(parser)
     _add_dask_options(parser)
     parser.set_defaults(run=_run_deap)
+
+
+def _add_seeds_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--seeds",
+        type=_seed_count,
+        default=1,
+        metavar="N",
+        help="train N β-VAEs (model seeds SEED … SEED+N-1, one split) and report in how many of them "
+        "each factor and block is found (default: 1)",
+    )
+
+
+def _seed_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1 seed")
+    return value
 
 
 def _betas(text: str) -> list[float]:
@@ -193,6 +215,9 @@ def _betas(text: str) -> list[float]:
 
 
 def _run_deap(args: argparse.Namespace) -> int:
+    from flows.deap import check_seed_options
+
+    check_seed_options(args.seeds, args.beta)  # before the flow: a refusal is one line, not a traceback
     if args.data_dir is not None:
         _check_out_folder(args)  # the flow checks the data folder against its manifest
     else:
@@ -215,6 +240,7 @@ def _run_deap(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         compile_model=args.compile,
         synthetic_scenario=args.synthetic_scenario,
+        n_seeds=args.seeds,
         return_state=True,
     )
     outcome = state.result(raise_on_failure=False)
@@ -226,6 +252,18 @@ def _run_deap(args: argparse.Namespace) -> int:
         raise outcome
     print(f"report: {outcome['report_html']}")
     print(f"Î: {outcome['n_influential']} influential factor(s); emotion-linked: {outcome['linked']}")
+    stability = outcome.get("stability")
+    if stability is not None and stability["n_seeds"] > 1:
+        print(
+            f"seeds: {stability['n_seeds']}; the report's factors, LSTM and top-k tables are seed "
+            f"{stability['reported_seed']}'s (the most representative)"
+        )
+        blocks = [
+            f"{'-'.join(block['electrodes'])} ({block['band']}, z{block['factor']}, "
+            f"{block['seeds_found']} of {block['n_seeds']} seeds)"
+            for block in outcome["linked_blocks"]
+        ]
+        print(f"emotion-linked blocks found in most seeds: {', '.join(blocks) or 'none'}")
     if outcome.get("beta_sweep"):
         print(f"β sweep: kept β = {outcome['beta_sweep']['chosen_beta']:g} ({outcome['beta_sweep']['rule']})")
     for protocol, figures in outcome["classification"].items():
@@ -450,6 +488,7 @@ def _add_image_options(parser: argparse.ArgumentParser, dataset: str, data_help:
     parser.add_argument(
         "--resume", action="store_true", help="continue β-VAE training from its last checkpoint"
     )
+    _add_seeds_option(parser)
 
 
 def _print_image_outcome(outcome: dict) -> None:
@@ -473,6 +512,13 @@ def _print_image_outcome(outcome: dict) -> None:
         print(
             f"procedural images: {check['n_true_factors']} true factor(s), {check['n_influential']} "
             f"influential ({verdict} k ± 1)"
+        )
+    stability = outcome.get("stability")
+    if stability is not None and stability["n_seeds"] > 1:
+        counts = ", ".join(f"{found} of {stability['n_seeds']}" for found in outcome["seeds_found"])
+        print(
+            f"seeds: {stability['n_seeds']}; the report is seed {stability['reported_seed']}'s (the most "
+            f"representative); its influential factors were found in {counts or 'no'} seeds"
         )
 
 
@@ -510,6 +556,7 @@ def _run_image_flow(args: argparse.Namespace) -> int:
         preset=args.preset,
         seed=args.seed,
         resume=args.resume,
+        n_seeds=args.seeds,
         return_state=True,
     )
     outcome = state.result(raise_on_failure=False)

@@ -13,12 +13,13 @@ from flows.progress import epoch_progress, progress_display
 from flows.runners import cluster_safe, exclusive_run, preprocess_task_runner
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import PreprocessConfig
-from pipeline.deap_report import build_deap_report
+from pipeline.deap_report import analyse_seed, build_deap_report, majority_linked_blocks
 from pipeline.errors import InputError, NamedFailure
 from pipeline.factors import FactorRules
 from pipeline.ingest import ingest_trials, open_deap_store, store_path
 from pipeline.learn import (
     LearnConfig,
+    can_continue_training,
     checkpoint_model_id,
     classifier_dir,
     encode_store,
@@ -26,9 +27,11 @@ from pipeline.learn import (
     keep_secondary_protocols,
     make_split,
     run_protocols,
+    seed_latent_set,
     stored_split,
     train_store_classifier,
     train_store_vae,
+    with_model_seed,
 )
 from pipeline.manifests import check_folder, load_manifest
 from pipeline.presets import deap_preset, with_beta, with_training_options
@@ -36,6 +39,7 @@ from pipeline.runlock import OutputLocationError, begin_update, finish_update, o
 from pipeline.sources.deap import read_source_file
 from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject, scenario_spec
 from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
+from pipeline.stability import SeedFactors, consensus_factors, representative_seed
 from pipeline.store import FrameStore
 from pipeline.sweep import RULE as SWEEP_RULE
 from pipeline.sweep import choose_beta, score_candidate
@@ -172,6 +176,14 @@ def _checkpoint_dir(out_dir: str, slot: str | None = None) -> Path:
     return classifier_dir(out_dir, slot) / "vae"
 
 
+def seed_checkpoint_dir(out_dir: str, model_seed: int, reference_seed: int) -> Path:
+    """The reference seed's β-VAE is in ``checkpoints/vae`` (as in a one-seed run), seed k's in
+    ``checkpoints/vae_seed<k>``."""
+    if model_seed == reference_seed:
+        return _checkpoint_dir(out_dir)
+    return Path(out_dir) / "checkpoints" / f"vae_seed{model_seed}"
+
+
 def _sweep_dir(out_dir: str, beta: float) -> Path:
     return Path(out_dir) / "checkpoints" / "sweep" / f"beta-{beta:g}"
 
@@ -195,10 +207,13 @@ def keep_protocol_slots(out_dir: str, slots: list[str]) -> None:
     keep_secondary_protocols(FrameStore.open(store_path(out_dir), writable=True), slots)
 
 
-def _epoch_logger(config: LearnConfig, what: str):
+def _epoch_logger(config: LearnConfig, what: str, trained: list | None = None):
+    """Logs each epoch; appends its record to ``trained`` when given (to count the epochs run now)."""
     logger = get_run_logger()
 
     def report_epoch(record: dict) -> None:
+        if trained is not None:
+            trained.append(record)
         val = "n/a" if record["val_loss"] is None else f"{record['val_loss']:.1f}"
         logger.info(
             "%s epoch %d/%d: loss %.1f (reconstruction %.1f, KL %.2f), validation %s, %.0f s",
@@ -216,6 +231,7 @@ def _train_with_progress(
     resume: bool,
     what: str,
     slot: str | None = None,
+    trained: list | None = None,
 ):
     """Train one β-VAE with a log line per epoch and the steps within each epoch shown as progress."""
     with progress_display(get_run_logger().info) as show:
@@ -224,7 +240,7 @@ def _train_with_progress(
             config,
             checkpoints,
             resume=resume,
-            progress=_epoch_logger(config, what),
+            progress=_epoch_logger(config, what, trained),
             steps=show,
             slot=slot,
         )
@@ -242,6 +258,110 @@ def train_frame_vae(out_dir: str, learn: dict, resume: bool, slot: str | None = 
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
     }
+
+
+@task
+def train_seed_vae(out_dir: str, learn: dict, model_seed: int, reference_seed: int, reuse: bool) -> dict:
+    """Train the β-VAE of one seed of an ensemble (``--seeds``) on the reference seed's split.
+
+    With ``reuse``, a training state of this seed, model and split is continued: a finished one
+    trains no epoch, one killed midway goes on from its last epoch. ``epochs_trained`` counts the
+    epochs this call ran.
+    """
+    config = with_model_seed(LearnConfig.from_dict(learn), model_seed)
+    store = FrameStore.open(store_path(out_dir))
+    checkpoints = seed_checkpoint_dir(out_dir, model_seed, reference_seed)
+    resume = reuse and can_continue_training(store, config, checkpoints)
+    logger = get_run_logger()
+    logger.info(
+        "seed %d: %s the β-VAE on %d torch thread(s)",
+        model_seed, "continuing" if resume else "training", torch.get_num_threads(),
+    )  # fmt: skip
+    trained: list[dict] = []
+    what = f"VAE seed {model_seed}"
+    result = _train_with_progress(store, config, checkpoints, resume, what, trained=trained)
+    if not trained:
+        logger.info("seed %d: reused, trained earlier (%d epochs)", model_seed, len(result.history))
+    return {
+        "seed": model_seed,
+        "epochs": len(result.history),
+        "epochs_trained": len(trained),
+        "seconds": float(sum(record["seconds"] for record in trained)),
+    }
+
+
+@task
+def encode_seed_task(out_dir: str, learn: dict, model_seed: int, reference_seed: int) -> dict:
+    """Encode every stored trial with one seed's β-VAE into its own latent group."""
+    config = LearnConfig.from_dict(learn)
+    store = FrameStore.open(store_path(out_dir), writable=True)
+    checkpoints = seed_checkpoint_dir(out_dir, model_seed, reference_seed)
+    group = seed_latent_set(model_seed, reference_seed)
+    logger = get_run_logger()
+    with progress_display(logger.info) as show:
+        n_encoded = encode_store(
+            store,
+            load_vae(checkpoints, "best"),
+            checkpoint_model_id(checkpoints),
+            config.encode_batch_size,
+            progress=show,
+            group=group,
+        )
+    logger.info("seed %d: encoded %d trial(s) into %s", model_seed, n_encoded, group)
+    return {"n_encoded": n_encoded}
+
+
+@task
+def analyse_seed_task(out_dir: str, learn: dict, rules: dict, model_seed: int, reference_seed: int) -> dict:
+    """Î, relevance, blocks and signed effects of one seed's influential factors (JSON-native)."""
+    config = with_model_seed(LearnConfig.from_dict(learn), model_seed)
+    store = FrameStore.open(store_path(out_dir))
+    model = load_vae(seed_checkpoint_dir(out_dir, model_seed, reference_seed), "best")
+    with progress_display(get_run_logger().info) as show:
+        analysis = analyse_seed(
+            store,
+            model,
+            config,
+            FactorRules.from_dict(rules),
+            seed_latent_set(model_seed, reference_seed),
+            show,
+        )
+    get_run_logger().info(
+        "seed %d: %d influential factor(s) %s", model_seed, len(analysis.indices), analysis.indices.tolist()
+    )
+    return analysis.to_dict()
+
+
+@task
+def choose_reported_seed(analyses: list[dict]) -> int:
+    """The seed whose matched factors are on average most similar to the consensus."""
+    seeds = [SeedFactors.from_dict(analysis) for analysis in analyses]
+    chosen, scores = representative_seed(seeds, consensus_factors(seeds))
+    get_run_logger().info(
+        "seed %d is the most representative of %d (similarity to the consensus: %s); the LSTM, the "
+        "top-k tables and the factor cards use it",
+        chosen, len(seeds), ", ".join(f"seed {seed} {score:.3f}" for seed, score in scores.items()),
+    )  # fmt: skip
+    return chosen
+
+
+def seed_ensemble(
+    out_dir: str, learn: dict, rules: dict, seeds: list[int], reuse: bool
+) -> tuple[list[dict], int, int]:
+    """Train, encode and analyse every seed of ``seeds`` (the first is the reference, with the run's
+    split and normalisation), one after another; returns the analyses, the seed to report and how
+    many trials the reference seed's model encoded.
+
+    Seeds train sequentially with the run's threads: the thread policy already gives one run every
+    core it may use, so seeds side by side would share those cores and gain nothing.
+    """
+    reference = seeds[0]
+    encoded = {}
+    for model_seed in seeds:
+        train_seed_vae(out_dir, learn, model_seed, reference, reuse)
+        encoded[model_seed] = encode_seed_task(out_dir, learn, model_seed, reference)["n_encoded"]
+    analyses = [analyse_seed_task(out_dir, learn, rules, model_seed, reference) for model_seed in seeds]
+    return analyses, choose_reported_seed(analyses), encoded[reference]
 
 
 @task
@@ -290,12 +410,15 @@ def encode_frames_task(out_dir: str, learn: dict, slot: str | None = None) -> di
 
 
 @task
-def train_emotion_lstm(out_dir: str, learn: dict, slot: str | None = None) -> dict:
+def train_emotion_lstm(out_dir: str, learn: dict, slot: str | None = None, group: str | None = None) -> dict:
+    """Train a protocol's LSTM on its latents (``group``: another seed's latents of the main protocol)."""
     config = LearnConfig.from_dict(learn)
     store = FrameStore.open(store_path(out_dir))
     with progress_display(get_run_logger().info) as show:
         epochs = epoch_progress(show, "LSTM (epochs)", config.classifier.epochs)
-        _, evaluation = train_store_classifier(store, config, out_dir, progress=epochs, slot=slot)
+        _, evaluation = train_store_classifier(
+            store, config, out_dir, progress=epochs, slot=slot, group=group
+        )
     get_run_logger().info(
         "LSTM (%s protocol) test accuracy %.3f (chance %.3f) on %d trials",
         config.split_protocol, evaluation["accuracy"], evaluation["chance_accuracy"], evaluation["n"],
@@ -305,15 +428,27 @@ def train_emotion_lstm(out_dir: str, learn: dict, slot: str | None = None) -> di
 
 @task
 def write_deap_report(
-    out_dir: str, preset: dict, run_config: dict, source_path: str, ground_truth: dict | None
+    out_dir: str,
+    preset: dict,
+    run_config: dict,
+    source_path: str,
+    ground_truth: dict | None,
+    reported_seed: int | None = None,
+    seed_analyses: list[dict] | None = None,
 ) -> dict:
+    """Write the report of the main protocol's β-VAE; of seed ``reported_seed`` of an ensemble
+    whose every seed is analysed in ``seed_analyses`` (the reference seed first)."""
     config = LearnConfig.from_dict(preset["learn"])
+    reference_seed = config.train.seed
+    if reported_seed is None:
+        reported_seed = reference_seed
+    config = with_model_seed(config, reported_seed)
     store = FrameStore.open(store_path(out_dir))
     with progress_display(get_run_logger().info) as show:
         report = build_deap_report(
             out_dir,
             store,
-            load_vae(_checkpoint_dir(out_dir), "best"),
+            load_vae(seed_checkpoint_dir(out_dir, reported_seed, reference_seed), "best"),
             load_classifier(Path(out_dir) / "checkpoints", "classifier"),
             config,
             FactorRules.from_dict(preset["rules"]),
@@ -322,6 +457,10 @@ def write_deap_report(
             ground_truth,
             beta_sweep=load_checkpoint(_checkpoint_dir(out_dir), "best")[1].get("beta_sweep"),
             progress=show,
+            group=seed_latent_set(reported_seed, reference_seed),
+            seed_analyses=(
+                None if seed_analyses is None else [SeedFactors.from_dict(a) for a in seed_analyses]
+            ),
         )
     influential = [f["index"] for f in report["factors"] if f["influential"]]
     linked = [f["index"] for f in report["factors"] if f["emotion"]["linked"]]
@@ -344,6 +483,10 @@ def write_deap_report(
         },
         "beta_sweep": report.get("beta_sweep"),
         "ground_truth_passed": report.get("ground_truth_check", {}).get("passed"),
+        "stability": {
+            key: report["stability"][key] for key in ("n_seeds", "reported_seed", "most_representative_seed")
+        },
+        "linked_blocks": majority_linked_blocks(report),
     }
 
 
@@ -363,6 +506,7 @@ def deap(
     synthetic_scenario: str = "planted",
     mixed_precision: bool = False,
     compile_model: bool = False,
+    n_seeds: int = 1,
 ) -> dict:
     """The whole DEAP pipeline: frames → β-VAE → Î ranking → LSTM → top-k tables → report.
 
@@ -375,7 +519,11 @@ def deap(
     preset's β; several values run a sweep (one β-VAE each, one kept).
     ``mixed_precision`` (bf16 autocast, CUDA only) and ``compile_model`` (``torch.compile`` of
     the β-VAE) change the speed of training, not what it computes beyond rounding.
+    ``n_seeds`` > 1 trains β-VAEs with model seeds ``seed`` … ``seed + n_seeds − 1`` on the split
+    and normalisation of ``seed`` and reports how often each factor and block is found again;
+    seeds already trained on the same split are reused.
     """
+    check_seed_options(n_seeds, betas)
     settings = with_training_options(
         deap_preset(preset, seed, protocol, tuple(betas) if betas else None), mixed_precision, compile_model
     )
@@ -402,10 +550,17 @@ def deap(
         )
         learn_config = with_beta(learn_config, sweep["chosen_beta"])
         learn = learn_config.to_dict()
-    else:
+    elif n_seeds == 1:
         train_frame_vae(out_dir, learn, resume)
-    encode_frames_task(out_dir, learn)
-    train_emotion_lstm(out_dir, learn)
+    reported_seed, seed_analyses = None, None
+    if n_seeds == 1:
+        encode_frames_task(out_dir, learn)
+        train_emotion_lstm(out_dir, learn)
+    else:
+        seeds = list(range(seed, seed + n_seeds))
+        seed_analyses, reported_seed, _ = seed_ensemble(out_dir, learn, settings.rules.to_dict(), seeds, True)
+        reported_learn = with_model_seed(learn_config, reported_seed).to_dict()
+        train_emotion_lstm(out_dir, reported_learn, group=seed_latent_set(reported_seed, seed))
     for slot in protocols[1:]:
         # Its own split, normalisation and models, at the β the main protocol uses.
         slot_learn = replace(learn_config, split_protocol=slot).to_dict()
@@ -429,6 +584,16 @@ def deap(
         if data_dir is not None
         else f"synthetic://deap?scenario={spec.scenario}&subjects={spec.n_subjects}&seed={seed}"
     )
-    written = write_deap_report(out_dir, settings.to_dict(), run_config, source_path, ground_truth)
+    written = write_deap_report(
+        out_dir, settings.to_dict(), run_config, source_path, ground_truth, reported_seed, seed_analyses
+    )
     finish_update(out_dir)
     return written
+
+
+def check_seed_options(n_seeds: int, betas: list[float] | None) -> None:
+    """A seed ensemble needs at least one seed and one β (a sweep already trains one model per β)."""
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise InputError("--seeds", f"{n_seeds!r}; expected a whole number >= 1")
+    if n_seeds > 1 and betas and len(betas) > 1:
+        raise InputError("--seeds", "a seed ensemble takes one β; give --beta one value or leave --seeds out")

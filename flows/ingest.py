@@ -37,7 +37,10 @@ from prefect.futures import as_completed
 from flows.deap import (
     SourceFilesFailed,
     _retry_unless_bad_input,
+    analyse_seed_task,
     encode_frames_task,
+    encode_seed_task,
+    seed_ensemble,
     split_and_normalise,
     train_emotion_lstm,
     train_frame_vae,
@@ -50,7 +53,7 @@ from pipeline.errors import InputError
 from pipeline.factors import FactorRules
 from pipeline.ingest import ingest_trials, open_deap_store, store_path
 from pipeline.isolation import read_isolated
-from pipeline.learn import LearnConfig, checkpoint_model_id
+from pipeline.learn import LearnConfig, checkpoint_model_id, seed_latent_set, with_model_seed
 from pipeline.presets import DeapPreset, deap_preset
 from pipeline.runlock import OutputLocationError, begin_update, finish_update, output_errors, pending_update
 from pipeline.sources.raw import read_recording, recording_suffix
@@ -230,6 +233,15 @@ def _latents_due(out_dir: str, vae_dir: Path) -> int:
     return len(store.committed_rows()) - len(store.latent_rows())
 
 
+def recorded_seeds(report: dict | None) -> tuple[int, int | None]:
+    """How many model seeds the run's report was made from, and which seed it reported (None: one
+    seed, the run's own). Reports written before seed ensembles existed had one."""
+    stability = (report or {}).get("stability")
+    if not isinstance(stability, dict) or stability.get("n_seeds", 1) == 1:
+        return 1, None
+    return int(stability["n_seeds"]), int(stability["reported_seed"])
+
+
 def update_models(
     out_dir: str, retrain: bool, preset: str | dict | None, seed: int, source_path: str, note: dict
 ) -> dict:
@@ -257,14 +269,29 @@ def update_models(
     if pending is not None:
         logger.warning("%s: finishing the %s stage a previous run left undone", out_dir, pending.stage)
 
+    # A seed ensemble (``eegmi deap --seeds N``) is encoded with, and retrained as, every seed.
+    n_seeds, reported_seed = recorded_seeds(report)
+    seed_analyses = None
     if retrain or (pending is not None and pending.stage == "training"):
         settings = _run_settings(preset, seed, recorded, report_where)
         begin_update(out_dir, settings.to_dict(), "training")
         learn = settings.learn.to_dict()
         split_and_normalise(out_dir, learn)
-        train_frame_vae(out_dir, learn, False)
-        n_encoded = encode_frames_task(out_dir, learn)["n_encoded"]
-        train_emotion_lstm(out_dir, learn)
+        if n_seeds == 1:
+            train_frame_vae(out_dir, learn, False)
+            n_encoded = encode_frames_task(out_dir, learn)["n_encoded"]
+            train_emotion_lstm(out_dir, learn)
+        else:
+            reference = settings.learn.train.seed
+            seeds = list(range(reference, reference + n_seeds))
+            seed_analyses, reported_seed, n_encoded = seed_ensemble(
+                out_dir, learn, settings.rules.to_dict(), seeds, False
+            )
+            train_emotion_lstm(
+                out_dir,
+                with_model_seed(settings.learn, reported_seed).to_dict(),
+                group=seed_latent_set(reported_seed, reference),
+            )
         action = "retrained"
     else:
         if not (checkpoint_exists(vae_dir, "best") and checkpoint_exists(checkpoints, "classifier")):
@@ -284,6 +311,16 @@ def update_models(
     begin_update(out_dir, settings.to_dict(), "report")
     if action == "encoded":
         n_encoded = encode_frames_task(out_dir, learn)["n_encoded"]
+        if n_seeds > 1:
+            reference = settings.learn.train.seed
+            seeds = list(range(reference, reference + n_seeds))
+            for model_seed in seeds[1:]:
+                encode_seed_task(out_dir, learn, model_seed, reference)
+            rules = settings.rules.to_dict()
+            # The LSTM was trained on the recorded seed's latents: the report stays that seed's.
+            seed_analyses = [
+                analyse_seed_task(out_dir, learn, rules, model_seed, reference) for model_seed in seeds
+            ]
     run_config = {
         "preset": settings.to_dict(),
         "seed": settings.learn.split_seed,
@@ -291,7 +328,9 @@ def update_models(
         "synthetic": None,
         "update": {**note, "action": action},
     }
-    written = write_deap_report(out_dir, settings.to_dict(), run_config, source_path, None)
+    written = write_deap_report(
+        out_dir, settings.to_dict(), run_config, source_path, None, reported_seed, seed_analyses
+    )
     finish_update(out_dir)
     logger.info("%s: %s; %d trial(s) encoded; report %s", out_dir, action, n_encoded, written["report_html"])
     return {"action": action, "n_encoded": n_encoded, "report_html": written["report_html"]}

@@ -78,6 +78,18 @@ def traverse_factor(
     return np.stack(frames)
 
 
+def signed_change(
+    decode: Callable[[np.ndarray], np.ndarray], z_seeds: np.ndarray, factor: int, extent: float = 3.0
+) -> np.ndarray:
+    """The signed effect of factor ``factor``: decoded at z = +extent minus at z = −extent.
+
+    Averaged over the seeds, shape (C, Hh, Ww). Unlike :func:`electrode_change` it keeps the
+    direction, so the effects of two models can be compared (a flipped sign is the same factor).
+    """
+    traversal = traverse_factor(decode, z_seeds, factor, np.array([-extent, extent]))
+    return (traversal[1].astype(np.float64) - traversal[0]).mean(axis=0)
+
+
 def electrode_change(
     traversal: np.ndarray,
     electrode_pixels: np.ndarray,

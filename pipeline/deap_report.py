@@ -11,7 +11,7 @@ from pipeline import __version__
 from pipeline.blocks import sample_at_electrodes
 from pipeline.classification import accuracy_summary, chance_verdict
 from pipeline.config import PreprocessConfig
-from pipeline.factors import FactorRules, describe_factors
+from pipeline.factors import FactorRules, describe_factors, eeg_seed_factors
 from pipeline.imaging import ImagingOperator, deap_imaging_operator
 from pipeline.learn import (
     LearnConfig,
@@ -30,7 +30,17 @@ from pipeline.progress import Progress
 from pipeline.report import ReportAssets, write_report
 from pipeline.report.figures import confusion_figure, mi_variance_figure, topk_figure
 from pipeline.splits import CLASS_NAMES
-from pipeline.store import FrameStore
+from pipeline.stability import (
+    BLOCK_JACCARD,
+    MATCH_THRESHOLD,
+    SeedFactors,
+    annotate_factors,
+    consensus_factors,
+    consensus_summary,
+    majority,
+    representative_seed,
+)
+from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.tables import topk_table
 from pipeline.train import load_classifier
 from pipeline.validation import check_planted_blocks
@@ -43,15 +53,20 @@ def _latents_and_classes(store: FrameStore, rows: np.ndarray, threshold: float, 
 
 
 def protocol_classification(
-    store: FrameStore, classifier: EmotionLSTM, threshold: float, seed: int, slot: str | None = None
+    store: FrameStore,
+    classifier: EmotionLSTM,
+    threshold: float,
+    seed: int,
+    slot: str | None = None,
+    group: str | None = None,
 ) -> dict:
     """Test accuracy of one protocol's LSTM with its interval, baselines and permutation p-value.
 
-    Only that protocol's own split and latents are read; the majority class comes from its
-    training trials.
+    Only that protocol's own split and latents (``group``: default the slot's) are read; the
+    majority class comes from its training trials.
     """
     split = stored_split(store, slot)
-    group = latent_set(slot)
+    group = latent_set(slot) if group is None else group
     test_mu, test_classes = _latents_and_classes(store, split.test, threshold, group)
     committed, classes = store_classes(store, threshold)
     train_classes = classes[np.searchsorted(committed, split.train)]
@@ -124,6 +139,8 @@ def build_deap_report(
     ground_truth: dict | None = None,
     beta_sweep: dict | None = None,
     progress: Progress | None = None,
+    group: str = LATENTS_GROUP,
+    seed_analyses: list[SeedFactors] | None = None,
 ) -> dict:
     """Compute Î, the top-k tables and the factor descriptions; write report.json/.html; return the report.
 
@@ -135,15 +152,20 @@ def build_deap_report(
     ``classification.by_protocol``; its LSTM is read from ``OUT/checkpoints/<protocol>``.
     ``beta_sweep`` (from the chosen checkpoint) is reported as it is. ``progress`` follows the
     permutation tests and the factors' traversals and figures (see :mod:`pipeline.progress`).
+
+    Seed ensembles (``--seeds``): ``model`` is the seed ``learn.train.seed`` whose latents are in
+    ``group``, and ``seed_analyses`` holds every seed's :func:`analyse_seed` (the reference seed
+    first, this one among them); each factor and block then says in how many seeds it was found.
+    Without it the run has one seed and each is found in 1 of 1.
     """
     split = stored_split(store)
-    estimate: MIEstimate = store_mi(store, split.train)
-    test_estimate = store_mi(store, split.test) if split.test.size else None
+    estimate: MIEstimate = store_mi(store, split.train, group=group)
+    test_estimate = store_mi(store, split.test, group=group) if split.test.size else None
     threshold = learn.class_threshold
-    test_mu, test_classes = _latents_and_classes(store, split.test, threshold)
-    val_mu, val_classes = _latents_and_classes(store, split.val, threshold)
-    train_mu, train_classes = _latents_and_classes(store, split.train, threshold)
-    classification = protocol_classification(store, classifier, threshold, learn.split_seed)
+    test_mu, test_classes = _latents_and_classes(store, split.test, threshold, group)
+    val_mu, val_classes = _latents_and_classes(store, split.val, threshold, group)
+    train_mu, train_classes = _latents_and_classes(store, split.train, threshold, group)
+    classification = protocol_classification(store, classifier, threshold, learn.split_seed, group=group)
     by_protocol = {classification["protocol"]: classification}
     for slot in secondary_protocols(store):
         other = load_classifier(classifier_dir(out_dir, slot), "classifier")
@@ -176,6 +198,14 @@ def build_deap_report(
         factor["mi_test_nats"] = (
             None if test_estimate is None else float(test_estimate.per_factor_nats[factor["index"]])
         )
+    model_seed = learn.train.seed
+    if seed_analyses is None:
+        selection_mu = np.concatenate([train_mu, val_mu])
+        seed_analyses = [
+            eeg_seed_factors(model, factors, selection_mu, operator, rules, model_seed, learn.split_seed)
+        ]
+    stability = seed_stability(seed_analyses, model_seed)
+    annotate_factors(factors, seed_analyses, stability.pop("consensus_records"), model_seed)
     n_trials = len(store.committed_rows())
     report = {
         "dataset": "deap",
@@ -209,6 +239,7 @@ def build_deap_report(
             "frequent class; p from shuffling the test labels against the fixed predictions",
         },
         "factors": factors,
+        "stability": stability,
         "emotion_relevance": relevance,
         "provenance": {
             "package_version": __version__,
@@ -234,3 +265,92 @@ def build_deap_report(
     )
     write_report(out_dir, report, assets)
     return report
+
+
+def seed_stability(seed_analyses: list[SeedFactors], model_seed: int) -> dict:
+    """report.json's ``stability``: the consensus of the seeds (the first is the reference) and
+    which seed the report's factors, LSTM and top-k tables come from (``model_seed``).
+
+    ``consensus_records`` (with the effect maps) is for :func:`annotate_factors`; pop it before
+    the dict is written.
+    """
+    consensus = consensus_factors(seed_analyses)
+    chosen, scores = representative_seed(seed_analyses, consensus)
+    return {
+        "n_seeds": len(seed_analyses),
+        "seeds": [analysis.seed for analysis in seed_analyses],
+        "reference_seed": seed_analyses[0].seed,
+        "reported_seed": model_seed,
+        "most_representative_seed": chosen,
+        "similarity_to_consensus": {str(seed): round(score, 4) for seed, score in scores.items()},
+        "majority": majority(len(seed_analyses)),
+        "match_rule": f"Hungarian assignment to the reference seed on |cosine| of the signed effect maps "
+        f"(z = +3 minus z = -3, per band at the electrodes), a match needs |cosine| >= {MATCH_THRESHOLD:g}",
+        "match_threshold": MATCH_THRESHOLD,
+        "block_rule": f"a block is found in a seed when one of its influential factors has a block of the "
+        f"same band with electrode Jaccard >= {BLOCK_JACCARD:g}",
+        "block_jaccard": BLOCK_JACCARD,
+        "consensus": consensus_summary(consensus),
+        "consensus_records": consensus,
+    }
+
+
+def analyse_seed(
+    store: FrameStore,
+    model: BetaVAE,
+    learn: LearnConfig,
+    rules: FactorRules,
+    group: str,
+    progress: Progress | None = None,
+) -> SeedFactors:
+    """Î, relevance and blocks of one seed's β-VAE (its latents in ``group``), for the matching.
+
+    The same analysis as the report's (:func:`describe_factors` on the training and validation
+    trials, the same traversal seeds and permutations), without the classifier and the figures.
+    """
+    split = stored_split(store)
+    threshold = learn.class_threshold
+    estimate = store_mi(store, split.train, group=group)
+    val_mu, val_classes = _latents_and_classes(store, split.val, threshold, group)
+    train_mu, train_classes = _latents_and_classes(store, split.train, threshold, group)
+    preprocess = PreprocessConfig.from_dict(store.attrs["preprocessing"])
+    operator = deap_imaging_operator(preprocess)
+    selection = np.concatenate([split.train, split.val])
+    selection_mu = np.concatenate([train_mu, val_mu])
+    factors, _, _ = describe_factors(
+        model,
+        None,
+        estimate,
+        selection_mu,
+        np.concatenate([train_classes, val_classes]),
+        _subjects(store, selection),
+        electrode_band_power(store, selection, operator),
+        val_mu,
+        val_classes,
+        operator,
+        preprocess.band_names,
+        rules,
+        seed=learn.split_seed,
+        progress=progress,
+        draw=False,
+    )
+    return eeg_seed_factors(model, factors, selection_mu, operator, rules, learn.train.seed, learn.split_seed)
+
+
+def majority_linked_blocks(report: dict) -> list[dict]:
+    """The emotion-linked blocks of the report found in a majority of its seeds: what a headline
+    may name. Each: ``factor``, ``band``, ``electrodes``, ``seeds_found``, ``n_seeds``."""
+    stability = report["stability"]
+    return [
+        {
+            "factor": factor["index"],
+            "band": block["band"],
+            "electrodes": block["electrodes"],
+            "seeds_found": block["seeds_found"],
+            "n_seeds": stability["n_seeds"],
+        }
+        for factor in report["factors"]
+        if factor["emotion"]["linked"]
+        for block in factor["blocks"]
+        if block.get("emotion_linked") and block["seeds_found"] >= stability["majority"]
+    ]

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.blocks import DEFAULT_TRAVERSAL_VALUES, electrode_change, find_blocks, traverse_factor
+from pipeline.blocks import (
+    DEFAULT_TRAVERSAL_VALUES,
+    electrode_change,
+    find_blocks,
+    sample_at_electrodes,
+    signed_change,
+    traverse_factor,
+)
 from pipeline.errors import InputError
 from pipeline.imaging import ImagingOperator
 from pipeline.mi import MIEstimate, influential_factors
@@ -28,6 +35,7 @@ from pipeline.relevance import (
 )
 from pipeline.report.figures import topomap_figure, traversal_strip
 from pipeline.sources.trials import DEAP_CHANNELS
+from pipeline.stability import SeedFactors
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,7 @@ def describe_factors(
     rules: FactorRules = FactorRules(),
     seed: int = 0,
     progress: Progress | None = None,
+    draw: bool = True,
 ) -> tuple[list[dict], dict[int, dict[str, bytes]], dict]:
     """The ``factors`` entries of report.json, their figures, and the relevance analysis.
 
@@ -201,6 +210,8 @@ def describe_factors(
     progress : callable, optional
         ``progress(stage, done, total)`` for the permutation tests and the factors traversed
         and drawn (see :mod:`pipeline.progress`).
+    draw : bool
+        False leaves the figures out (the other seeds of an ensemble are compared, not shown).
 
     Returns
     -------
@@ -297,7 +308,7 @@ def describe_factors(
                 "change_per_electrode": np.round(change, 5).tolist(),
             }
         )
-        if not tested:
+        if not tested or not draw:
             continue
         highlight: dict[str, list[str]] = {}
         for block in blocks:
@@ -328,3 +339,41 @@ def describe_factors(
     analysis = {"tested": influential.tolist(), **(relevance.to_dict() if relevance else {})}
     analysis["blocks_tested"] = len(linked_blocks)
     return factors, figures, analysis
+
+
+def eeg_seed_factors(
+    model: BetaVAE,
+    factors: list[dict],
+    selection_mu: np.ndarray,
+    operator: ImagingOperator,
+    rules: FactorRules,
+    model_seed: int,
+    seed: int = 0,
+) -> SeedFactors:
+    """The influential ``factors`` of one model (report entries) with their signed effects.
+
+    Each effect is the decoded band power at z_j = +3 minus that at z_j = −3, averaged over the
+    traversal's seed frames (the same ones :func:`describe_factors` draws with ``seed``) and
+    sampled at the electrodes: shape (n_bands, n_electrodes) per factor.
+    """
+    influential = [factor for factor in factors if factor["influential"]]
+    seeds = seed_latents(selection_mu, rules.n_seed_frames, seed)
+    decode = _decoder(model)
+    effects = [
+        sample_at_electrodes(
+            signed_change(decode, seeds, int(factor["index"])), operator.electrode_pixels, operator.mask
+        )
+        for factor in influential
+    ]
+    n_bands = len(factors[0]["change_per_electrode"]) if factors else 0
+    return SeedFactors(
+        seed=model_seed,
+        indices=np.array([factor["index"] for factor in influential], dtype=np.int64),
+        effects=np.array(effects) if effects else np.zeros((0, n_bands, len(DEAP_CHANNELS))),
+        mi_nats=np.array([factor["mi_nats"] for factor in influential], dtype=np.float64),
+        linked=np.array([factor["emotion"]["linked"] for factor in influential], dtype=bool),
+        blocks=[
+            [{"band": block["band"], "electrodes": list(block["electrodes"])} for block in factor["blocks"]]
+            for factor in influential
+        ],
+    )

@@ -29,7 +29,7 @@ from pipeline.progress import Progress, report
 from pipeline.sources.celeba import SkippedImage
 from pipeline.sources.images import SPLIT_NAMES, ImageBatch, check_whole_number
 from pipeline.splits import Split
-from pipeline.store import FrameStore
+from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.train import iter_encode_frames
 
 IMAGE_DATA_KINDS: tuple[str, ...] = ("idx", "images", "synthetic")
@@ -401,11 +401,12 @@ def encode_image_store(
     frames=None,
     batch_size: int = 512,
     progress: Progress | None = None,
+    group: str = LATENTS_GROUP,
 ) -> int:
     """Write μ and log σ² of the images of ``rows`` that this model has not encoded yet.
 
     Latents of another model are cleared first. Written group by group, so a killed run resumes
-    where it stopped.
+    where it stopped. ``group``: the store's latent group (another seed's, with ``--seeds``).
 
     Parameters
     ----------
@@ -429,17 +430,17 @@ def encode_image_store(
         Number of images encoded now.
     """
     _check_image_store(store)
-    if store.latent_model_id not in (None, model_id):
-        store.clear_latents()
-    todo = np.setdiff1d(_as_rows(rows), store.latent_rows())
+    if store.latent_model_id_of(group) not in (None, model_id):
+        store.clear_latents(group)
+    todo = np.setdiff1d(_as_rows(rows), store.latent_rows(group))
     if todo.size == 0:
         return 0
     done = 0
     report(progress, "encoding (images)", done, todo.size)
-    for group, mu, logvar in iter_encode_frames(
+    for encoded, mu, logvar in iter_encode_frames(
         model, store.frames if frames is None else frames, todo, batch_size
     ):
-        store.write_latents(group, mu, logvar, model_id=model_id)
-        done += group.size
+        store.write_latents(encoded, mu, logvar, model_id=model_id, group=group)
+        done += encoded.size
         report(progress, "encoding (images)", done, todo.size)
     return int(todo.size)

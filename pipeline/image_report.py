@@ -17,7 +17,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pipeline import __version__
-from pipeline.blocks import traverse_factor
+from pipeline.blocks import signed_change, traverse_factor
 from pipeline.errors import InputError
 from pipeline.image_ingest import image_split
 from pipeline.image_presets import ImagePreset
@@ -26,7 +26,16 @@ from pipeline.mi import MIEstimate, influential_factors
 from pipeline.models.vae import BetaVAE, check_keep_mask
 from pipeline.report import ReportAssets, write_report
 from pipeline.report.figures import FIGURE_DPI, mi_variance_figure, topk_figure
-from pipeline.store import FrameStore
+from pipeline.stability import (
+    MATCH_THRESHOLD,
+    SeedFactors,
+    annotate_factors,
+    consensus_factors,
+    consensus_summary,
+    majority,
+    representative_seed,
+)
+from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.tables import topk_table
 
 # The smallest top-k holding this share of the total Î should reconstruct about as well as all
@@ -236,6 +245,9 @@ def build_image_report(
     source: dict,
     training: dict | None = None,
     ground_truth: dict | None = None,
+    group: str = LATENTS_GROUP,
+    seed_analyses: list[SeedFactors] | None = None,
+    reference_seed: int | None = None,
 ) -> dict:
     """Compute Î, Table 2 and the traversal montages of an encoded image store; write the report.
 
@@ -259,6 +271,15 @@ def build_image_report(
     ground_truth : dict, optional
         The generating process of procedural images (``ProceduralSpec.ground_truth()``); the
         report then compares its ``n_factors`` with the number of influential factors.
+    group : str
+        The latent group ``model`` wrote (another seed's of an ensemble: ``latents_seed<k>``).
+    seed_analyses : list of SeedFactors, optional
+        Every seed's :func:`image_seed_factors` (the reference seed first, ``model``'s among
+        them): each influential factor then says in how many seeds it was found. Without it the
+        run has one seed.
+    reference_seed : int, optional
+        The ensemble's reference seed (the run's ``--seed``; default ``preset.train.seed``): it
+        chooses the test images the traversals start from, the same for every seed.
 
     Returns
     -------
@@ -275,9 +296,9 @@ def build_image_report(
     eval_rows = split.test[: preset.eval_images]
     if eval_rows.size == 0:
         raise InputError(store.path, "holds no test image; Î and the top-k table are computed on test images")
-    estimate = store_mi(store, eval_rows, trials_per_read=_MI_READ_ROWS)
+    estimate = store_mi(store, eval_rows, trials_per_read=_MI_READ_ROWS, group=group)
     targets = store.read_frames(eval_rows)[:, 0]
-    mu = store.read_latents(eval_rows)[0][:, 0, :]
+    mu = store.read_latents(eval_rows, group=group)[0][:, 0, :]
 
     def mse_of(keep: np.ndarray) -> float:
         return masked_reconstruction_mse(model, targets, mu, keep)
@@ -290,9 +311,11 @@ def build_image_report(
     cutoff = information_cutoff(estimate, mse_of)
     influential = influential_factors(estimate, preset.threshold_nats)
 
+    if reference_seed is None:
+        reference_seed = preset.train.seed
     committed_rows = store.committed_rows()
     labels = store.labels[np.searchsorted(committed_rows, eval_rows), 0]
-    seeds = _seed_positions(labels, min(preset.n_seed_images, eval_rows.size), preset.train.seed)
+    seeds = _seed_positions(labels, min(preset.n_seed_images, eval_rows.size), reference_seed)
     row_labels = [_row_label(labels[p], i) for i, p in enumerate(seeds)]
     values = np.asarray(preset.traversal_values)
     decode = latent_decoder(model)
@@ -315,6 +338,11 @@ def build_image_report(
         )
         factor_figures[index] = {"traversal": traversal_montage(traversal, values, row_labels)}
 
+    if seed_analyses is None:
+        seed_analyses = [image_seed_factors(store, model, preset, group, reference_seed)]
+    consensus = consensus_factors(seed_analyses)
+    chosen, scores = representative_seed(seed_analyses, consensus)
+    annotate_factors(factors, seed_analyses, consensus, preset.train.seed)
     n_images = int(committed_rows.size)
     report = {
         "dataset": preset.dataset,
@@ -340,6 +368,19 @@ def build_image_report(
             "test": int(split.test.size),
         },
         "factors": factors,
+        "stability": {
+            "n_seeds": len(seed_analyses),
+            "seeds": [analysis.seed for analysis in seed_analyses],
+            "reference_seed": seed_analyses[0].seed,
+            "reported_seed": preset.train.seed,
+            "most_representative_seed": chosen,
+            "similarity_to_consensus": {str(seed): round(score, 4) for seed, score in scores.items()},
+            "majority": majority(len(seed_analyses)),
+            "match_rule": "Hungarian assignment to the reference seed on |cosine| of the signed mean "
+            f"change images (z = +3 minus z = -3), a match needs |cosine| >= {MATCH_THRESHOLD:g}",
+            "match_threshold": MATCH_THRESHOLD,
+            "consensus": consensus_summary(consensus),
+        },
         "provenance": {
             "package_version": __version__,
             "store": str(store.path),
@@ -366,3 +407,33 @@ def build_image_report(
     )
     write_report(out_dir, report, assets)
     return report
+
+
+def image_seed_factors(
+    store: FrameStore, model: BetaVAE, preset: ImagePreset, group: str, reference_seed: int
+) -> SeedFactors:
+    """The influential factors of one seed's β-VAE (its latents in ``group``) with their effects.
+
+    A factor's effect is the signed mean change image: decoded at z_j = +3 minus at z_j = −3,
+    averaged over the test images the report's traversals start from (chosen with
+    ``reference_seed``, so every seed of an ensemble is traversed from the same images).
+    """
+    split = image_split(store, preset.caps)
+    eval_rows = split.test[: preset.eval_images]
+    if eval_rows.size == 0:
+        raise InputError(store.path, "holds no test image; factors are compared on test images")
+    estimate = store_mi(store, eval_rows, trials_per_read=_MI_READ_ROWS, group=group)
+    influential = influential_factors(estimate, preset.threshold_nats)
+    # In ranking order, as the report lists them.
+    indices = np.array([j for j in estimate.ranking if j in set(influential.tolist())], dtype=np.int64)
+    mu = store.read_latents(eval_rows, group=group)[0][:, 0, :]
+    labels = store.labels[np.searchsorted(store.committed_rows(), eval_rows), 0]
+    seeds = _seed_positions(labels, min(preset.n_seed_images, eval_rows.size), reference_seed)
+    decode = latent_decoder(model)
+    effects = [signed_change(decode, mu[seeds], int(index)) for index in indices]
+    return SeedFactors(
+        seed=preset.train.seed,
+        indices=indices,
+        effects=np.array(effects) if effects else np.zeros((0, *model.input_shape)),
+        mi_nats=estimate.per_factor_nats[indices],
+    )

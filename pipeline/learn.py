@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.train import (
     ClassifierConfig,
     TrainConfig,
+    can_resume_training,
     iter_encode_frames,
     read_frames,
     save_classifier,
@@ -135,6 +136,15 @@ def latent_set(slot: str | None) -> str:
     return LATENTS_GROUP if slot is None else f"{LATENTS_GROUP}_{slot}"
 
 
+def seed_latent_set(model_seed: int, reference_seed: int) -> str:
+    """The store's latent group of one seed of a seed ensemble (``--seeds``).
+
+    The reference seed (the run's ``--seed``) keeps the main ``latents/``, so a run of one seed
+    is laid out as before; seed k of the others writes ``latents_seed<k>/``.
+    """
+    return LATENTS_GROUP if model_seed == reference_seed else f"{LATENTS_GROUP}_seed{model_seed}"
+
+
 def _check_slot(slot: str | None) -> None:
     if slot is not None and slot not in PROTOCOLS:
         raise InputError("slot", f"{slot!r} must be None (the main protocol) or one of {PROTOCOLS}")
@@ -233,6 +243,20 @@ def train_store_vae(
     )
 
 
+def with_model_seed(config: LearnConfig, model_seed: int) -> LearnConfig:
+    """``config`` with the β-VAE trained from seed ``model_seed`` (split and classifier unchanged)."""
+    return replace(config, train=replace(config.train, seed=int(model_seed)))
+
+
+def can_continue_training(
+    store: FrameStore, config: LearnConfig, checkpoint_dir: str | Path, slot: str | None = None
+) -> bool:
+    """Whether ``checkpoint_dir`` holds a training state of this model on this split (finished or
+    killed midway), so that resuming it reuses its epochs instead of training afresh."""
+    split = stored_split(store, slot)
+    return can_resume_training(checkpoint_dir, config.vae, config.train, split.train, split.val)
+
+
 def checkpoint_model_id(checkpoint_dir: str | Path, which: str = "best") -> str:
     """Identifies the trained weights, so latents of two models never mix in one store.
 
@@ -264,19 +288,22 @@ def encode_store(
     batch_size: int = 1024,
     progress: Progress | None = None,
     slot: str | None = None,
+    group: str | None = None,
 ) -> int:
     """Write μ and log σ² of every frame of every committed trial not yet encoded by this model.
 
     Written trial group by trial group, so a killed run resumes where it stopped. Latents of
     another model (or written without a model id) are cleared first. Returns the number of
     trials encoded: 0 when every committed trial already has this model's latents. ``progress``
-    counts the trials encoded (see :mod:`pipeline.progress`).
+    counts the trials encoded (see :mod:`pipeline.progress`). The frames are normalised as
+    protocol ``slot``'s; the latents go to ``group`` (default: the slot's, see :func:`latent_set`;
+    another seed of the same protocol has its own, see :func:`seed_latent_set`).
     """
     if not isinstance(model, BetaVAE):
         raise InputError("model", f"expected a BetaVAE, got {type(model).__name__}")
     if not isinstance(model_id, str) or not model_id:
         raise InputError("model_id", f"must be a non-empty str, got {model_id!r}")
-    group = latent_set(slot)
+    group = latent_set(slot) if group is None else group
     if store.latent_model_id_of(group) != model_id:
         store.clear_latents(group)
     todo = np.setdiff1d(store.committed_rows(), store.latent_rows(group))
@@ -292,11 +319,14 @@ def encode_store(
     return int(todo.size)
 
 
-def store_mi(store: FrameStore, rows: np.ndarray, trials_per_read: int = 64) -> MIEstimate:
-    """Î(X;Z_j) over every frame of ``rows``, streamed from the main protocol's stored latents."""
+def store_mi(
+    store: FrameStore, rows: np.ndarray, trials_per_read: int = 64, group: str = LATENTS_GROUP
+) -> MIEstimate:
+    """Î(X;Z_j) over every frame of ``rows``, streamed from the latents of ``group`` (default: the
+    main protocol's)."""
     accumulator = MIAccumulator()
     for start in range(0, len(rows), trials_per_read):
-        mu, logvar = store.read_latents(rows[start : start + trials_per_read])
+        mu, logvar = store.read_latents(rows[start : start + trials_per_read], group=group)
         accumulator.update(mu, logvar)
     return accumulator.result()
 
@@ -313,11 +343,19 @@ def classifier_dir(out_dir: str | Path, slot: str | None = None) -> Path:
 
 
 def train_store_classifier(
-    store: FrameStore, config: LearnConfig, out_dir: str | Path, progress=None, slot: str | None = None
+    store: FrameStore,
+    config: LearnConfig,
+    out_dir: str | Path,
+    progress=None,
+    slot: str | None = None,
+    group: str | None = None,
 ):
-    """Train the LSTM on the training trials' μ sequences; report test accuracy, chance and confusion."""
+    """Train the LSTM on the training trials' μ sequences; report test accuracy, chance and confusion.
+
+    ``group`` reads the latents of another seed of the slot's protocol (default: the slot's own).
+    """
     split = stored_split(store, slot)
-    group = latent_set(slot)
+    group = latent_set(slot) if group is None else group
     sequences = {
         part: store.read_latents(getattr(split, part), group=group)[0] for part in ("train", "val", "test")
     }

@@ -53,7 +53,7 @@ ROW_ARRAYS = ("frames", "labels", "subject", "trial", "source", "source_sha256")
 COMMIT_ARRAY = "committed"
 LATENTS_GROUP = "latents"
 LATENT_MARKER = "encoded"
-_LATENT_GROUP_NAME = re.compile(rf"^{LATENTS_GROUP}(_[a-z]+)?$")
+_LATENT_GROUP_NAME = re.compile(rf"^{LATENTS_GROUP}(_[a-z][a-z0-9]*)?$")
 # Small per-row arrays share chunks of this many rows; zarr writes each chunk atomically, so a
 # kill mid-write leaves a chunk either old or new, never torn.
 ROW_CHUNK = 4096

@@ -372,6 +372,55 @@ def _load_optimizer_state(
     optimizer.load_state_dict({"state": state, "param_groups": restored})
 
 
+def training_state_mismatch(
+    metadata: dict, model_config: VAEConfig, train_config: TrainConfig, train_rows, val_rows
+) -> str | None:
+    """Why a saved VAE training state (``last`` checkpoint metadata) cannot be continued with
+    these settings and rows, or None when it can.
+
+    Epochs and device may change on resume; anything else would make a different run.
+    """
+    stored_train_config = metadata.get("train_config")
+    if not isinstance(stored_train_config, dict):
+        return "lacks its training configuration"
+    current = train_config.to_dict()
+    for key in ("seed", "batch_size", "lr", "patience", "trials_per_read", "kl_warmup_epochs"):
+        if stored_train_config.get(key, 0 if key == "kl_warmup_epochs" else None) != current[key]:
+            return (
+                f"was written with {key}={stored_train_config.get(key)!r}, this run has {current[key]!r};"
+                " resume with the same settings or start afresh (resume=False)"
+            )
+    wanted = {
+        "model_config": model_config.to_dict(),
+        "train_rows": np.asarray(train_rows).tolist(),
+        "val_rows": np.asarray(val_rows).tolist(),
+    }
+    for key, value in wanted.items():
+        if metadata.get(key) != value:
+            return f"was written for a different {key}; resume with the same one or start afresh"
+    return None
+
+
+def can_resume_training(
+    checkpoint_dir: str | os.PathLike,
+    model_config: VAEConfig,
+    train_config: TrainConfig,
+    train_rows,
+    val_rows,
+) -> bool:
+    """Whether ``checkpoint_dir`` holds a training state of this model on these rows (finished, or
+    killed midway) that :meth:`VAETrainer.fit` can continue with ``resume=True``."""
+    if not checkpoint_exists(checkpoint_dir, "last"):
+        return False
+    try:
+        _, metadata = load_checkpoint(checkpoint_dir, "last")
+    except InputError:
+        return False  # unreadable: trained afresh
+    return metadata.get("kind") == "vae-training-state" and (
+        training_state_mismatch(metadata, model_config, train_config, train_rows, val_rows) is None
+    )
+
+
 class VAETrainer:
     """Trains a β-VAE on the frames of the training trials, checkpointing every epoch.
 
@@ -615,28 +664,11 @@ class VAETrainer:
         tensors, metadata = load_checkpoint(self.checkpoint_dir, "last")
         if metadata.get("kind") != "vae-training-state":
             raise InputError(where, f"is a {metadata.get('kind')!r} checkpoint, not a VAE training state")
-        stored_train_config = metadata.get("train_config")
-        if not isinstance(stored_train_config, dict):
-            raise InputError(where, "lacks its training configuration")
-        # Epochs and device may change on resume; anything else would make a different run.
-        current = self.config.to_dict()
-        for key in ("seed", "batch_size", "lr", "patience", "trials_per_read", "kl_warmup_epochs"):
-            if stored_train_config.get(key, 0 if key == "kl_warmup_epochs" else None) != current[key]:
-                raise InputError(
-                    where,
-                    f"was written with {key}={stored_train_config.get(key)!r}, this run has {current[key]!r};"
-                    " resume with the same settings or start afresh (resume=False)",
-                )
-        wanted = {
-            "model_config": self.model_config.to_dict(),
-            "train_rows": self.train_rows.tolist(),
-            "val_rows": self.val_rows.tolist(),
-        }
-        for key, value in wanted.items():
-            if metadata.get(key) != value:
-                raise InputError(
-                    where, f"was written for a different {key}; resume with the same one or start afresh"
-                )
+        mismatch = training_state_mismatch(
+            metadata, self.model_config, self.config, self.train_rows, self.val_rows
+        )
+        if mismatch is not None:
+            raise InputError(where, mismatch)
         try:
             history = list(metadata["history"])
             best = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import PreprocessConfig
-from pipeline.deap_report import build_deap_report
+from pipeline.deap_report import analyse_seed, build_deap_report
 from pipeline.factors import FactorRules
 from pipeline.ingest import ingest_trials, open_deap_store
 from pipeline.learn import (
@@ -23,12 +23,15 @@ from pipeline.learn import (
     encode_store,
     fit_store_normalisation,
     make_split,
+    seed_latent_set,
     train_store_classifier,
     train_store_vae,
+    with_model_seed,
 )
 from pipeline.models.vae import VAEConfig
 from pipeline.presets import deap_preset
 from pipeline.sources.synthetic import generate_subject, ground_truth, scenario_spec
+from pipeline.stability import consensus_factors, representative_seed
 from pipeline.store import FrameStore
 from pipeline.train import ClassifierConfig, TrainConfig, load_classifier, load_vae
 
@@ -56,8 +59,13 @@ def run_scenario(
     n_subjects: int = 3,
     n_trials: int = 40,
     learn: LearnConfig = LEARN,
+    n_seeds: int = 1,
 ) -> dict:
-    """Generate ``scenario`` (generator seed ``seed``), learn on it, and return report.json's content."""
+    """Generate ``scenario`` (generator seed ``seed``), learn on it, and return report.json's content.
+
+    ``n_seeds`` > 1 trains β-VAEs with model seeds ``learn.train.seed`` and the next ones on one
+    split, as ``eegmi deap --seeds`` does, and reports the most representative seed's model.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -68,20 +76,47 @@ def run_scenario(
             ingest_trials(store, generate_subject(spec, subject), config)
         store = FrameStore.open(str(out_dir / "frames.zarr"), writable=True)
         fit_store_normalisation(store, make_split(store, "trial", 0, learn.class_threshold))
-        checkpoints = out_dir / "checkpoints" / "vae"
-        train_store_vae(store, learn, checkpoints)
-        encode_store(store, load_vae(checkpoints), checkpoint_model_id(checkpoints))
-        train_store_classifier(store, learn, out_dir)
+        reference = learn.train.seed
+        seeds = list(range(reference, reference + n_seeds))
+        checkpoints = {
+            k: out_dir / "checkpoints" / ("vae" if k == reference else f"vae_seed{k}") for k in seeds
+        }
+        for k in seeds:
+            train_store_vae(store, with_model_seed(learn, k), checkpoints[k])
+            encode_store(
+                store,
+                load_vae(checkpoints[k]),
+                checkpoint_model_id(checkpoints[k]),
+                group=seed_latent_set(k, reference),
+            )
+        analyses = None
+        reported = reference
+        if n_seeds > 1:
+            analyses = [
+                analyse_seed(
+                    store,
+                    load_vae(checkpoints[k]),
+                    with_model_seed(learn, k),
+                    RULES,
+                    seed_latent_set(k, reference),
+                )
+                for k in seeds
+            ]
+            reported = representative_seed(analyses, consensus_factors(analyses))[0]
+        group = seed_latent_set(reported, reference)
+        train_store_classifier(store, learn, out_dir, group=group)
         return build_deap_report(
             out_dir,
             store,
-            load_vae(checkpoints),
+            load_vae(checkpoints[reported]),
             load_classifier(out_dir / "checkpoints"),
-            learn,
+            with_model_seed(learn, reported),
             RULES,
             {"scenario": scenario, "seed": seed},
             f"synthetic://deap?scenario={scenario}&subjects={n_subjects}&seed={seed}",
             ground_truth(spec),
+            group=group,
+            seed_analyses=analyses,
         )
     finally:
         torch.set_num_threads(threads)

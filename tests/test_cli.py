@@ -249,3 +249,54 @@ def test_schema_prints_the_shipped_report_and_manifest_schemas(capsys):
         main(["schema", "store"])
     assert exit_info.value.code == EXIT_BAD_INPUT
     assert "invalid choice: 'store'" in capsys.readouterr().err
+
+
+def test_seeds_reach_the_flow_and_its_stability_is_printed(monkeypatch, capsys, tmp_path):
+    """``--seeds 3`` runs the flow with three seeds; the output names the reported seed and only the
+    linked blocks the flow found in a majority of them."""
+    import flows.deap
+
+    seen = {}
+
+    class Finished:
+        def result(self, raise_on_failure):
+            return {
+                "report_html": "r.html",
+                "n_influential": 2,
+                "linked": [5],
+                "beta_sweep": None,
+                "classification": {},
+                "ground_truth_passed": None,
+                "stability": {"n_seeds": 3, "reported_seed": 2, "most_representative_seed": 2},
+                "linked_blocks": [
+                    {"factor": 5, "band": "gamma", "electrodes": ["C4", "T8"], "seeds_found": 2, "n_seeds": 3}
+                ],
+            }
+
+    def fake_deap(**options):
+        seen.update(options)
+        return Finished()
+
+    monkeypatch.setattr(flows.deap, "deap", fake_deap)
+    assert main(["deap", "--data-dir", "d", "--seeds", "3", "--seed", "1", "--out", str(tmp_path / "o")]) == 0
+    assert seen["n_seeds"] == 3 and seen["seed"] == 1
+    out = capsys.readouterr().out
+    assert "seed 2's (the most representative)" in out
+    assert "emotion-linked blocks found in most seeds: C4-T8 (gamma, z5, 2 of 3 seeds)" in out
+
+
+def test_a_seed_ensemble_with_a_beta_sweep_is_refused_in_one_line(monkeypatch, capsys, tmp_path):
+    import flows.deap
+
+    monkeypatch.setattr(flows.deap, "deap", lambda **options: pytest.fail("the flow must not start"))
+    code = main(["deap", "--data-dir", "d", "--out", str(tmp_path / "o"), "--seeds", "2", "--beta", "2,6"])
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "a seed ensemble takes one β" in err and "Traceback" not in err
+
+
+def test_zero_seeds_is_refused_by_the_argument_parser(capsys, tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        main(["deap", "--data-dir", "d", "--out", str(tmp_path / "o"), "--seeds", "0"])
+    assert stopped.value.code == 2
+    assert "at least 1 seed" in capsys.readouterr().err

@@ -118,6 +118,58 @@ def test_mnist_flow_writes_table_2_and_montages_and_a_rerun_adds_nothing(tmp_pat
 
 
 @pytest.mark.usefixtures("prefect_harness")
+def test_mnist_with_two_seeds_matches_their_factors_and_reuses_a_trained_seed(
+    tmp_path, digits_idx_folder, capsys
+):
+    out = tmp_path / "run"
+    arguments = [
+        "mnist",
+        "--data-dir",
+        str(digits_idx_folder),
+        "--out",
+        str(out),
+        "--seeds",
+        "2",
+        "--seed",
+        "4",
+    ]
+    assert main(arguments) == EXIT_OK
+    printed = capsys.readouterr().out
+    report = _read_report(out)
+    stability = report["stability"]
+    assert stability["n_seeds"] == 2 and stability["seeds"] == [4, 5]
+    reported = stability["reported_seed"]
+    assert f"the report is seed {reported}'s" in printed
+    store = FrameStore.open(out / "frames.zarr")
+    test_rows = store.committed_rows()[store.subject == SPLIT_TEST]
+    group = "latents" if reported == 4 else "latents_seed5"
+    # The report's Î is the reported seed's, from its own latents.
+    np.testing.assert_allclose(
+        report["mi"]["per_factor_nats"],
+        estimate_mi(*store.read_latents(test_rows, group=group)).per_factor_nats,
+        rtol=1e-9,
+    )
+    assert store.latent_model_id_of("latents") != store.latent_model_id_of("latents_seed5")
+    for factor in report["factors"]:
+        if factor["influential"]:
+            assert 1 <= factor["stability"]["seeds_found"] <= 2
+            assert "seeds_linked" not in factor["stability"]
+            assert factor["stability"]["matched"][str(reported)] == factor["index"]
+        else:
+            assert factor["stability"] is None
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="seed-stability"' in html
+    assert html.count("of 2\n          seeds") == sum(f["stability"] is not None for f in report["factors"])
+    # A rerun reuses both trained seeds: their training states are not written again.
+    states = {
+        name: (out / "checkpoints" / name / "last.json").stat().st_mtime_ns for name in ("vae", "vae_seed5")
+    }
+    assert main(arguments) == EXIT_OK
+    assert {name: (out / "checkpoints" / name / "last.json").stat().st_mtime_ns for name in states} == states
+    assert _read_report(out)["mi"]["per_factor_nats"] == report["mi"]["per_factor_nats"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
 def test_mnist_flow_names_a_bad_idx_file_and_exits_2(tmp_path, digits_idx_folder, capsys):
     bad = digits_idx_folder / MNIST_FILES["test_images"]
     bad.write_bytes(b"\x12\x34\x08\x03" + bad.read_bytes()[4:])

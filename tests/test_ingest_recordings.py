@@ -291,6 +291,36 @@ def test_retrain_fits_the_models_again_on_every_stored_trial(tmp_path, trained, 
     assert not (out_dir / "checkpoints" / "update-in-progress.json").exists()
 
 
+def test_a_seed_ensemble_is_retrained_and_encoded_with_every_seed(tmp_path, trained, recordings):
+    """A run made with ``eegmi deap --seeds 2`` (its report says so): ``--retrain`` trains both seeds
+    again, and new recordings are encoded with both, each into its own latents."""
+    from flows.ingest import ingest_recordings
+
+    out_dir = _copy_run(trained, tmp_path)
+    report = json.loads((out_dir / "report.json").read_text())
+    reference = report["config"]["preset"]["learn"]["train"]["seed"]
+    report["stability"] = {**report["stability"], "n_seeds": 2, "reported_seed": reference}
+    (out_dir / "report.json").write_text(json.dumps(report))
+    checkpoints = out_dir / "checkpoints"
+    retrained = ingest_recordings(recordings=[], out_dir=str(out_dir), retrain=True)
+    assert retrained["action"] == "retrained"
+    other = checkpoints / f"vae_seed{reference + 1}"
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["stability"]["seeds"] == [reference, reference + 1]
+    before = file_digests(checkpoints)
+
+    result = ingest_recordings(recordings=[str(recordings["s4"])], out_dir=str(out_dir))
+    assert result["action"] == "encoded"
+    assert file_digests(checkpoints) == before  # encoded, not retrained
+    store = FrameStore.open(store_path(str(out_dir)))
+    for group, directory in (("latents", checkpoints / "vae"), (f"latents_seed{reference + 1}", other)):
+        np.testing.assert_array_equal(store.latent_rows(group), store.committed_rows())
+        assert store.latent_model_id_of(group) == checkpoint_model_id(directory)
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["stability"]["n_seeds"] == 2
+    assert report["source"]["n_trials"] == 4 * TRIALS_PER_RECORDING
+
+
 def _stage_in_inbox(inbox: Path, recording: Path, name: str | None = None) -> Path:
     name = name or recording.name
     target = inbox / name

@@ -336,9 +336,20 @@ def test_the_schema_tells_deap_sources_from_image_sources(tmp_path, report, asse
 def test_keys_the_schema_does_not_list_are_allowed_and_stability_is_checked(tmp_path, report, assets):
     schema = _shipped_schema()
     extended = copy.deepcopy(report)
-    extended["stability"] = {"n_seeds": 3, "method": "factors matched by their decoder directions"}
-    extended["factors"][0]["stability"] = {"seeds_found": 3, "seeds_linked": 2}
-    extended["factors"][1]["stability"] = None  # not measured for this factor
+    extended["stability"] = {
+        "n_seeds": 3,
+        "seeds": [0, 1, 2],
+        "majority": 2,
+        "reference_seed": 0,
+        "reported_seed": 1,
+        "match_rule": "Hungarian assignment on |cosine| of the effect maps",
+        "block_rule": "a block of the same band with electrode Jaccard >= 0.5",
+        "method_note": "a key the schema does not list",
+    }
+    extended["factors"][0]["stability"] = {"seeds_found": 3, "seeds_linked": 2, "median_mi_nats": 0.5}
+    for factor in extended["factors"][1:]:  # factors below the influential threshold are not matched
+        factor["influential"] = False
+        factor["stability"] = None
     extended["factors"][0]["blocks"][0]["seeds_found"] = 2
     extended["factors"][1]["emotion"]["pooled"] = {"relevance": 0.2}
     extended["a_later_section"] = {"anything": [1, "two", None]}
@@ -351,6 +362,22 @@ def test_keys_the_schema_does_not_list_are_allowed_and_stability_is_checked(tmp_
         (
             lambda r: r["factors"][0]["stability"].update(seeds_linked=1.5),
             "'factors[0].stability.seeds_linked' is 1.5; expected a whole number",
+        ),
+        (
+            lambda r: r["factors"][0]["stability"].update(seeds_found=4),
+            "'factors[0].stability.seeds_found' is 4; expected 1..3",
+        ),
+        (
+            lambda r: r["factors"][0]["blocks"][0].update(seeds_found=0),
+            "'factors[0].blocks[0].seeds_found' is 0; expected 1..3",
+        ),
+        (
+            lambda r: r["factors"][0]["blocks"][0].update(seeds_found=4),
+            "'factors[0].blocks[0].seeds_found' is 4; expected 1..3",
+        ),
+        (
+            lambda r: r["factors"][0].update(stability=None),
+            "'factors[0].stability' is missing for an influential factor",
         ),
     ]:
         broken = copy.deepcopy(extended)

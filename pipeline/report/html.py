@@ -191,13 +191,32 @@ def _factor_cards(report: Mapping, assets: ReportAssets) -> list[dict]:
             **factor,
             "block_labels": [
                 {"text": f"{'-'.join(block['electrodes'])} ({block['band']})", "strength": block["strength"],
-                 "emotion_linked": block.get("emotion_linked", False), "q_value": block.get("q_value")}
+                 "emotion_linked": block.get("emotion_linked", False), "q_value": block.get("q_value"),
+                 "seeds_found": block.get("seeds_found")}
                 for block in factor.get("blocks", [])
             ],
             "topomap_uri": _data_uri(figures.get("topomap")),
             "traversal_uri": _data_uri(figures.get("traversal")),
         })
     return cards
+
+
+def _headline_blocks(report: Mapping) -> list[str] | None:
+    """The emotion-linked blocks the headline may name: those found in a majority of the seeds.
+
+    None for a report without seed stability (images, or a report written before it existed).
+    """
+    stability = report.get("stability")
+    if stability is None or report["dataset"] != "deap":
+        return None
+    majority = stability["n_seeds"] // 2 + 1
+    return [
+        f"{'-'.join(block['electrodes'])} ({block['band']})"
+        for factor in report.get("factors", [])
+        if factor.get("emotion", {}).get("linked")
+        for block in factor.get("blocks", [])
+        if block.get("emotion_linked") and block.get("seeds_found", 0) >= majority
+    ]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -262,6 +281,8 @@ def render_report_html(report: Mapping, assets: ReportAssets) -> str:
                                          if k not in _PROVENANCE_KEYS}),
         n_classes=len(classification["confusion"]) if classification is not None else None,
         factor_cards=cards,
+        stability=report.get("stability"),
+        headline_blocks=_headline_blocks(report),
         n_linked=sum(card["emotion"]["linked"] for card in with_emotion) if with_emotion else None,
         n_with_emotion=len(with_emotion),
         mi_variance_uri=_data_uri(assets.mi_variance),

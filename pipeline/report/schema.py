@@ -86,3 +86,31 @@ def validate_report(report, where: str | os.PathLike = "report.json") -> None:
         if factor["index"] >= n_factors:
             expected = f"expected a factor index 0..{n_factors - 1}"
             raise InputError(where, f"'factors[{i}].index' is {factor['index']}; {expected}")
+    if report.get("stability") is not None:
+        _check_stability(report, where)
+
+
+def _check_stability(report: Mapping, where: str) -> None:
+    """Seed counts stay within the run's seeds: a factor and each of its blocks are found in
+    1..n_seeds seeds, the factor linked in at most as many as found; every influential factor of
+    a run with seed stability carries its counts."""
+    n_seeds = report["stability"]["n_seeds"]
+
+    def check_count(value: int, key: str, low: int, high: int) -> None:
+        if not low <= value <= high:
+            raise InputError(where, f"'{key}' is {value!r}; expected {low}..{high}")
+
+    for i, factor in enumerate(report.get("factors", [])):
+        found = factor.get("stability")
+        if found is None:
+            if factor.get("influential", True):
+                raise InputError(where, f"'factors[{i}].stability' is missing for an influential factor")
+            continue
+        check_count(found["seeds_found"], f"factors[{i}].stability.seeds_found", 1, n_seeds)
+        if "seeds_linked" in found:
+            key = f"factors[{i}].stability.seeds_linked"
+            check_count(found["seeds_linked"], key, 0, found["seeds_found"])
+        for b, block in enumerate(factor.get("blocks", [])):
+            if "seeds_found" in block:
+                key = f"factors[{i}].blocks[{b}].seeds_found"
+                check_count(block["seeds_found"], key, 1, n_seeds)

@@ -112,7 +112,7 @@ def check_store_accepts(out_dir: str, data_kind: str, synthetic: dict | None = N
     """
     path = store_path(out_dir)
     try:
-        stored_attrs = FrameStore.open(path).attrs
+        stored_attrs = FrameStore.read_attrs(path)
     except InputError:  # no store yet, or not a frame store: create_or_open creates it or says why
         return
     stored_kind = stored_attrs.get("data_kind", data_kind)

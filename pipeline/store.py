@@ -212,6 +212,25 @@ def write_rows(array: zarr.Array, rows: np.ndarray, values: np.ndarray) -> None:
         array[start:stop] = values[offset : offset + stop - start]
 
 
+def write_rows_together(writes: Sequence[tuple[zarr.Array, np.ndarray]], rows: np.ndarray) -> None:
+    """:func:`write_rows` of several arrays at the same ``rows``, the arrays side by side: one
+    round trip to zarr's I/O loop instead of one per array (each write reads, merges and
+    rewrites a chunk)."""
+    runs = _contiguous_runs(np.asarray(rows, dtype=np.int64))
+    writes = [(array, np.asarray(values)) for array, values in writes]
+
+    async def write_runs(array: zarr.Array, values: np.ndarray) -> None:
+        # One run after another: two runs may share a chunk, and concurrent writes of one chunk
+        # would each merge into the chunk as it was before the other.
+        for start, stop, offset in runs:
+            await array.async_array.setitem(slice(start, stop), values[offset : offset + stop - start])
+
+    async def write_all() -> None:
+        await asyncio.gather(*(write_runs(array, values) for array, values in writes))
+
+    sync(write_all())
+
+
 def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
     """``array[rows]`` in the order given, read as one slice per run of consecutive sorted rows."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -450,6 +469,21 @@ class FrameStore:
             store._write_attrs({})
         return store
 
+    @staticmethod
+    def read_attrs(path: str | os.PathLike) -> dict:
+        """The attrs of the store at ``path``, without loading its rows as :meth:`open` does.
+
+        Raises
+        ------
+        InputError
+            If there is no frame store at ``path``.
+        """
+        where = os.fspath(path)
+        attrs = dict(_open_group(where, mode="r").attrs)
+        if attrs.get("store_format") != STORE_FORMAT:
+            raise InputError(where, "is not a frame store (no store_format attribute)")
+        return attrs
+
     # ------------------------------------------------------------------ reading
 
     @property
@@ -613,11 +647,15 @@ class FrameStore:
                 write_rows(self._arrays["frames"], rows, frames[new])
             else:
                 _store_chunks(self._arrays["frames"], rows, [frame_chunks[i] for i in np.flatnonzero(new)])
-            write_rows(self._arrays["labels"], rows, labels[new])
-            write_rows(self._arrays["subject"], rows, subject[new])
-            write_rows(self._arrays["trial"], rows, trial[new])
-            write_rows(self._arrays["source"], rows, np.array(sources)[new])
-            write_rows(self._arrays["source_sha256"], rows, np.array(shas)[new])
+            row_values = {
+                "labels": labels[new],
+                "subject": subject[new],
+                "trial": trial[new],
+                "source": np.array(sources)[new],
+                "source_sha256": np.array(shas)[new],
+            }
+            # All before the commit marker, which makes the rows visible.
+            write_rows_together([(self._arrays[name], values) for name, values in row_values.items()], rows)
             self._commit(rows)
             for row, sha, index in zip(rows, np.array(shas)[new], trial[new], strict=True):
                 self._row_of_key[(str(sha), int(index))] = int(row)

@@ -437,6 +437,41 @@ def test_row_runs_read_and_write_in_the_order_given(tmp_path):
     assert read_rows(array, np.array([], dtype=np.int64)).shape == (0, 3)
 
 
+def test_rows_of_several_arrays_written_together_land_where_one_by_one_would(tmp_path):
+    from pipeline.store import write_rows, write_rows_together
+
+    def arrays(name):
+        group = zarr.open_group(tmp_path / name, mode="w")
+        numbers = group.create_array("n", shape=(12, 2), chunks=(4, 2), dtype="int32", fill_value=-1)
+        names = group.create_array("s", shape=(12,), chunks=(4,), dtype=str)
+        return numbers, names
+
+    rows = np.array([7, 2, 3, 4, 9, 10, 0])  # runs across chunk borders, in no sorted order
+    numbers = np.arange(rows.size * 2, dtype=np.int32).reshape(rows.size, 2)
+    names = np.array([f"file-{row}" for row in rows])
+    together, one_by_one = arrays("together.zarr"), arrays("one_by_one.zarr")
+    write_rows_together(list(zip(together, (numbers, names), strict=True)), rows)
+    for array, values in zip(one_by_one, (numbers, names), strict=True):
+        write_rows(array, rows, values)
+
+    np.testing.assert_array_equal(together[0][:], one_by_one[0][:])
+    np.testing.assert_array_equal(together[1][:].tolist(), one_by_one[1][:].tolist())
+    np.testing.assert_array_equal(together[0][rows], numbers)
+    assert together[1][:].tolist()[1] == "" and together[1][rows].tolist() == names.tolist()
+
+
+def test_a_store_s_attrs_are_read_without_its_rows_and_only_from_a_store(tmp_path):
+    store = _new_store(tmp_path / "f.zarr")
+    store.add_trials(**_source(1, 2))
+    assert FrameStore.read_attrs(tmp_path / "f.zarr") == FrameStore.open(tmp_path / "f.zarr").attrs
+    assert FrameStore.read_attrs(tmp_path / "f.zarr")["kind"] == "synthetic"
+    zarr.open_group(tmp_path / "plain.zarr", mode="w").attrs["kind"] = "synthetic"
+    with pytest.raises(InputError, match=r"plain\.zarr: is not a frame store"):
+        FrameStore.read_attrs(tmp_path / "plain.zarr")
+    with pytest.raises(InputError, match="no frame store here"):
+        FrameStore.read_attrs(tmp_path / "absent.zarr")
+
+
 def test_frames_compressed_before_the_lock_are_the_bytes_zarr_itself_writes(tmp_path):
     store = _new_store(tmp_path / "f.zarr")
     data = _source(5, 3)

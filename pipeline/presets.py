@@ -124,7 +124,6 @@ def deap_preset(
         protocol=protocol or _DEFAULT_PROTOCOL[name],
     )
 
-
     if betas:
         preset = with_betas(preset, tuple(betas))
     return preset

@@ -373,7 +373,6 @@ def _disk_full_after(monkeypatch, out_dir: Path) -> None:
     monkeypatch.setattr(local_store, "_put", no_space)
 
 
-
 def _cli_error_lines(captured_err: str) -> list[str]:
     """The CLI's own stderr lines. In-process runs can also receive "--- Logging error ---" dumps
     from a log handler an earlier test bound to a stream pytest has since closed; a real process

@@ -208,10 +208,15 @@ def test_the_split_does_not_depend_on_the_order_files_were_stored_in(tmp_path, p
             store.add_trials(**files[index])
         split = make_split(store, protocol, seed=3, threshold=THRESHOLD)
         position = {int(row): i for i, row in enumerate(store.committed_rows())}
-        keys.append([
-            [(int(store.subject[position[int(row)]]), int(store.trial[position[int(row)]])) for row in part]
-            for part in (split.train, split.val, split.test)
-        ])
+        keys.append(
+            [
+                [
+                    (int(store.subject[position[int(row)]]), int(store.trial[position[int(row)]]))
+                    for row in part
+                ]
+                for part in (split.train, split.val, split.test)
+            ]
+        )
     # The same trials in the same order (the order training shuffles from), whatever the rows.
     assert keys[0] == keys[1]
     assert sum(len(part) for part in keys[0]) == 40

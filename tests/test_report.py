@@ -61,36 +61,72 @@ def make_fake_report(kind: str = "synthetic", seed: int = 0) -> dict:
     topk = []
     for percent in (100, 50, 25, 10, 5, 0):
         kept = round(N_FACTORS * percent / 100)
-        topk.append({"percent": percent, "n_factors": kept, "total_mi_nats": cumulative[kept],
-                     "mse": np.float64(0.02 + 0.5 * (1 - cumulative[kept] / cumulative[-1])),
-                     "accuracy": 0.25 + 0.3 * cumulative[kept] / cumulative[-1]})
+        topk.append(
+            {
+                "percent": percent,
+                "n_factors": kept,
+                "total_mi_nats": cumulative[kept],
+                "mse": np.float64(0.02 + 0.5 * (1 - cumulative[kept] / cumulative[-1])),
+                "accuracy": 0.25 + 0.3 * cumulative[kept] / cumulative[-1],
+            }
+        )
     confusion = rng.integers(2, 12, size=(4, 4)) + np.diag(rng.integers(8, 20, size=4))
     factors = []
     for rank, blocks in REPORTED_BLOCKS.items():
         j = int(ranking[rank])
-        factors.append({
-            "index": np.int64(j), "rank": rank + 1, "mi_nats": mi[j],
-            "variance": np.float32(rng.uniform(0.1, 1)),
-            "emotion": {"relevance": float(rng.uniform(0, 1)), "p_value": [0.003, 0.02, 0.4][rank],
-                        "linked": np.bool_(rank < 2)},
-            "blocks": [{"band": band, "electrodes": electrodes, "strength": strength}
-                       for band, electrodes, strength in blocks],
-        })
+        factors.append(
+            {
+                "index": np.int64(j),
+                "rank": rank + 1,
+                "mi_nats": mi[j],
+                "variance": np.float32(rng.uniform(0.1, 1)),
+                "emotion": {
+                    "relevance": float(rng.uniform(0, 1)),
+                    "p_value": [0.003, 0.02, 0.4][rank],
+                    "linked": np.bool_(rank < 2),
+                },
+                "blocks": [
+                    {"band": band, "electrodes": electrodes, "strength": strength}
+                    for band, electrodes, strength in blocks
+                ],
+            }
+        )
     return {
         "dataset": "deap",
-        "source": {"kind": kind, "path": "/data/deap/s01.dat" if kind != "synthetic" else "synthetic://seed-0",
-                   "n_trials": 40, "n_frames": 40 * 63},
-        "config": {"seed": 0, "bands": {"alpha": [8, 13], "beta": [13, 30], "gamma": [30, 45]},
-                   "vae": {"latent_dim": N_FACTORS, "beta": 4.0, "epochs": 30, "learning_rate": 3e-4},
-                   "split": {"protocol": "subject", "test_subjects": [31, 32]}},
-        "mi": {"per_factor_nats": mi, "variance": rng.uniform(0.05, 1.5, N_FACTORS),
-               "kl_prior_nats": kl_prior, "total_nats": float(mi.sum()), "ranking": ranking},
+        "source": {
+            "kind": kind,
+            "path": "/data/deap/s01.dat" if kind != "synthetic" else "synthetic://seed-0",
+            "n_trials": 40,
+            "n_frames": 40 * 63,
+        },
+        "config": {
+            "seed": 0,
+            "bands": {"alpha": [8, 13], "beta": [13, 30], "gamma": [30, 45]},
+            "vae": {"latent_dim": N_FACTORS, "beta": 4.0, "epochs": 30, "learning_rate": 3e-4},
+            "split": {"protocol": "subject", "test_subjects": [31, 32]},
+        },
+        "mi": {
+            "per_factor_nats": mi,
+            "variance": rng.uniform(0.05, 1.5, N_FACTORS),
+            "kl_prior_nats": kl_prior,
+            "total_nats": float(mi.sum()),
+            "ranking": ranking,
+        },
         "topk": topk,
-        "classification": {"protocol": "subject", "test_accuracy": np.trace(confusion) / confusion.sum(),
-                           "chance_accuracy": 0.25, "confusion": confusion, "class_names": CLASS_NAMES},
+        "classification": {
+            "protocol": "subject",
+            "test_accuracy": np.trace(confusion) / confusion.sum(),
+            "chance_accuracy": 0.25,
+            "confusion": confusion,
+            "class_names": CLASS_NAMES,
+        },
         "factors": factors,
-        "provenance": {"package_version": "0.1.0", "store": "/out/frames.zarr",
-                       "created": "2024-05-01T12:00:00+00:00", "config_hash": "ab12cd34"},
+        "provenance": {
+            "package_version": "0.1.0",
+            "store": "/out/frames.zarr",
+            "created": "2024-05-01T12:00:00+00:00",
+            "config_hash": "ab12cd34",
+        },
     }
 
 
@@ -111,8 +147,9 @@ def make_fake_assets(report: dict, seed: int = 0) -> ReportAssets:
             "traversal": traversal_strip(frames, values, BANDS),
         }
     return ReportAssets(
-        mi_variance=mi_variance_figure(mi["per_factor_nats"], mi["variance"], mi["ranking"],
-                                       threshold_nats=0.1),
+        mi_variance=mi_variance_figure(
+            mi["per_factor_nats"], mi["variance"], mi["ranking"], threshold_nats=0.1
+        ),
         topk=topk_figure(report["topk"]),
         confusion=confusion_figure(report["classification"]["confusion"], CLASS_NAMES),
         factors=factor_figures,
@@ -183,8 +220,16 @@ def test_json_round_trip_keeps_every_contract_key(tmp_path, report, assets):
     paths = write_report(tmp_path, report, assets)
     loaded = json.loads(paths["report.json"].read_text(encoding="utf-8"))
 
-    assert set(loaded) >= {"dataset", "source", "config", "mi", "topk", "classification", "factors",
-                           "provenance"}
+    assert set(loaded) >= {
+        "dataset",
+        "source",
+        "config",
+        "mi",
+        "topk",
+        "classification",
+        "factors",
+        "provenance",
+    }
     assert set(loaded["source"]) >= {"kind", "path", "n_trials", "n_frames"}
     assert set(loaded["mi"]) >= {"per_factor_nats", "variance", "kl_prior_nats", "total_nats", "ranking"}
     assert set(loaded["provenance"]) >= {"package_version", "store", "created"}
@@ -194,8 +239,11 @@ def test_json_round_trip_keeps_every_contract_key(tmp_path, report, assets):
     assert loaded["classification"]["confusion"] == report["classification"]["confusion"].tolist()
     assert [f["index"] for f in loaded["factors"]] == [int(f["index"]) for f in report["factors"]]
     assert [f["emotion"]["linked"] for f in loaded["factors"]] == [True, True, False]
-    assert loaded["factors"][0]["blocks"][0] == {"band": "gamma", "electrodes": ["C4", "T8", "P4", "P8"],
-                                                 "strength": 0.83}
+    assert loaded["factors"][0]["blocks"][0] == {
+        "band": "gamma",
+        "electrodes": ["C4", "T8", "P4", "P8"],
+        "strength": 0.83,
+    }
     assert loaded["config"]["vae"]["learning_rate"] == 3e-4
     # The written JSON is itself a valid report: a reader can render it again.
     validate_report(loaded)
@@ -206,8 +254,13 @@ def test_written_files_are_whole_and_named_by_index(tmp_path, report, assets):
     paths = write_report(tmp_path / "out", report, assets)
 
     indices = [int(f["index"]) for f in report["factors"]]
-    expected = {"report.json", "report.html", "figures/mi_variance.png", "figures/topk.png",
-                "figures/confusion.png"}
+    expected = {
+        "report.json",
+        "report.html",
+        "figures/mi_variance.png",
+        "figures/topk.png",
+        "figures/confusion.png",
+    }
     expected |= {f"figures/factor_{j:03d}_{kind}.png" for j in indices for kind in ("topomap", "traversal")}
     assert set(paths) == expected
     assert paths["figures/mi_variance.png"].read_bytes() == assets.mi_variance
@@ -256,10 +309,26 @@ def test_failed_write_leaves_previous_report_intact(tmp_path, report, assets, mo
 
 @pytest.mark.parametrize(
     "path",
-    ["dataset", "config", "source", "source.kind", "source.path", "source.n_trials", "source.n_frames",
-     "mi.per_factor_nats", "mi.variance", "mi.kl_prior_nats", "mi.total_nats", "mi.ranking",
-     "provenance.package_version", "provenance.store", "provenance.created",
-     "factors[0].blocks[0].electrodes", "classification.confusion", "topk[1].accuracy"],
+    [
+        "dataset",
+        "config",
+        "source",
+        "source.kind",
+        "source.path",
+        "source.n_trials",
+        "source.n_frames",
+        "mi.per_factor_nats",
+        "mi.variance",
+        "mi.kl_prior_nats",
+        "mi.total_nats",
+        "mi.ranking",
+        "provenance.package_version",
+        "provenance.store",
+        "provenance.created",
+        "factors[0].blocks[0].electrodes",
+        "classification.confusion",
+        "topk[1].accuracy",
+    ],
 )
 def test_missing_contract_key_is_named(tmp_path, report, assets, path):
     broken = copy.deepcopy(report)
@@ -392,10 +461,14 @@ def test_keys_the_schema_does_not_list_are_allowed_and_stability_is_checked(tmp_
     ("edit", "problem"),
     [
         # Python's json reads NaN, which JSON itself cannot hold: a number must be finite.
-        (lambda r: r["mi"].update(total_nats=float("nan")),
-         "'mi.total_nats' is NaN; expected a finite number"),
-        (lambda r: r["mi"]["variance"].__setitem__(2, None),
-         "'mi.variance[2]' is null; expected a finite number"),
+        (
+            lambda r: r["mi"].update(total_nats=float("nan")),
+            "'mi.total_nats' is NaN; expected a finite number",
+        ),
+        (
+            lambda r: r["mi"]["variance"].__setitem__(2, None),
+            "'mi.variance[2]' is null; expected a finite number",
+        ),
         (lambda r: r["source"].update(n_trials="40"), "'source.n_trials' is '40'; expected a whole number"),
         (lambda r: r.update(source=[]), "'source' is a list of 0 item(s); expected an object"),
         (
@@ -513,10 +586,23 @@ def make_image_report() -> dict:
         "dataset": "mnist",
         "source": {"kind": "idx", "path": "train-images-idx3-ubyte", "n_trials": 60000, "n_frames": 60000},
         "config": {"vae": {"latent_dim": 8}},
-        "mi": {"per_factor_nats": mi, "variance": rng.uniform(0, 1, 8), "kl_prior_nats": mi + 0.1,
-               "total_nats": mi.sum(), "ranking": np.argsort(-mi)},
-        "topk": [{"percent": p, "n_factors": round(8 * p / 100), "total_mi_nats": float(mi.sum()) * p / 100,
-                  "mse": 0.1, "accuracy": None} for p in (100, 50, 0)],
+        "mi": {
+            "per_factor_nats": mi,
+            "variance": rng.uniform(0, 1, 8),
+            "kl_prior_nats": mi + 0.1,
+            "total_nats": mi.sum(),
+            "ranking": np.argsort(-mi),
+        },
+        "topk": [
+            {
+                "percent": p,
+                "n_factors": round(8 * p / 100),
+                "total_mi_nats": float(mi.sum()) * p / 100,
+                "mse": 0.1,
+                "accuracy": None,
+            }
+            for p in (100, 50, 0)
+        ],
         "factors": [{"index": int(np.argmax(mi)), "rank": 1, "mi_nats": mi.max(), "variance": 0.5}],
         "provenance": {"package_version": "0.1.0", "store": "mnist.zarr", "created": "2024-05-01"},
     }
@@ -549,8 +635,19 @@ def test_assets_must_match_the_report(report, assets):
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0.83, "0.830"), (24.3, "24.3"), (5.6, "5.60"), (0.000123456, "0.000123"), (1e-7, "1.00e-07"),
-     (123456789.0, "1.23e+08"), (0.0, "0"), (16, "16"), (None, "–"), (float("nan"), "–"), (-2.5, "-2.50")],
+    [
+        (0.83, "0.830"),
+        (24.3, "24.3"),
+        (5.6, "5.60"),
+        (0.000123456, "0.000123"),
+        (1e-7, "1.00e-07"),
+        (123456789.0, "1.23e+08"),
+        (0.0, "0"),
+        (16, "16"),
+        (None, "–"),
+        (float("nan"), "–"),
+        (-2.5, "-2.50"),
+    ],
 )
 def test_numbers_are_shown_with_three_significant_digits(value, text):
     assert format_sig3(value) == text
@@ -560,8 +657,12 @@ def test_numbers_are_shown_with_three_significant_digits(value, text):
 
 
 def test_figures_are_png_of_sensible_size(report, assets):
-    for data in [assets.mi_variance, assets.topk, assets.confusion,
-                 *[png for figs in assets.factors.values() for png in figs.values()]]:
+    for data in [
+        assets.mi_variance,
+        assets.topk,
+        assets.confusion,
+        *[png for figs in assets.factors.values() for png in figs.values()],
+    ]:
         width, height = png_size(data)
         assert 5_000 < len(data) < 600_000
         assert 150 < width < 1400 and 150 < height < 1000

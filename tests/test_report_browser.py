@@ -146,7 +146,9 @@ def browser(chromium, tmp_path_factory):
     with open(profile.parent / "chromium.log", "wb") as log:
         process = subprocess.Popen(
             [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
         )
     devtools = None
     try:
@@ -168,9 +170,11 @@ def _open_page(devtools: DevTools, url: str) -> str:
     session = devtools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Runtime", "Log", "Network"):
         devtools.send(f"{domain}.enable", session=session)
-    devtools.send("Emulation.setDeviceMetricsOverride",
-                  {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False},
-                  session=session)
+    devtools.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False},
+        session=session,
+    )
     devtools.send("Page.navigate", {"url": url}, session=session)
     devtools.wait_for("Page.loadEventFired", session)
     return session
@@ -210,15 +214,21 @@ def _problems(events: list[dict]) -> list[str]:
 
 
 def _requested_urls(events: list[dict]) -> list[str]:
-    return [event["params"]["request"]["url"] for event in events
-            if event.get("method") == "Network.requestWillBeSent"]
+    return [
+        event["params"]["request"]["url"]
+        for event in events
+        if event.get("method") == "Network.requestWillBeSent"
+    ]
 
 
 def test_harness_catches_errors_and_external_requests(browser, tmp_path):
     # A page with the faults the report test must catch, so a silent harness cannot pass.
     faulty = tmp_path / "faulty.html"
-    faulty.write_text('<!DOCTYPE html><title>t</title><img src="http://127.0.0.1:9/x.png">'
-                      '<script>console.error("boom"); missingFunction();</script>', encoding="utf-8")
+    faulty.write_text(
+        '<!DOCTYPE html><title>t</title><img src="http://127.0.0.1:9/x.png">'
+        '<script>console.error("boom"); missingFunction();</script>',
+        encoding="utf-8",
+    )
 
     session = _open_page(browser, faulty.as_uri())
     events = browser.events_of(session)
@@ -236,8 +246,9 @@ def test_report_renders_in_chromium(browser, tmp_path):
 
     session = _open_page(browser, html_path.resolve().as_uri())
     events = browser.events_of(session)
-    page = browser.send("Runtime.evaluate", {"expression": PAGE_PROBE, "returnByValue": True},
-                        session=session)["result"]["value"]
+    page = browser.send(
+        "Runtime.evaluate", {"expression": PAGE_PROBE, "returnByValue": True}, session=session
+    )["result"]["value"]
     height = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]["height"]
     screenshot = _full_page_screenshot(browser, session, height)
     _keep_screenshot(screenshot, tmp_path, "report.png")
@@ -282,8 +293,9 @@ def test_report_of_a_small_run_renders_in_chromium(browser, small_deap_run, tmp_
     out_dir, _, report = small_deap_run
     session = _open_page(browser, (out_dir / "report.html").resolve().as_uri())
     events = browser.events_of(session)
-    page = browser.send("Runtime.evaluate", {"expression": PAGE_PROBE, "returnByValue": True},
-                        session=session)["result"]["value"]
+    page = browser.send(
+        "Runtime.evaluate", {"expression": PAGE_PROBE, "returnByValue": True}, session=session
+    )["result"]["value"]
     height = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]["height"]
     screenshot = _full_page_screenshot(browser, session, height)
     _keep_screenshot(screenshot, tmp_path, "small-run-report.png")

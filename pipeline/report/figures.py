@@ -100,8 +100,15 @@ def mi_variance_figure(per_factor_nats, variance, ranking, threshold_nats: float
     ax_mi.set_title("Information per factor, factors sorted by Î", fontsize=10, loc="left")
     if threshold_nats is not None:
         ax_mi.axhline(threshold_nats, color="#b0262c", linestyle="--", linewidth=1)
-        ax_mi.text(n_factors - 0.5, threshold_nats, f" threshold {threshold_nats:.3g} nats",
-                   color="#b0262c", fontsize=8, ha="right", va="bottom")
+        ax_mi.text(
+            n_factors - 0.5,
+            threshold_nats,
+            f" threshold {threshold_nats:.3g} nats",
+            color="#b0262c",
+            fontsize=8,
+            ha="right",
+            va="bottom",
+        )
     ax_var.bar(positions, var[order], color=_VARIANCE_COLOUR)
     ax_var.set_ylabel("Var(μ$_j$)")
     ax_var.set_title("Variance of the posterior mean, same order", fontsize=10, loc="left")
@@ -186,8 +193,9 @@ def confusion_figure(confusion, class_names: Sequence[str]) -> bytes:
         raise InputError("confusion", "must hold non-negative whole counts")
     names = [str(name) for name in class_names]
     if len(names) != n_classes:
-        raise InputError("class_names", f"has {len(names)} name(s); the confusion matrix has "
-                                        f"{n_classes} classes")
+        raise InputError(
+            "class_names", f"has {len(names)} name(s); the confusion matrix has {n_classes} classes"
+        )
 
     row_totals = counts.sum(axis=1, keepdims=True)
     fractions = np.divide(counts, row_totals, out=np.zeros_like(counts), where=row_totals > 0)
@@ -196,8 +204,15 @@ def confusion_figure(confusion, class_names: Sequence[str]) -> bytes:
     ax = fig.subplots()
     image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
     for (i, k), count in np.ndenumerate(counts):
-        ax.text(k, i, f"{int(count)}\n{fractions[i, k]:.0%}", ha="center", va="center", fontsize=10,
-                color="white" if fractions[i, k] > 0.55 else "#1b1f24")
+        ax.text(
+            k,
+            i,
+            f"{int(count)}\n{fractions[i, k]:.0%}",
+            ha="center",
+            va="center",
+            fontsize=10,
+            color="white" if fractions[i, k] > 0.55 else "#1b1f24",
+        )
     ax.set_xticks(range(n_classes), names, rotation=30, ha="right", fontsize=10)
     ax.set_yticks(range(n_classes), names, fontsize=10)
     ax.set_xlabel("predicted")
@@ -239,8 +254,9 @@ def topomap_figure(
     names = [str(name) for name in ch_names]
     bands = [str(band) for band in band_names]
     if values.shape != (len(bands), len(names)):
-        raise InputError("change", f"has shape {values.shape}; expected (n_bands={len(bands)}, "
-                                   f"n_channels={len(names)})")
+        raise InputError(
+            "change", f"has shape {values.shape}; expected (n_bands={len(bands)}, n_channels={len(names)})"
+        )
     if len(set(names)) != len(names):
         raise InputError("ch_names", "holds duplicate electrode names")
     try:
@@ -267,10 +283,22 @@ def topomap_figure(
     for row, (ax, band) in enumerate(zip(axes[0], bands, strict=True)):
         limit = float(np.max(np.abs(values[row]))) or 1.0
         image, _ = mne.viz.plot_topomap(
-            values[row], info, axes=ax, show=False, cmap="RdBu_r", vlim=(-limit, limit), contours=4,
-            sensors=True, mask=mask[row],
-            mask_params={"marker": "o", "markerfacecolor": "white", "markeredgecolor": "black",
-                         "linewidth": 0, "markersize": 7},
+            values[row],
+            info,
+            axes=ax,
+            show=False,
+            cmap="RdBu_r",
+            vlim=(-limit, limit),
+            contours=4,
+            sensors=True,
+            mask=mask[row],
+            mask_params={
+                "marker": "o",
+                "markerfacecolor": "white",
+                "markeredgecolor": "black",
+                "linewidth": 0,
+                "markersize": 7,
+            },
         )
         ax.set_title(band, fontsize=10)
         fig.colorbar(image, ax=ax, shrink=0.7, orientation="horizontal", pad=0.02, format="%.2g")
@@ -314,8 +342,9 @@ def traversal_strip(frames, values, band_names: Sequence[str] | None = None, rgb
         else:
             row_labels = [str(name) for name in band_names]
         if len(row_labels) != n_channels:
-            raise InputError("band_names", f"has {len(row_labels)} name(s); frames have {n_channels} "
-                                           "channels")
+            raise InputError(
+                "band_names", f"has {len(row_labels)} name(s); frames have {n_channels} channels"
+            )
 
     n_rows = len(row_labels)
     height, width = images.shape[2:]
@@ -324,30 +353,39 @@ def traversal_strip(frames, values, band_names: Sequence[str] | None = None, rgb
     # than one axes per frame and keeps the frames of a row on exactly one colour scale.
     column_starts = np.arange(n_values) * (width + gap)
     mosaic_width = column_starts[-1] + width
-    fig = Figure(figsize=(0.22 + 1.05 * n_values * (width + gap) / width, 0.5 + 1.05 * n_rows),
-                 layout="constrained")
+    fig = Figure(
+        figsize=(0.22 + 1.05 * n_values * (width + gap) / width, 0.5 + 1.05 * n_rows), layout="constrained"
+    )
     axes = fig.subplots(n_rows, 1, squeeze=False)[:, 0]
     for row, (ax, label) in enumerate(zip(axes, row_labels, strict=True)):
         if rgb:
             mosaic = np.ones((height, mosaic_width, 3))
             for k, start in enumerate(column_starts):
-                mosaic[:, start:start + width] = np.moveaxis(images[k], 0, -1)
+                mosaic[:, start : start + width] = np.moveaxis(images[k], 0, -1)
             ax.imshow(mosaic, interpolation="nearest")
         else:
             mosaic = np.full((height, mosaic_width), np.nan)
             for k, start in enumerate(column_starts):
-                mosaic[:, start:start + width] = images[k, row]
+                mosaic[:, start : start + width] = images[k, row]
             cmap = matplotlib.colormaps["gray" if n_channels == 1 else "viridis"].with_extremes(bad="white")
-            shown = ax.imshow(mosaic, interpolation="nearest", cmap=cmap, vmin=float(images[:, row].min()),
-                              vmax=float(images[:, row].max()))
+            shown = ax.imshow(
+                mosaic,
+                interpolation="nearest",
+                cmap=cmap,
+                vmin=float(images[:, row].min()),
+                vmax=float(images[:, row].max()),
+            )
             fig.colorbar(shown, ax=ax, shrink=0.9, pad=0.01, format="%.2g")
         ax.set_yticks([])
         ax.set_ylabel(label, fontsize=9)
         ax.spines[:].set_visible(False)
         if row == 0:
             ax.xaxis.tick_top()
-            ax.set_xticks(column_starts + (width - 1) / 2,
-                          [f"z = {z:+.2g}" if z != 0 else "z = 0" for z in z_values], fontsize=8)
+            ax.set_xticks(
+                column_starts + (width - 1) / 2,
+                [f"z = {z:+.2g}" if z != 0 else "z = 0" for z in z_values],
+                fontsize=8,
+            )
             ax.tick_params(axis="x", length=0)
         else:
             ax.set_xticks([])

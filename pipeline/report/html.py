@@ -116,8 +116,10 @@ class ReportAssets:
                 raise InputError("ReportAssets.factors", f"key {index!r} is not a factor index")
             unknown = set(figures) - set(FACTOR_FIGURES)
             if unknown:
-                raise InputError(f"ReportAssets.factors[{index}]",
-                                 f"has unknown figure(s) {sorted(unknown)}; expected {FACTOR_FIGURES}")
+                raise InputError(
+                    f"ReportAssets.factors[{index}]",
+                    f"has unknown figure(s) {sorted(unknown)}; expected {FACTOR_FIGURES}",
+                )
             for kind, data in figures.items():
                 _check_png(data, f"ReportAssets.factors[{index}][{kind!r}]")
 
@@ -174,12 +176,17 @@ def _top_factor_rows(mi: Mapping) -> list[dict]:
     for position, j in enumerate(mi["ranking"][:TOP_FACTORS_SHOWN]):
         j = int(j)
         cumulative += per_factor[j]
-        rows.append({
-            "rank": position + 1, "index": j, "mi_nats": per_factor[j],
-            "share": per_factor[j] / total if total > 0 else None,
-            "cumulative": cumulative / total if total > 0 else None,
-            "variance": float(mi["variance"][j]), "kl_prior_nats": float(mi["kl_prior_nats"][j]),
-        })
+        rows.append(
+            {
+                "rank": position + 1,
+                "index": j,
+                "mi_nats": per_factor[j],
+                "share": per_factor[j] / total if total > 0 else None,
+                "cumulative": cumulative / total if total > 0 else None,
+                "variance": float(mi["variance"][j]),
+                "kl_prior_nats": float(mi["kl_prior_nats"][j]),
+            }
+        )
     return rows
 
 
@@ -187,17 +194,23 @@ def _factor_cards(report: Mapping, assets: ReportAssets) -> list[dict]:
     cards = []
     for factor in report.get("factors", []):
         figures = assets.factors.get(int(factor["index"]), {})
-        cards.append({
-            **factor,
-            "block_labels": [
-                {"text": f"{'-'.join(block['electrodes'])} ({block['band']})", "strength": block["strength"],
-                 "emotion_linked": block.get("emotion_linked", False), "q_value": block.get("q_value"),
-                 "seeds_found": block.get("seeds_found")}
-                for block in factor.get("blocks", [])
-            ],
-            "topomap_uri": _data_uri(figures.get("topomap")),
-            "traversal_uri": _data_uri(figures.get("traversal")),
-        })
+        cards.append(
+            {
+                **factor,
+                "block_labels": [
+                    {
+                        "text": f"{'-'.join(block['electrodes'])} ({block['band']})",
+                        "strength": block["strength"],
+                        "emotion_linked": block.get("emotion_linked", False),
+                        "q_value": block.get("q_value"),
+                        "seeds_found": block.get("seeds_found"),
+                    }
+                    for block in factor.get("blocks", [])
+                ],
+                "topomap_uri": _data_uri(figures.get("topomap")),
+                "traversal_uri": _data_uri(figures.get("traversal")),
+            }
+        )
     return cards
 
 
@@ -263,29 +276,36 @@ def render_report_html(report: Mapping, assets: ReportAssets) -> str:
     reported = {factor["index"] for factor in report.get("factors", [])}
     stray = sorted(set(assets.factors) - reported)
     if stray:
-        raise InputError("ReportAssets.factors", f"has figures for factor(s) {stray}, which the report "
-                                                 "does not list under 'factors'")
+        raise InputError(
+            "ReportAssets.factors",
+            f"has figures for factor(s) {stray}, which the report does not list under 'factors'",
+        )
     classification = report.get("classification")
     cards = _factor_cards(report, assets)
     with_emotion = [card for card in cards if "emotion" in card]
-    return _environment().get_template("report.html.j2").render(
-        report=report,
-        dataset_title=DATASET_TITLES[report["dataset"]],
-        # Image data sets have images, factors and traversals; electrodes and emotion are DEAP's.
-        image_data=report["dataset"] != "deap",
-        n_factors=len(report["mi"]["per_factor_nats"]),
-        top_factor_rows=_top_factor_rows(report["mi"]),
-        config_rows=flatten_config(report["config"]),
-        # Nested extras (e.g. the band normalisation and the split it was fitted on) as one row each.
-        provenance_extra=flatten_config({k: v for k, v in report["provenance"].items()
-                                         if k not in _PROVENANCE_KEYS}),
-        n_classes=len(classification["confusion"]) if classification is not None else None,
-        factor_cards=cards,
-        stability=report.get("stability"),
-        headline_blocks=_headline_blocks(report),
-        n_linked=sum(card["emotion"]["linked"] for card in with_emotion) if with_emotion else None,
-        n_with_emotion=len(with_emotion),
-        mi_variance_uri=_data_uri(assets.mi_variance),
-        topk_uri=_data_uri(assets.topk) if "topk" in report else None,
-        confusion_uri=_data_uri(assets.confusion) if classification is not None else None,
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            report=report,
+            dataset_title=DATASET_TITLES[report["dataset"]],
+            # Image data sets have images, factors and traversals; electrodes and emotion are DEAP's.
+            image_data=report["dataset"] != "deap",
+            n_factors=len(report["mi"]["per_factor_nats"]),
+            top_factor_rows=_top_factor_rows(report["mi"]),
+            config_rows=flatten_config(report["config"]),
+            # Nested extras (e.g. the band normalisation and the split it was fitted on) as one row each.
+            provenance_extra=flatten_config(
+                {k: v for k, v in report["provenance"].items() if k not in _PROVENANCE_KEYS}
+            ),
+            n_classes=len(classification["confusion"]) if classification is not None else None,
+            factor_cards=cards,
+            stability=report.get("stability"),
+            headline_blocks=_headline_blocks(report),
+            n_linked=sum(card["emotion"]["linked"] for card in with_emotion) if with_emotion else None,
+            n_with_emotion=len(with_emotion),
+            mi_variance_uri=_data_uri(assets.mi_variance),
+            topk_uri=_data_uri(assets.topk) if "topk" in report else None,
+            confusion_uri=_data_uri(assets.confusion) if classification is not None else None,
+        )
     )

@@ -72,8 +72,7 @@ class Trials:
         if signals.ndim != 3 or signals.shape[1:] != (len(DEAP_CHANNELS), N_SAMPLES):
             raise InputError(
                 where,
-                f"signals have shape {signals.shape}; expected (n_trials, {len(DEAP_CHANNELS)}, "
-                f"{N_SAMPLES})",
+                f"signals have shape {signals.shape}; expected (n_trials, {len(DEAP_CHANNELS)}, {N_SAMPLES})",
             )
         n_trials = signals.shape[0]
         if n_trials == 0:

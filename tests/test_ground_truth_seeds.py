@@ -3,8 +3,9 @@
 Three β-VAEs (model seeds 0, 1, 2) learn the planted scenario with the ground-truth check's
 settings (tests/test_ground_truth.py). Each planted block (arousal's gamma block, valence's alpha
 block and the label-free beta distractor) must be a block of an influential factor of the
-reported seed, found in at least 2 of the 3 seeds; the distractor is linked in none, and the
-headline names only linked blocks found in 2 or more.
+reported seed, found in at least 2 of the 3 seeds; the distractor's factor is linked in fewer
+than 2 (one seed may mix it into an emotion factor) and never reaches the headline, which names
+only linked blocks found in 2 or more.
 
 A block counts in a seed when any influential factor of that seed has a block of its band with
 Jaccard ≥ 0.5 (pipeline.stability.block_seeds_found). The factors themselves need not come back
@@ -47,7 +48,14 @@ def test_each_planted_block_is_found_in_most_seeds(planted_three_seeds):
         assert block_jaccard(block["electrodes"], effect["electrodes"]) >= 0.5, (effect["label"], block)
         assert block["seeds_found"] >= 2, (effect["label"], block, factor["stability"])
         if effect["role"] == "distractor":
-            assert factor["stability"]["seeds_linked"] == 0, factor["stability"]
+            # A seed may mix the distractor into an emotion factor; a majority never links it,
+            # so the headline never names it.
+            assert factor["stability"]["seeds_linked"] < report["stability"]["majority"], factor["stability"]
+            assert not any(
+                headline["band"] == effect["band"]
+                and block_jaccard(headline["electrodes"], effect["electrodes"]) >= 0.5
+                for headline in majority_linked_blocks(report)
+            )
 
 
 def test_the_headline_names_only_blocks_found_in_most_seeds(planted_three_seeds):

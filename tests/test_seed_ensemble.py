@@ -105,6 +105,7 @@ def test_one_seed_is_todays_run_with_counts_of_one(small_deap_run):
     assert store.latent_model_id_of(seed_latent_set(SEED + 1, SEED)) is None
     html = (out_dir / "report.html").read_text()
     assert 'id="seed-stability"' not in html and "seeds</dt>" not in html
+    assert 'id="one-seed"' in html and "--seeds 3" in html
 
 
 def test_a_seed_killed_midway_continues_and_another_split_trains_afresh(two_then_three_seeds, tmp_path):

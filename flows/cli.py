@@ -260,7 +260,7 @@ def _run_deap(args: argparse.Namespace) -> int:
         )
         blocks = [
             f"{'-'.join(block['electrodes'])} ({block['band']}, z{block['factor']}, "
-            f"{block['seeds_found']} of {block['n_seeds']} seeds)"
+            f"found in {block['seeds_found']} of {block['n_seeds']} seeds, linked in {block['seeds_linked']})"
             for block in outcome["linked_blocks"]
         ]
         print(f"emotion-linked blocks found in most seeds: {', '.join(blocks) or 'none'}")

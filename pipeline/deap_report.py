@@ -339,7 +339,8 @@ def analyse_seed(
 
 def majority_linked_blocks(report: dict) -> list[dict]:
     """The emotion-linked blocks of the report found in a majority of its seeds: what a headline
-    may name. Each: ``factor``, ``band``, ``electrodes``, ``seeds_found``, ``n_seeds``."""
+    may name. Each: ``factor``, ``band``, ``electrodes``, ``seeds_found``, ``seeds_linked``
+    (seeds in which an emotion-linked factor shows it), ``n_seeds``."""
     stability = report["stability"]
     return [
         {
@@ -347,6 +348,7 @@ def majority_linked_blocks(report: dict) -> list[dict]:
             "band": block["band"],
             "electrodes": block["electrodes"],
             "seeds_found": block["seeds_found"],
+            "seeds_linked": block.get("seeds_linked"),
             "n_seeds": stability["n_seeds"],
         }
         for factor in report["factors"]

@@ -196,9 +196,11 @@ def _consensus_record(seeds: Sequence[SeedFactors], members: dict[int, int], sim
     }
 
 
-def block_seeds_found(block: dict, seeds: Sequence[SeedFactors], jaccard: float = BLOCK_JACCARD) -> int:
-    """In how many seeds any influential factor has a block of ``block``'s band with Jaccard ≥
-    ``jaccard`` over the electrodes.
+def block_seeds_found(
+    block: dict, seeds: Sequence[SeedFactors], jaccard: float = BLOCK_JACCARD, linked_only: bool = False
+) -> int:
+    """In how many seeds any influential factor (with ``linked_only``, any emotion-linked one) has
+    a block of ``block``'s band with Jaccard ≥ ``jaccard`` over the electrodes.
 
     Any factor, not only the matched one: a seed that spread the effect over two near-duplicate
     factors, or mixed it with another effect, still shows the block, and that is what a reader
@@ -209,10 +211,13 @@ def block_seeds_found(block: dict, seeds: Sequence[SeedFactors], jaccard: float 
     for seed in seeds:
         if seed.blocks is None:
             raise InputError(f"seed {seed.seed}", "has no electrode blocks to compare")
+        if linked_only and seed.linked is None:
+            raise InputError(f"seed {seed.seed}", "has no emotion links to compare")
         if any(
             other["band"] == block["band"]
             and block_jaccard(other["electrodes"], block["electrodes"]) >= jaccard
-            for factor_blocks in seed.blocks
+            for position, factor_blocks in enumerate(seed.blocks)
+            if not linked_only or seed.linked[position]
             for other in factor_blocks
         ):
             count += 1
@@ -279,7 +284,8 @@ def annotate_factors(
     An influential factor gets ``stability`` {``seeds_found``, ``seeds_linked`` (EEG),
     ``median_mi_nats``, ``matched`` ({seed: factor index})}; a factor below the influential
     threshold is not matched (``stability`` None). Each block of an influential factor gets
-    ``seeds_found`` (see :func:`block_seeds_found`).
+    ``seeds_found`` and (EEG) ``seeds_linked``: in how many seeds an influential, respectively an
+    emotion-linked, factor shows it (see :func:`block_seeds_found`).
     """
     for factor in factors:
         if not factor.get("influential", True):
@@ -294,3 +300,5 @@ def annotate_factors(
         }
         for block in factor.get("blocks", []):
             block["seeds_found"] = block_seeds_found(block, seeds)
+            if match["seeds_linked"] is not None:
+                block["seeds_linked"] = block_seeds_found(block, seeds, linked_only=True)

@@ -269,7 +269,14 @@ def test_seeds_reach_the_flow_and_its_stability_is_printed(monkeypatch, capsys, 
                 "ground_truth_passed": None,
                 "stability": {"n_seeds": 3, "reported_seed": 2, "most_representative_seed": 2},
                 "linked_blocks": [
-                    {"factor": 5, "band": "gamma", "electrodes": ["C4", "T8"], "seeds_found": 2, "n_seeds": 3}
+                    {
+                        "factor": 5,
+                        "band": "gamma",
+                        "electrodes": ["C4", "T8"],
+                        "seeds_found": 2,
+                        "seeds_linked": 1,
+                        "n_seeds": 3,
+                    }
                 ],
             }
 
@@ -282,7 +289,10 @@ def test_seeds_reach_the_flow_and_its_stability_is_printed(monkeypatch, capsys, 
     assert seen["n_seeds"] == 3 and seen["seed"] == 1
     out = capsys.readouterr().out
     assert "seed 2's (the most representative)" in out
-    assert "emotion-linked blocks found in most seeds: C4-T8 (gamma, z5, 2 of 3 seeds)" in out
+    headline = (
+        "emotion-linked blocks found in most seeds: C4-T8 (gamma, z5, found in 2 of 3 seeds, linked in 1)"
+    )
+    assert headline in out
 
 
 def test_a_seed_ensemble_with_a_beta_sweep_is_refused_in_one_line(monkeypatch, capsys, tmp_path):

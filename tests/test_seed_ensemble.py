@@ -83,6 +83,7 @@ def test_the_report_says_how_often_each_factor_and_block_came_back(two_then_thre
         assert member["seeds_found"] == found["seeds_found"]
         for block in factor["blocks"]:
             assert 1 <= block["seeds_found"] <= stability["n_seeds"]
+            assert 0 <= block["seeds_linked"] <= block["seeds_found"]
     # Every influential factor of every seed belongs to exactly one consensus factor.
     members = [(seed, index) for c in consensus for seed, index in c["members"].items()]
     assert len(members) == len(set(members))

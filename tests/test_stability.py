@@ -136,6 +136,21 @@ def test_a_block_counts_in_a_seed_that_shows_it_on_another_factor_than_the_match
     assert block_seeds_found({"band": "beta", "electrodes": ["C4", "T8"]}, seeds) == 0
 
 
+def test_a_block_counts_as_linked_only_in_seeds_where_an_emotion_linked_factor_shows_it():
+    rng = np.random.default_rng(8)
+    effects = _maps(rng, 2)
+    block = {"band": "gamma", "electrodes": ["C4", "T8", "P4", "P8"]}
+    other = {"band": "beta", "electrodes": ["O1", "Oz", "O2"]}
+    seeds = [
+        _seed(0, effects, linked=[True, False], blocks=[[block], [other]]),
+        _seed(1, effects, linked=[False, True], blocks=[[block], [other]]),  # the block's factor not linked
+        _seed(2, effects, linked=[False, True], blocks=[[other], [block, other]]),  # on the linked one
+    ]
+    assert block_seeds_found(block, seeds) == 3
+    assert block_seeds_found(block, seeds, linked_only=True) == 2
+    assert block_seeds_found(other, seeds, linked_only=True) == 2
+
+
 def test_the_representative_seed_is_the_one_closest_to_the_consensus():
     rng = np.random.default_rng(6)
     truth = _maps(rng, 3)

@@ -204,6 +204,7 @@ def _factor_cards(report: Mapping, assets: ReportAssets) -> list[dict]:
                         "emotion_linked": block.get("emotion_linked", False),
                         "q_value": block.get("q_value"),
                         "seeds_found": block.get("seeds_found"),
+                        "seeds_linked": block.get("seeds_linked"),
                     }
                     for block in factor.get("blocks", [])
                 ],

@@ -114,3 +114,6 @@ def _check_stability(report: Mapping, where: str) -> None:
             if "seeds_found" in block:
                 key = f"factors[{i}].blocks[{b}].seeds_found"
                 check_count(block["seeds_found"], key, 1, n_seeds)
+            if "seeds_linked" in block:
+                key = f"factors[{i}].blocks[{b}].seeds_linked"
+                check_count(block["seeds_linked"], key, 0, n_seeds)

@@ -29,7 +29,7 @@ from pipeline.models.vae import BetaVAE
 from pipeline.progress import Progress
 from pipeline.report import ReportAssets, write_report
 from pipeline.report.figures import confusion_figure, mi_variance_figure, topk_figure
-from pipeline.splits import CLASS_NAMES
+from pipeline.splits import CLASS_NAMES, Split
 from pipeline.stability import (
     BLOCK_JACCARD,
     MATCH_THRESHOLD,
@@ -163,8 +163,6 @@ def build_deap_report(
     test_estimate = store_mi(store, split.test, group=group) if split.test.size else None
     threshold = learn.class_threshold
     test_mu, test_classes = _latents_and_classes(store, split.test, threshold, group)
-    val_mu, val_classes = _latents_and_classes(store, split.val, threshold, group)
-    train_mu, train_classes = _latents_and_classes(store, split.train, threshold, group)
     classification = protocol_classification(store, classifier, threshold, learn.split_seed, group=group)
     by_protocol = {classification["protocol"]: classification}
     for slot in secondary_protocols(store):
@@ -177,22 +175,8 @@ def build_deap_report(
     )
     preprocess = PreprocessConfig.from_dict(store.attrs["preprocessing"])
     operator = deap_imaging_operator(preprocess)
-    selection = np.concatenate([split.train, split.val])
-    factors, factor_figures, relevance = describe_factors(
-        model,
-        classifier,
-        estimate,
-        np.concatenate([train_mu, val_mu]),
-        np.concatenate([train_classes, val_classes]),
-        _subjects(store, selection),
-        electrode_band_power(store, selection, operator),
-        val_mu,
-        val_classes,
-        operator,
-        preprocess.band_names,
-        rules,
-        seed=learn.split_seed,
-        progress=progress,
+    factors, factor_figures, relevance, selection_mu = _describe_selection(
+        store, split, model, classifier, estimate, preprocess, operator, learn, rules, group, progress
     )
     for factor in factors:
         factor["mi_test_nats"] = (
@@ -200,7 +184,6 @@ def build_deap_report(
         )
     model_seed = learn.train.seed
     if seed_analyses is None:
-        selection_mu = np.concatenate([train_mu, val_mu])
         seed_analyses = [
             eeg_seed_factors(model, factors, selection_mu, operator, rules, model_seed, learn.split_seed)
         ]
@@ -295,6 +278,47 @@ def seed_stability(seed_analyses: list[SeedFactors], model_seed: int) -> dict:
     }
 
 
+def _describe_selection(
+    store: FrameStore,
+    split: Split,
+    model: BetaVAE,
+    classifier: EmotionLSTM | None,
+    estimate: MIEstimate,
+    preprocess: PreprocessConfig,
+    operator: ImagingOperator,
+    learn: LearnConfig,
+    rules: FactorRules,
+    group: str,
+    progress: Progress | None,
+    draw: bool = True,
+) -> tuple[list[dict], dict[int, dict[str, bytes]], dict, np.ndarray]:
+    """:func:`describe_factors` on the training and validation trials of ``split``, the analysis
+    the report and every seed of an ensemble share; also returns those trials' latent means."""
+    threshold = learn.class_threshold
+    val_mu, val_classes = _latents_and_classes(store, split.val, threshold, group)
+    train_mu, train_classes = _latents_and_classes(store, split.train, threshold, group)
+    selection = np.concatenate([split.train, split.val])
+    selection_mu = np.concatenate([train_mu, val_mu])
+    factors, figures, relevance = describe_factors(
+        model,
+        classifier,
+        estimate,
+        selection_mu,
+        np.concatenate([train_classes, val_classes]),
+        _subjects(store, selection),
+        electrode_band_power(store, selection, operator),
+        val_mu,
+        val_classes,
+        operator,
+        preprocess.band_names,
+        rules,
+        seed=learn.split_seed,
+        progress=progress,
+        draw=draw,
+    )
+    return factors, figures, relevance, selection_mu
+
+
 def analyse_seed(
     store: FrameStore,
     model: BetaVAE,
@@ -309,30 +333,11 @@ def analyse_seed(
     trials, the same traversal seeds and permutations), without the classifier and the figures.
     """
     split = stored_split(store)
-    threshold = learn.class_threshold
     estimate = store_mi(store, split.train, group=group)
-    val_mu, val_classes = _latents_and_classes(store, split.val, threshold, group)
-    train_mu, train_classes = _latents_and_classes(store, split.train, threshold, group)
     preprocess = PreprocessConfig.from_dict(store.attrs["preprocessing"])
     operator = deap_imaging_operator(preprocess)
-    selection = np.concatenate([split.train, split.val])
-    selection_mu = np.concatenate([train_mu, val_mu])
-    factors, _, _ = describe_factors(
-        model,
-        None,
-        estimate,
-        selection_mu,
-        np.concatenate([train_classes, val_classes]),
-        _subjects(store, selection),
-        electrode_band_power(store, selection, operator),
-        val_mu,
-        val_classes,
-        operator,
-        preprocess.band_names,
-        rules,
-        seed=learn.split_seed,
-        progress=progress,
-        draw=False,
+    factors, _, _, selection_mu = _describe_selection(
+        store, split, model, None, estimate, preprocess, operator, learn, rules, group, progress, draw=False
     )
     return eeg_seed_factors(model, factors, selection_mu, operator, rules, learn.train.seed, learn.split_seed)
 

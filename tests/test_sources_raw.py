@@ -20,20 +20,17 @@ import scipy.io
 import yaml
 
 from pipeline.errors import InputError
+from pipeline.sources.labels import MISSING_LABEL_FILL, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, read_labels_csv
 from pipeline.sources.raw import (
     CHANNEL_ALIASES,
     MAX_INTERPOLATED_CHANNELS,
     MIN_SFREQ,
-    MISSING_LABEL_FILL,
     MONTAGE,
-    OPTIONAL_COLUMNS,
     PASSBAND_HZ,
     RECORDING_READERS,
-    REQUIRED_COLUMNS,
     TRANSITION_HZ,
     default_labels_path,
     match_deap_channels,
-    read_labels_csv,
     read_recording,
     read_recording_with_info,
     recording_suffix,

@@ -10,14 +10,9 @@ Formats
 
 Labels sidecar
     ``<recording stem>_labels.csv`` beside the recording (``s01.bdf`` -> ``s01_labels.csv``,
-    ``sub-01_eeg.fif.gz`` -> ``sub-01_eeg_labels.csv``), or any file given as ``labels_path``.
-    Header ``onset,valence,arousal`` with optional ``dominance`` and ``liking`` (any order, case
-    and surrounding spaces ignored, no other columns); one row per trial. ``onset`` is the start
-    of the trial's 3-s baseline, in seconds from the recording's first sample (MNE's
-    ``raw.times``); the 60-s stimulus follows it. Onsets rise strictly, each trial's 63 s lie
-    inside the recording, and every label is a number in [1, 9]. A missing ``dominance`` or
-    ``liking`` column is filled with :data:`MISSING_LABEL_FILL` (5, the middle of the 1-9 scale),
-    and the info of :func:`read_recording_with_info` lists the filled columns.
+    ``sub-01_eeg.fif.gz`` -> ``sub-01_eeg_labels.csv``), or any file given as ``labels_path``:
+    each trial's onset and scores, read and checked by :mod:`pipeline.sources.labels`. The info
+    of :func:`read_recording_with_info` lists the label columns it filled.
 
 Channels
     The 32 DEAP channels are found by name, never by position: case is ignored, as are an
@@ -60,14 +55,11 @@ Provenance
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +67,8 @@ import mne
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.sources.trials import (
-    DEAP_CHANNELS,
-    LABEL_NAMES,
-    LABEL_RANGE,
-    N_SAMPLES,
-    SFREQ,
-    Trials,
-    file_sha256,
-)
+from pipeline.sources.labels import MISSING_LABEL_FILL, read_labels_csv
+from pipeline.sources.trials import DEAP_CHANNELS, N_SAMPLES, SFREQ, Trials, file_sha256
 
 RECORDING_READERS: dict[str, Callable[..., mne.io.BaseRaw]] = {
     ".bdf": mne.io.read_raw_bdf,
@@ -95,9 +80,6 @@ RECORDING_READERS: dict[str, Callable[..., mne.io.BaseRaw]] = {
 }
 LABELS_SUFFIX = "_labels.csv"
 _MAX_HEADER_BYTES = 1 << 20  # a BrainVision header is a few kB
-REQUIRED_COLUMNS: tuple[str, ...] = ("onset", "valence", "arousal")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("dominance", "liking")
-MISSING_LABEL_FILL = 5.0  # the middle of the 1-9 self-assessment scale: "no information"
 CHANNEL_ALIASES: dict[str, str] = {"T3": "T7", "T4": "T8", "T5": "P7", "T6": "P8"}
 PASSBAND_HZ = (4.0, 45.0)
 # Transition widths (Hz): 2 below 4 Hz (MNE's default there); 5 above 45 Hz, so the stop band
@@ -106,31 +88,11 @@ TRANSITION_HZ = (2.0, 5.0)
 MIN_SFREQ = 2 * (PASSBAND_HZ[1] + TRANSITION_HZ[1])  # the stop band must fit under Nyquist
 MONTAGE = "biosemi32"
 MAX_INTERPOLATED_CHANNELS = 8  # a quarter of the montage; beyond that the splines guess more than they see
-TRIAL_SECONDS = N_SAMPLES / SFREQ  # 63 s: the 3-s baseline and the 60-s trial
 VOLTS_TO_MICROVOLTS = 1e6
 
 _EEG_PREFIX = re.compile(r"^eeg[\s:_-]+", re.IGNORECASE)
 _REFERENCE_SUFFIX = re.compile(r"[\s_-]ref$", re.IGNORECASE)
 _SUBJECT_IN_NAME = re.compile(r"(?:^|[^a-z0-9])(?:sub-?|s)(\d+)(?![0-9])", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class LabelTable:
-    """The contents of a labels sidecar.
-
-    Attributes
-    ----------
-    onsets : float64 array (n_trials,)
-        Start of each trial's baseline, in seconds from the recording's first sample.
-    labels : float32 array (n_trials, 4)
-        Scores in ``LABEL_NAMES`` order.
-    filled : tuple of str
-        Label columns absent from the file and set to :data:`MISSING_LABEL_FILL`.
-    """
-
-    onsets: np.ndarray
-    labels: np.ndarray
-    filled: tuple[str, ...]
 
 
 def recording_suffix(path: str | os.PathLike) -> str:
@@ -217,132 +179,6 @@ def match_deap_channels(
         else:
             missing.append(deap_name)
     return matched, missing
-
-
-def _parse_number(where: Path, line: int, trial: int, column: str, cell: str) -> float:
-    try:
-        value = float(cell)
-    except ValueError:
-        raise InputError(
-            where, f"line {line} (trial {trial}): {column} = {cell.strip()!r} is not a number"
-        ) from None
-    if not math.isfinite(value):
-        raise InputError(where, f"line {line} (trial {trial}): {column} = {cell.strip()!r} is not finite")
-    return value
-
-
-def _read_header(where: Path, header: list[str]) -> list[str]:
-    columns = [cell.strip().lower() for cell in header]
-    allowed = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-    duplicated = sorted({name for name in columns if columns.count(name) > 1})
-    if duplicated:
-        raise InputError(where, f"column(s) {duplicated} appear more than once in the header")
-    unknown = [name for name in columns if name not in allowed]
-    if unknown:
-        raise InputError(where, f"unexpected column(s) {unknown} in the header; allowed: {list(allowed)}")
-    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
-    if missing:
-        raise InputError(
-            where,
-            f"header lacks column(s) {missing}; expected {','.join(REQUIRED_COLUMNS)} "
-            f"with optional {','.join(OPTIONAL_COLUMNS)}",
-        )
-    return columns
-
-
-def read_labels_csv(path: str | os.PathLike, recording_seconds: float | None = None) -> LabelTable:
-    """Read and check a labels sidecar (see the module docstring for its format).
-
-    Parameters
-    ----------
-    path : path-like
-        The CSV file.
-    recording_seconds : float, optional
-        Length of the recording; when given, every trial's 63 s must end inside it.
-
-    Returns
-    -------
-    LabelTable
-        Onsets, labels in ``LABEL_NAMES`` order and the names of the filled columns.
-
-    Raises
-    ------
-    InputError
-        Naming the CSV, and the line and trial where one is at fault, when the file is missing
-        or unreadable, the header lacks a required column or has an unknown or repeated one, a
-        row has the wrong number of values, a value is not a finite number, a label is outside
-        [1, 9], an onset is negative or not above the one before, a trial ends after the
-        recording, or there are no rows.
-    """
-    where = Path(path)
-    if recording_seconds is not None and not (
-        isinstance(recording_seconds, int | float)
-        and math.isfinite(recording_seconds)
-        and recording_seconds > 0
-    ):
-        raise InputError(where, f"recording_seconds must be a positive number, got {recording_seconds!r}")
-    if not where.is_file():
-        raise InputError(
-            where,
-            f"labels sidecar not found; expected a CSV with header {','.join(REQUIRED_COLUMNS)}"
-            f"[,{','.join(OPTIONAL_COLUMNS)}] and one row per trial",
-        )
-    try:
-        with where.open(newline="", encoding="utf-8-sig") as handle:
-            rows = [
-                (line, row) for line, row in _numbered_rows(csv.reader(handle)) if any(c.strip() for c in row)
-            ]
-    except (UnicodeDecodeError, csv.Error, OSError) as err:
-        raise InputError(where, f"cannot read as a UTF-8 CSV file ({type(err).__name__}: {err})") from None
-    if not rows:
-        raise InputError(where, "is empty; expected a header line and one row per trial")
-    columns = _read_header(where, rows[0][1])
-    if len(rows) == 1:
-        raise InputError(where, "holds a header but no trials")
-    low, high = LABEL_RANGE
-    onsets: list[float] = []
-    labels: list[list[float]] = []
-    for trial, (line, row) in enumerate(rows[1:]):
-        if len(row) != len(columns):
-            raise InputError(
-                where, f"line {line} (trial {trial}) has {len(row)} values; expected {len(columns)}"
-            )
-        values = {
-            name: _parse_number(where, line, trial, name, cell)
-            for name, cell in zip(columns, row, strict=True)
-        }
-        onset = values["onset"]
-        if onset < 0:
-            raise InputError(where, f"line {line} (trial {trial}): onset {onset:g} s is negative")
-        if onsets and onset <= onsets[-1]:
-            raise InputError(
-                where,
-                f"line {line} (trial {trial}): onset {onset:g} s is not after the previous {onsets[-1]:g} s",
-            )
-        if recording_seconds is not None and onset + TRIAL_SECONDS > recording_seconds:
-            raise InputError(
-                where,
-                f"line {line} (trial {trial}): the trial from onset {onset:g} s to "
-                f"{onset + TRIAL_SECONDS:g} s ends after the recording ({recording_seconds:g} s long)",
-            )
-        for name in LABEL_NAMES:
-            if name in values and not low <= values[name] <= high:
-                raise InputError(
-                    where,
-                    f"line {line} (trial {trial}): {name} = {values[name]:g} outside [{low:g}, {high:g}]",
-                )
-        onsets.append(onset)
-        labels.append([values.get(name, MISSING_LABEL_FILL) for name in LABEL_NAMES])
-    filled = tuple(name for name in LABEL_NAMES if name not in columns)
-    return LabelTable(np.asarray(onsets, dtype=np.float64), np.asarray(labels, dtype=np.float32), filled)
-
-
-def _numbered_rows(reader: Any) -> Iterator[tuple[int, list[str]]]:
-    """Rows with the file line each starts on (a quoted cell may span lines)."""
-    line = 1
-    for row in reader:
-        yield line, row
-        line = reader.line_num + 1
 
 
 def _subject_id(path: Path, subject: int | None) -> tuple[int, str]:
@@ -526,7 +362,44 @@ def read_recording_with_info(
             f"{PASSBAND_HZ[1] + TRANSITION_HZ[1]:g} Hz, needs at least {MIN_SFREQ:g} Hz",
         )
     table = read_labels_csv(labels_path, recording_seconds=raw.n_times / original_sfreq)
+    matched, missing = _channels_to_use(path, raw, interpolate_missing)
 
+    source_sha256, hashed_files = _recording_sha256(path, raw)
+    ignored = [name for name in raw.ch_names if name not in set(matched.values())]
+    epochs = _cut_trials(_deap_signals(raw, matched, missing), table.onsets)
+    n_trials = len(epochs)
+    trials = Trials(
+        signals=epochs,
+        labels=table.labels,
+        subject=np.full(n_trials, subject_id, dtype=np.int32),
+        trial=np.arange(n_trials, dtype=np.int32),
+        source=str(path),
+        source_sha256=source_sha256,
+        kind="raw",
+    )
+    info = {
+        "channel_map": dict(matched),
+        "interpolated_channels": list(missing),
+        "ignored_channels": ignored,
+        "filled_labels": {name: MISSING_LABEL_FILL for name in table.filled},
+        "onsets_s": table.onsets.tolist(),
+        "original_sfreq": original_sfreq,
+        "hashed_files": hashed_files,
+        "labels_path": str(labels_path),
+        "labels_sha256": file_sha256(labels_path),
+        "subject_from": subject_from,
+    }
+    return trials, info
+
+
+def _channels_to_use(
+    path: Path, raw: mne.io.BaseRaw, interpolate_missing: bool
+) -> tuple[dict[str, str], list[str]]:
+    """The recording's usable DEAP channels and the missing ones to interpolate, in DEAP order.
+
+    A channel the file marks bad counts as missing. Missing channels are refused unless
+    ``interpolate_missing`` allows them (at most :data:`MAX_INTERPOLATED_CHANNELS`, with a warning).
+    """
     matched, missing = match_deap_channels(raw.ch_names, where=path)
     marked_bad = [deap_name for deap_name, original in matched.items() if original in raw.info["bads"]]
     for deap_name in marked_bad:
@@ -550,40 +423,18 @@ def read_recording_with_info(
         warnings.warn(
             f"{path}: interpolated missing DEAP channel(s) {missing} by spherical splines",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+    return matched, missing
 
-    source_sha256, hashed_files = _recording_sha256(path, raw)
-    ignored = [name for name in raw.ch_names if name not in set(matched.values())]
-    signals = _deap_signals(raw, matched, missing)
 
-    starts = np.rint(table.onsets * SFREQ).astype(np.int64)
+def _cut_trials(signals: np.ndarray, onsets: np.ndarray) -> np.ndarray:
+    """(n_trials, 32, 8064) float32 µV windows of ``signals`` (volts) from each onset (seconds)."""
+    starts = np.rint(onsets * SFREQ).astype(np.int64)
     # Rounding can put the last window one sample past a recording that ends exactly with it.
     starts = np.minimum(starts, signals.shape[1] - N_SAMPLES)
     epochs = np.stack([signals[:, start : start + N_SAMPLES] for start in starts]) * VOLTS_TO_MICROVOLTS
-    n_trials = len(starts)
-    trials = Trials(
-        signals=epochs.astype(np.float32),
-        labels=table.labels,
-        subject=np.full(n_trials, subject_id, dtype=np.int32),
-        trial=np.arange(n_trials, dtype=np.int32),
-        source=str(path),
-        source_sha256=source_sha256,
-        kind="raw",
-    )
-    info = {
-        "channel_map": dict(matched),
-        "interpolated_channels": list(missing),
-        "ignored_channels": ignored,
-        "filled_labels": {name: MISSING_LABEL_FILL for name in table.filled},
-        "onsets_s": table.onsets.tolist(),
-        "original_sfreq": original_sfreq,
-        "hashed_files": hashed_files,
-        "labels_path": str(labels_path),
-        "labels_sha256": file_sha256(labels_path),
-        "subject_from": subject_from,
-    }
-    return trials, info
+    return epochs.astype(np.float32)
 
 
 def read_recording(

@@ -207,6 +207,17 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
     return path
 
 
+def _read_mnist_idx(path: Path, what: str, magic: int, layout: str) -> np.ndarray:
+    """An IDX file whose magic number must be MNIST's ``magic`` for ``what`` (images or labels)."""
+    array = read_idx(path)
+    if 0x800 + array.ndim != magic:
+        raise InputError(
+            path,
+            f"magic number {0x800 + array.ndim} ({array.ndim}-D); MNIST {what} carry {magic} ({layout})",
+        )
+    return array
+
+
 def read_mnist_pair(
     images_path: str | os.PathLike, labels_path: str | os.PathLike
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -224,22 +235,10 @@ def read_mnist_pair(
         2049, no images, or a label count that differs from the image count.
     """
     images_path, labels_path = Path(images_path), Path(labels_path)
-    images = read_idx(images_path)
-    if images.ndim != 3:
-        raise InputError(
-            images_path,
-            f"magic number {0x800 + images.ndim} ({images.ndim}-D); MNIST images carry "
-            f"{MNIST_IMAGES_MAGIC} (3-D: n x height x width)",
-        )
+    images = _read_mnist_idx(images_path, "images", MNIST_IMAGES_MAGIC, "3-D: n x height x width")
     if images.shape[0] == 0:
         raise InputError(images_path, "holds no images")
-    labels = read_idx(labels_path)
-    if labels.ndim != 1:
-        raise InputError(
-            labels_path,
-            f"magic number {0x800 + labels.ndim} ({labels.ndim}-D); MNIST labels carry "
-            f"{MNIST_LABELS_MAGIC} (1-D)",
-        )
+    labels = _read_mnist_idx(labels_path, "labels", MNIST_LABELS_MAGIC, "1-D")
     if labels.shape[0] != images.shape[0]:
         raise InputError(
             labels_path,

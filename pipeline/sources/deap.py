@@ -31,7 +31,8 @@ import scipy.io
 
 from pipeline.errors import InputError
 from pipeline.isolation import IsolatedRun, read_isolated
-from pipeline.sources.array_pickle import ArraySpec, PickleRefused, build_arrays, describe_array_dict
+from pipeline.sources.array_pickle import ArraySpec, build_arrays, describe_array_dict
+from pipeline.sources.pickle_machine import PickleRefused
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, N_SAMPLES, Trials, file_sha256
 
 N_DEAP_CHANNELS = 40  # 32 EEG + 8 peripheral

@@ -51,7 +51,8 @@ from pipeline.mi import estimate_mi, influential_factors
 from pipeline.models.vae import VAEConfig
 from pipeline.montage import neighbour_graph
 from pipeline.presets import deap_preset
-from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject, ground_truth, scenario_spec
+from pipeline.sources.synthetic import generate_subject, ground_truth
+from pipeline.sources.synthetic_spec import SyntheticDeapSpec, scenario_spec
 from pipeline.sources.trials import DEAP_CHANNELS
 from pipeline.store import FrameStore
 from pipeline.train import TrainConfig, encode_frames

@@ -94,7 +94,7 @@ def synthetic_files(spec, folder: Path) -> tuple[list[Path], float | None]:
 
     Returns the files and the seconds spent writing them (None when reused).
     """
-    from pipeline.sources.synthetic import GROUND_TRUTH_FILE, write_synthetic_deap
+    from pipeline.sources.synthetic_files import GROUND_TRUTH_FILE, write_synthetic_deap
 
     recorded = folder / GROUND_TRUTH_FILE
     files = [folder / f"s{subject:02d}.dat" for subject in range(1, spec.n_subjects + 1)]
@@ -326,7 +326,8 @@ def time_end_to_end(data_dir: Path, work_dir: Path, n_expected: int, max_workers
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.deap import preprocess_deap
-    from pipeline.sources.synthetic import SyntheticDeapSpec, write_synthetic_deap
+    from pipeline.sources.synthetic_files import write_synthetic_deap
+    from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 
     warmup_data = work_dir / "warmup-data"
     write_synthetic_deap(SyntheticDeapSpec(n_subjects=1, n_trials=1, seed=99), warmup_data)
@@ -451,7 +452,7 @@ def run(
     n_subjects: int, n_trials: int, seed: int, work_dir: Path, n_griddata_frames: int, max_workers: list[int]
 ) -> dict:
     """Generate (or reuse) the files in ``work_dir/data``, time everything, return the results."""
-    from pipeline.sources.synthetic import SyntheticDeapSpec
+    from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 
     spec = SyntheticDeapSpec(n_subjects=n_subjects, n_trials=n_trials, seed=seed)
     load_start = os.getloadavg()
@@ -465,7 +466,7 @@ def run(
         "n_files": len(files),
         "file_bytes": sum(path.stat().st_size for path in files),
         "files": "DEAP data_preprocessed_python layout (float64, 40 channels) written by "
-        "pipeline.sources.synthetic.write_synthetic_deap: Python 3 pickles, protocol 4 (array bytes "
+        "pipeline.sources.synthetic_files.write_synthetic_deap: Python 3 pickles, protocol 4 (array bytes "
         "stored verbatim, as in DEAP's own cPickle files)",
         "generate_seconds": generate_seconds,
         "page_cache": "files written just before (or by an earlier run) and likely cached in memory",

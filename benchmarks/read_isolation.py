@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.imaging import deap_imaging_operator
     from pipeline.ingest import open_deap_store
     from pipeline.sources.deap import read_source_file
-    from pipeline.sources.synthetic import SyntheticDeapSpec, write_synthetic_deap
+    from pipeline.sources.synthetic_files import write_synthetic_deap
+    from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="eegmi-isolation-") as work:

@@ -347,7 +347,8 @@ def demo_estimate(n_subjects: int, vae_epochs: int, classifier_epochs: int) -> d
         train_store_vae,
     )
     from pipeline.presets import deap_preset
-    from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
+    from pipeline.sources.synthetic import generate_subject
+    from pipeline.sources.synthetic_spec import SyntheticDeapSpec
     from pipeline.train import ClassifierConfig, TrainConfig, load_classifier, load_vae
 
     preset = deap_preset("demo")

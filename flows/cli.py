@@ -50,7 +50,7 @@ def _add_preprocess(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_scenario_option(parser: argparse.ArgumentParser) -> None:
-    from pipeline.sources.synthetic import SCENARIOS
+    from pipeline.sources.synthetic_spec import SCENARIOS
 
     parser.add_argument(
         "--synthetic-scenario",
@@ -78,7 +78,7 @@ def _synthetic_spec(args: argparse.Namespace, n_subjects: int | None):
     Refusals come here, in one line, before a Prefect server starts for the flow.
     """
     from pipeline.ingest import check_store_accepts
-    from pipeline.sources.synthetic import scenario_spec
+    from pipeline.sources.synthetic_spec import scenario_spec
 
     settings = {"seed": args.seed} if n_subjects is None else {"seed": args.seed, "n_subjects": n_subjects}
     spec = scenario_spec(args.synthetic_scenario, **settings)

@@ -37,8 +37,9 @@ from pipeline.manifests import check_folder, load_manifest
 from pipeline.presets import deap_preset, with_beta, with_training_options
 from pipeline.runlock import OutputLocationError, begin_update, finish_update, output_errors
 from pipeline.sources.deap import read_source_file
-from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject, scenario_spec
+from pipeline.sources.synthetic import generate_subject
 from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
+from pipeline.sources.synthetic_spec import SyntheticDeapSpec, scenario_spec
 from pipeline.stability import SeedFactors, consensus_factors, representative_seed
 from pipeline.store import FrameStore
 from pipeline.sweep import RULE as SWEEP_RULE

@@ -30,7 +30,8 @@ from pipeline.learn import (
 )
 from pipeline.models.vae import VAEConfig
 from pipeline.presets import deap_preset
-from pipeline.sources.synthetic import generate_subject, ground_truth, scenario_spec
+from pipeline.sources.synthetic import generate_subject, ground_truth
+from pipeline.sources.synthetic_spec import scenario_spec
 from pipeline.stability import consensus_factors, representative_seed
 from pipeline.store import FrameStore
 from pipeline.train import ClassifierConfig, TrainConfig, load_classifier, load_vae

@@ -13,7 +13,7 @@ from pipeline.factors import FactorRules
 from pipeline.learn import LearnConfig
 from pipeline.models.vae import VAEConfig
 from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset, with_betas
-from pipeline.sources.synthetic import scenario_spec
+from pipeline.sources.synthetic_spec import scenario_spec
 from pipeline.train import ClassifierConfig, TrainConfig
 
 N_SUBJECTS = 3

@@ -15,7 +15,9 @@ import pytest
 from flows.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
 from pipeline.ingest import store_path
 from pipeline.sources.deap import read_deap_dat
-from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject, write_synthetic_deap
+from pipeline.sources.synthetic import generate_subject
+from pipeline.sources.synthetic_files import write_synthetic_deap
+from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 from pipeline.store import FrameStore
 
 
@@ -167,7 +169,7 @@ def test_synthetic_preprocess_exits_0_and_reports_the_store(prefect_harness, tmp
 def test_another_scenario_or_seed_is_refused_in_one_line_and_leaves_the_store(tmp_path, capsys):
     from pipeline.config import PreprocessConfig
     from pipeline.ingest import open_deap_store
-    from pipeline.sources.synthetic import scenario_spec
+    from pipeline.sources.synthetic_spec import scenario_spec
 
     out = tmp_path / "out"
     stored = scenario_spec("planted", n_subjects=1, seed=4)

@@ -21,7 +21,8 @@ from pipeline.errors import InputError
 from pipeline.imaging import deap_imaging_operator
 from pipeline.ingest import store_path, trials_to_frames
 from pipeline.sources.deap import read_deap_dat
-from pipeline.sources.synthetic import SyntheticDeapSpec, write_synthetic_deap
+from pipeline.sources.synthetic_files import write_synthetic_deap
+from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 from pipeline.sources.trials import DEAP_CHANNELS, N_SAMPLES, file_sha256
 from pipeline.store import FrameStore
 

@@ -28,7 +28,8 @@ from pipeline.learn import LearnConfig, checkpoint_model_id, store_normaliser
 from pipeline.models.vae import VAEConfig
 from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset
 from pipeline.sources.raw import read_recording
-from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
+from pipeline.sources.synthetic import generate_subject
+from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 from pipeline.sources.trials import DEAP_CHANNELS, SFREQ, file_sha256
 from pipeline.store import FrameStore
 from pipeline.train import ClassifierConfig, TrainConfig, encode_frames, load_vae

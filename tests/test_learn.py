@@ -37,7 +37,8 @@ from pipeline.learn import (
 from pipeline.mi import estimate_mi
 from pipeline.models.sequence import evaluate_classifier
 from pipeline.models.vae import VAEConfig
-from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
+from pipeline.sources.synthetic import generate_subject
+from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 from pipeline.splits import Split, emotion_classes
 from pipeline.store import FrameStore
 from pipeline.tables import topk_table

@@ -45,7 +45,8 @@ def test_an_unusable_out_ends_the_command_in_one_line_before_the_run_starts(
     # Through the command, not only the check: a refusal raised inside a flow reaches the terminal
     # with Prefect's logged traceback, so it must come before the flow starts.
     from flows.cli import EXIT_BAD_INPUT, main
-    from pipeline.sources.synthetic import SyntheticDeapSpec, write_synthetic_deap
+    from pipeline.sources.synthetic_files import write_synthetic_deap
+    from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 
     write_synthetic_deap(SyntheticDeapSpec(n_subjects=1, n_trials=2, seed=1), tmp_path / "data")
     arguments = [part.format(data=tmp_path / "data") for part in command]

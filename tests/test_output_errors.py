@@ -112,7 +112,7 @@ def test_a_full_or_read_only_disk_during_training_is_the_folders_error_and_not_r
     import flows.deap
     import pipeline.checkpoint
     from flows.cli import EXIT_BAD_INPUT, main
-    from pipeline.sources.synthetic import scenario_spec
+    from pipeline.sources.synthetic_spec import scenario_spec
 
     out_dir = tmp_path / "run"
     monkeypatch.setattr(flows.deap, "deap_preset", tiny_preset)

@@ -21,7 +21,8 @@ from pipeline.factors import FactorRules, block_band_power, check_blocks_against
 from pipeline.imaging import deap_imaging_operator
 from pipeline.ingest import trials_to_frames
 from pipeline.relevance import subject_aware_label_information
-from pipeline.sources.synthetic import ground_truth, scenario_spec
+from pipeline.sources.synthetic import ground_truth
+from pipeline.sources.synthetic_spec import scenario_spec
 from pipeline.sources.trials import DEAP_CHANNELS
 from pipeline.splits import emotion_classes
 

@@ -10,9 +10,10 @@ from scipy.stats import spearmanr
 
 from pipeline.errors import InputError
 from pipeline.sources.deap import read_deap_dat, read_deap_mat
-from pipeline.sources.synthetic import (
+from pipeline.sources.synthetic import generate_subject, generate_synthetic_deap, ground_truth
+from pipeline.sources.synthetic_files import GROUND_TRUTH_FILE, write_synthetic_deap
+from pipeline.sources.synthetic_spec import (
     AROUSAL_GAMMA,
-    GROUND_TRUTH_FILE,
     OCCIPITAL_BETA_DISTRACTOR,
     PARIETAL_VALENCE_ALPHA,
     SCENARIOS,
@@ -21,11 +22,7 @@ from pipeline.sources.synthetic import (
     PlantedRhythm,
     RatingHabit,
     SyntheticDeapSpec,
-    generate_subject,
-    generate_synthetic_deap,
-    ground_truth,
     scenario_spec,
-    write_synthetic_deap,
 )
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, N_SAMPLES, SFREQ
 from pipeline.splits import emotion_classes

@@ -307,13 +307,13 @@ def test_within_subject_p_values_are_uniform_under_the_null_despite_habits_and_o
 
 
 def test_within_subject_shuffles_keep_every_subjects_class_counts():
-    from pipeline.relevance import _permuted_within_groups
+    from pipeline.analysis.copula_mi import permuted_within_groups
 
     classes, subjects = habit_trials(n_subjects=3, n_trials=10)
     order = np.random.default_rng(0).permutation(classes.size)  # trials in any order
     classes, subjects = classes[order], subjects[order]
     groups = subjects - 1
-    shuffles = _permuted_within_groups(classes, groups, 200, np.random.default_rng(1))
+    shuffles = permuted_within_groups(classes, groups, 200, np.random.default_rng(1))
 
     for subject in range(3):
         mine = groups == subject

@@ -340,7 +340,7 @@ def read_recording_with_info(
     InputError
         Naming the recording when it is missing, of an unknown format, unreadable, sampled at
         under :data:`MIN_SFREQ`, or lacks DEAP channels (listed) that may not be interpolated; naming the
-        sidecar when it fails the checks of :func:`read_labels_csv`.
+        sidecar when it fails the checks of :func:`~pipeline.sources.labels.read_labels_csv`.
     """
     path = Path(path)
     if not path.is_file():

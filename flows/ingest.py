@@ -47,7 +47,7 @@ from flows.deap import (
     write_deap_report,
 )
 from flows.runners import cluster_safe, exclusive_run, preprocess_task_runner
-from pipeline.checkpoint import atomic_write_bytes, checkpoint_exists
+from pipeline.checkpoint import checkpoint_exists
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.ingest import ingest_trials, open_deap_store, store_path
@@ -58,6 +58,7 @@ from pipeline.runlock import OutputLocationError, begin_update, finish_update, o
 from pipeline.sources.raw import read_recording, recording_suffix
 from pipeline.sources.trials import file_sha256
 from pipeline.store import FrameStore
+from pipeline.validators import atomic_write_bytes
 
 RECORDINGS_KIND = "raw"
 REAL_DATA_KINDS = ("deap-python", "deap-matlab", "raw")

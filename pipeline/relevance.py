@@ -77,6 +77,7 @@ from scipy.stats import false_discovery_control, norm, rankdata
 
 from pipeline.errors import InputError
 from pipeline.progress import Progress, report
+from pipeline.validators import check_positive_int
 
 SUMMARIES: tuple[str, ...] = ("mean", "std")
 # Relative to the ~unit variance of normal scores: keeps det W > 0 for a constant summary or a
@@ -193,7 +194,7 @@ def factor_label_information(
     n_trials, _, n_factors = mu.shape
     codes, n_classes = _check_classes(classes, n_trials)
     summaries = _check_summaries(summaries, mu.shape[1])
-    _check_positive_int(n_permutations, "n_permutations")
+    check_positive_int("n_permutations", n_permutations)
     if n_trials < n_classes + len(summaries) + 1:
         raise InputError(
             "mu", f"{n_trials} trials are too few for {n_classes} classes and {len(summaries)} summaries"
@@ -372,7 +373,7 @@ def ablation_accuracy_drop(
     """
     if not callable(accuracy_with_mask):
         raise InputError("accuracy_with_mask", "must be a callable taking a bool mask")
-    _check_positive_int(n_factors, "n_factors")
+    check_positive_int("n_factors", n_factors)
     indices = _check_factor_indices(factors, int(n_factors), "factors")
 
     def accuracy(mask: np.ndarray) -> float:
@@ -487,11 +488,6 @@ def _permuted_within_groups(
     labelings = np.empty((n_labelings, groups.size), dtype=codes.dtype)
     labelings[:, order] = codes[shuffled]
     return labelings
-
-
-def _check_positive_int(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise InputError(name, f"{value!r}; expected a positive integer")
 
 
 def _check_mu(mu: np.ndarray) -> np.ndarray:

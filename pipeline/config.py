@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from pipeline.validators import ConfigModel, PositiveInt, PositiveNumber
+from pipeline.validators import ConfigModel, PositiveInt, PositiveNumber, check_json_native
 
 BAND_NAMES: tuple[str, ...] = ("alpha", "beta", "gamma")
 
@@ -33,6 +33,13 @@ class PreprocessConfig(ConfigModel):
     interpolation: str = "clough-tocher"
     grid_size: PositiveInt = 32
     extra: dict = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _json_native(cls, extra: dict) -> dict:
+        # Recorded in the store's attrs and hashed as JSON: anything else would not round-trip.
+        check_json_native(extra, "PreprocessConfig", "extra")
+        return extra
 
     def config_hash(self) -> str:
         """Short stable hash of the configuration (first 16 hex digits of SHA-256).

@@ -45,6 +45,10 @@ NonNegativeNumber = Annotated[float, BeforeValidator(_real_number), Field(ge=0, 
 Flag = StrictBool
 
 
+# A longer offending value is left out of the message: the field's name already points at it.
+_MAX_SHOWN = 60
+
+
 def one_line(error: ValidationError) -> str:
     """Every problem pydantic found, as ``field.sub: what is wrong (got value)`` joined by ``;``."""
     problems = []
@@ -55,7 +59,12 @@ def one_line(error: ValidationError) -> str:
             problems.append(message)  # a check of several fields says which ones itself
             continue
         where = ".".join(str(part) for part in item["loc"])
-        got = "" if item["type"] == "missing" else f" (got {item['input']!r})"
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, InputError):  # a shared check that names the value's position itself
+            problems.append(f"{where}: {cause.problem}")
+            continue
+        got = repr(item["input"])
+        got = "" if item["type"] == "missing" or len(got) > _MAX_SHOWN else f" (got {got})"
         problems.append(f"{where}: {message[:1].lower()}{message[1:]}{got}")
     return "; ".join(problems)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
 
 from pipeline.config import PreprocessConfig
@@ -126,3 +127,8 @@ def test_settings_are_frozen_and_replace_checks_the_new_values():
     assert VAEConfig((1, 28, 28), 8) == VAEConfig(input_shape=(1, 28, 28), n_latents=8)
     with pytest.raises(InputError, match="by position and by name"):
         VAEConfig((1, 28, 28), input_shape=(1, 28, 28))
+
+
+def test_preprocessing_extras_must_be_json_native():
+    with pytest.raises(InputError, match=r"^PreprocessConfig: extra: extra\['gain'\] is of type float32"):
+        PreprocessConfig(extra={"gain": np.float32(2.0)})

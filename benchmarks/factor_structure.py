@@ -121,7 +121,7 @@ def measure(store: FrameStore, truth: dict, setting: str, subjects: int, work_di
             decoder_variance=variance,
         ),
         train=TrainConfig(
-            **{**preset.learn.train.to_dict(), "kl_warmup_epochs": int(warmup), "device": "cpu"}
+            **{**preset.learn.train.model_dump(mode="json"), "kl_warmup_epochs": int(warmup), "device": "cpu"}
         ),
         classifier=preset.learn.classifier,
     )

@@ -291,7 +291,9 @@ def pipeline_trainer_epochs(epochs: int, device: torch.device, n_frames: int = F
     frames = np.random.default_rng(1).standard_normal((n_trials, 63, *FRAME_SHAPE), dtype=np.float32)
     rows = np.random.default_rng(2).permutation(n_trials)
     n_train, n_val = round(TRAIN_SHARE * n_trials), round(VAL_SHARE * n_trials)
-    train_config = TrainConfig(**{**preset.train.to_dict(), "epochs": epochs, "device": str(device)})
+    train_config = TrainConfig(
+        **{**preset.train.model_dump(mode="json"), "epochs": epochs, "device": str(device)}
+    )
     with tempfile.TemporaryDirectory() as checkpoints:
         result = train_vae(
             frames, rows[:n_train], rows[n_train : n_train + n_val], preset.vae, train_config, checkpoints
@@ -357,9 +359,15 @@ def demo_estimate(n_subjects: int, vae_epochs: int, classifier_epochs: int) -> d
     learn = LearnConfig(
         vae=measured.vae,
         # Patience >= epochs, so exactly the capped number of epochs runs.
-        train=TrainConfig(**{**measured.train.to_dict(), "epochs": vae_epochs, "patience": vae_epochs}),
+        train=TrainConfig(
+            **{**measured.train.model_dump(mode="json"), "epochs": vae_epochs, "patience": vae_epochs}
+        ),
         classifier=ClassifierConfig(
-            **{**measured.classifier.to_dict(), "epochs": classifier_epochs, "patience": classifier_epochs}
+            **{
+                **measured.classifier.model_dump(mode="json"),
+                "epochs": classifier_epochs,
+                "patience": classifier_epochs,
+            }
         ),
         split_protocol=measured.split_protocol,
         split_seed=measured.split_seed,
@@ -400,7 +408,7 @@ def demo_estimate(n_subjects: int, vae_epochs: int, classifier_epochs: int) -> d
             load_classifier(Path(out_dir) / "checkpoints", "classifier"),
             learn,
             preset.rules,
-            {"preset": preset.to_dict(), "seed": 0},
+            {"preset": preset.model_dump(mode="json"), "seed": 0},
             f"synthetic://deap?subjects={n_subjects}",
         )
         seconds["report"] = time.perf_counter() - start

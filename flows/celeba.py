@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.mnist import learn_and_report, progress_logger
 from pipeline.image_ingest import ImageStoreConfig, ingest_image_batches, open_image_store
-from pipeline.image_presets import CELEBA_IMAGE_SHAPE, ImagePreset, image_preset
+from pipeline.presets import CELEBA_IMAGE_SHAPE, ImagePreset, image_preset
 from pipeline.sources.celeba import ALIGNED_CROP, PARTITION_FILE, check_celeba_folder, iter_celeba
 from pipeline.sources.procedural import (
     EMBEDDED_PROCEDURAL,
@@ -62,7 +62,7 @@ def procedural_spec(settings: ImagePreset) -> ProceduralSpec:
 @task
 def ingest_celeba(out_dir: str, data_dir: str | None, preset: dict) -> dict:
     """Store CelebA's JPEGs (an unreadable one is named and skipped) or the procedural images."""
-    settings = ImagePreset.from_dict(preset)
+    settings = ImagePreset.model_validate(preset)
     seed = settings.train.seed
     logger = get_run_logger()
     skipped = []
@@ -113,7 +113,7 @@ def celeba(
     are used.
     """
     settings = image_preset("celeba", preset, seed, embedded=data_dir is None)
-    ingest = ingest_celeba(out_dir, data_dir, settings.to_dict())
+    ingest = ingest_celeba(out_dir, data_dir, settings.model_dump(mode="json"))
     ground_truth = procedural_spec(settings).ground_truth() if data_dir is None else None
     source = {
         "kind": "synthetic" if data_dir is None else "images",
@@ -121,7 +121,12 @@ def celeba(
         "taken": ingest["taken"],
         "skipped": ingest["skipped"],
     }
-    run_config = {"preset": settings.to_dict(), "seed": seed, "resume": resume, "data_dir": data_dir}
+    run_config = {
+        "preset": settings.model_dump(mode="json"),
+        "seed": seed,
+        "resume": resume,
+        "data_dir": data_dir,
+    }
     return learn_and_report(
         out_dir, settings, run_config, source, ground_truth, resume=resume, n_seeds=n_seeds
     )

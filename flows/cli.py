@@ -1,12 +1,15 @@
-"""The ``eegmi`` command line: parses arguments, runs a flow, turns its outcome into an exit code."""
+"""The ``eegmi`` command line: parses arguments, runs a flow, turns its outcome into an exit code.
+
+The parser lives here; what each command does with its arguments is in :mod:`flows.commands`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
+from flows import commands
 from flows._runtime import (
     EXIT_TERMINATED,
     Terminated,
@@ -16,19 +19,38 @@ from flows._runtime import (
     stop_on_sigterm,
 )
 from flows._watchdog import start_watchdog
+from flows.commands import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "build_parser",
+    "main",
+    "run_command",
+]
+
 EXIT_INTERRUPTED = 130
+PRESET_CHOICES = ("demo", "paper")
+STORE_OUT_HELP = "run folder; the store is OUT/frames.zarr"
 
 
-def _print_file_failures(failures: dict[str, str]) -> None:
-    """One stderr line per source file that failed, naming it and what is wrong."""
-    for name, why in failures.items():
-        print(f"eegmi: error: {name}: {why}", file=sys.stderr)
+def _add_run_options(parser: argparse.ArgumentParser, name: str, texts: dict[str, str]) -> None:
+    """What every full run takes: its data folder, run folder, preset, seed and ``--resume``.
+
+    ``texts`` holds the help of ``data_dir``, ``preset``, ``seed`` and ``resume`` (and, optionally,
+    the data folder's ``data_metavar``).
+    """
+    parser.add_argument("--data-dir", metavar=texts.get("data_metavar"), help=texts["data_dir"])
+    parser.add_argument("--out", default=f"runs/{name}", help=f"run folder (default: runs/{name})")
+    parser.add_argument("--preset", choices=PRESET_CHOICES, default="demo", help=texts["preset"])
+    parser.add_argument("--seed", type=int, default=0, help=texts["seed"])
+    parser.add_argument("--resume", action="store_true", help=texts["resume"])
 
 
-def _add_preprocess(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
+def _add_preprocess(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
         "preprocess",
         help="DEAP signals → band images → OUT/frames.zarr",
         description="Turn DEAP subject files (or the synthetic DEAP) into the frame store OUT/frames.zarr. "
@@ -39,14 +61,14 @@ def _add_preprocess(commands: argparse._SubParsersAction) -> None:
         "--data-dir", help="folder of DEAP sXX.dat (data_preprocessed_python) or sXX.mat files"
     )
     source.add_argument("--synthetic", action="store_true", help="use the built-in synthetic DEAP (default)")
-    parser.add_argument("--out", required=True, help="run folder; the store is OUT/frames.zarr")
+    parser.add_argument("--out", required=True, help=STORE_OUT_HELP)
     parser.add_argument(
         "--subjects", type=int, default=None, help="synthetic data only: number of subjects (default 32)"
     )
     parser.add_argument("--seed", type=int, default=0, help="synthetic data only: generator seed")
     _add_scenario_option(parser)
     _add_dask_options(parser)
-    parser.set_defaults(run=_run_preprocess)
+    parser.set_defaults(run=commands.run_preprocess)
 
 
 def _add_scenario_option(parser: argparse.ArgumentParser) -> None:
@@ -62,110 +84,47 @@ def _add_scenario_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_out_folder(args: argparse.Namespace) -> None:
-    """Refuse an unusable --out (an over-long path, a URL without its filesystem, a read-only
-    folder) in one line before a Prefect server starts: inside the flow, Prefect would log the
-    refusal with its traceback. Called after the inputs are checked, since it creates the folder."""
-    from pipeline.runlock import check_run_folder
-
-    # Training, checkpoints and the report need a local folder; a frame store alone may be a URL.
-    check_run_folder(args.out, local_only=args.command != "preprocess")
-
-
-def _synthetic_spec(args: argparse.Namespace, n_subjects: int | None):
-    """The synthetic data's spec, after checking that the run folder's store may take it.
-
-    Refusals come here, in one line, before a Prefect server starts for the flow.
-    """
-    from pipeline.ingest import check_store_accepts
-    from pipeline.sources.synthetic_spec import scenario_spec
-
-    settings = {"seed": args.seed} if n_subjects is None else {"seed": args.seed, "n_subjects": n_subjects}
-    spec = scenario_spec(args.synthetic_scenario, **settings)
-    _check_out_folder(args)
-    check_store_accepts(args.out, "synthetic", spec.identity())
-    return spec
-
-
-def _run_preprocess(args: argparse.Namespace) -> int:
-    from pipeline.manifests import check_folder
-
-    synthetic = None
-    # Bad input is reported here, in one line, before a Prefect server starts for the flow.
-    if args.data_dir is not None:
-        check_folder(args.data_dir, "deap")
-        _check_out_folder(args)
-    else:
-        synthetic = _synthetic_spec(args, args.subjects).to_dict()
-
-    from flows.deap import SourceFilesFailed, preprocess_deap
-    from flows.runners import preprocess_task_runner
-
-    runner = preprocess_task_runner(args.dask_address, args.dask_workers)
-    state = preprocess_deap.with_options(task_runner=runner)(
-        out_dir=args.out, data_dir=args.data_dir, synthetic=synthetic, return_state=True
-    )
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, SourceFilesFailed):
-        _print_file_failures(outcome.failures)
-        n_failed, n_stored = len(outcome.failures), outcome.n_stored_files
-        print(f"eegmi: {n_failed} file(s) failed; {n_stored} stored", file=sys.stderr)
-        return EXIT_FAILED
-    if isinstance(outcome, BaseException):
-        raise outcome
-    print(
-        f"{outcome['store']}: {outcome['n_trials_stored']} trials stored "
-        f"({outcome['n_trials_new']} new from {outcome['n_files']} file(s))"
-    )
-    return EXIT_OK
+_DEAP_RUN_TEXTS = {
+    "data_dir": "folder of DEAP sXX.dat or sXX.mat files (default: the synthetic DEAP)",
+    "preset": "demo: minutes on a 2-core CPU; paper: the paper's settings (128 latents, β=6, 300 epochs; "
+    "GPU)",
+    "seed": "seeds the data split, the models and the synthetic data",
+    "resume": "continue VAE training from its last checkpoint",
+}
+# DEAP's own options after the shared ones: flag -> add_argument keywords.
+_DEAP_OPTIONS: dict[str, dict] = {
+    "--subjects": {
+        "type": int,
+        "default": None,
+        "help": "synthetic data only: number of subjects (default: the preset's)",
+    },
+    "--mixed-precision": {
+        "action": "store_true",
+        "help": "bf16 autocast for β-VAE training on a GPU (ignored on CPU)",
+    },
+    "--compile": {
+        "action": "store_true",
+        "help": "torch.compile the β-VAE before training (pays a compilation first; meant for a GPU)",
+    },
+    "--protocol": {
+        "choices": ("trial", "subject", "both"),
+        "default": None,
+        "help": "split by trial, by subject (held-out subjects), or both, each with its own models "
+        "(default: trial for demo, both for paper)",
+    },
+}
 
 
-def _add_deap(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
+def _add_deap(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
         "deap",
         help="the whole pipeline on DEAP: frames, β-VAE, Î ranking, LSTM, top-k tables, report",
         description="Preprocess DEAP (or the synthetic DEAP), train the frame β-VAE, rank its factors by "
         "Î(X;Z_j), classify emotion with the 63-step LSTM, and write OUT/report.json and OUT/report.html.",
     )
-    parser.add_argument(
-        "--data-dir", help="folder of DEAP sXX.dat or sXX.mat files (default: the synthetic DEAP)"
-    )
-    parser.add_argument("--out", default="runs/deap", help="run folder (default: runs/deap)")
-    parser.add_argument(
-        "--preset",
-        choices=("demo", "paper"),
-        default="demo",
-        help="demo: minutes on a 2-core CPU; paper: the paper's settings (128 latents, β=6, 300 epochs; GPU)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seeds the data split, the models and the synthetic data"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue VAE training from its last checkpoint"
-    )
-    parser.add_argument(
-        "--subjects",
-        type=int,
-        default=None,
-        help="synthetic data only: number of subjects (default: the preset's)",
-    )
-    parser.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="bf16 autocast for β-VAE training on a GPU (ignored on CPU)",
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the β-VAE before training (pays a compilation first; meant for a GPU)",
-    )
-    parser.add_argument(
-        "--protocol",
-        choices=("trial", "subject", "both"),
-        default=None,
-        help="split by trial, by subject (held-out subjects), or both, each with its own models "
-        "(default: trial for demo, both for paper)",
-    )
+    _add_run_options(parser, "deap", _DEAP_RUN_TEXTS)
+    for flag, options in _DEAP_OPTIONS.items():
+        parser.add_argument(flag, **options)
     parser.add_argument(
         "--beta",
         type=_betas,
@@ -177,7 +136,7 @@ def _add_deap(commands: argparse._SubParsersAction) -> None:
     _add_seeds_option(parser)
     _add_scenario_option(parser)
     _add_dask_options(parser)
-    parser.set_defaults(run=_run_deap)
+    parser.set_defaults(run=commands.run_deap)
 
 
 def _add_seeds_option(parser: argparse.ArgumentParser) -> None:
@@ -214,67 +173,6 @@ def _betas(text: str) -> list[float]:
     return values
 
 
-def _run_deap(args: argparse.Namespace) -> int:
-    from flows.deap import check_seed_options
-
-    check_seed_options(args.seeds, args.beta)  # before the flow: a refusal is one line, not a traceback
-    if args.data_dir is not None:
-        _check_out_folder(args)  # the flow checks the data folder against its manifest
-    else:
-        from pipeline.presets import deap_preset
-
-        _synthetic_spec(args, args.subjects or deap_preset(args.preset).synthetic_subjects)
-    from flows.deap import SourceFilesFailed, deap
-
-    state = deap(
-        out_dir=args.out,
-        data_dir=args.data_dir,
-        preset=args.preset,
-        seed=args.seed,
-        resume=args.resume,
-        protocol=args.protocol,
-        betas=args.beta,
-        synthetic_subjects=args.subjects,
-        dask_address=args.dask_address,
-        dask_workers=args.dask_workers,
-        mixed_precision=args.mixed_precision,
-        compile_model=args.compile,
-        synthetic_scenario=args.synthetic_scenario,
-        n_seeds=args.seeds,
-        return_state=True,
-    )
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, SourceFilesFailed):
-        _print_file_failures(outcome.failures)
-        print("eegmi: stopped before training: fix or remove the files above and rerun", file=sys.stderr)
-        return EXIT_FAILED
-    if isinstance(outcome, BaseException):
-        raise outcome
-    print(f"report: {outcome['report_html']}")
-    print(f"Î: {outcome['n_influential']} influential factor(s); emotion-linked: {outcome['linked']}")
-    stability = outcome.get("stability")
-    if stability is not None and stability["n_seeds"] > 1:
-        print(
-            f"seeds: {stability['n_seeds']}; the report's factors, LSTM and top-k tables are seed "
-            f"{stability['reported_seed']}'s (the most representative)"
-        )
-        blocks = [
-            f"{'-'.join(block['electrodes'])} ({block['band']}, z{block['factor']}, "
-            f"found in {block['seeds_found']} of {block['n_seeds']} seeds, linked in {block['seeds_linked']})"
-            for block in outcome["linked_blocks"]
-        ]
-        print(f"emotion-linked blocks found in most seeds: {', '.join(blocks) or 'none'}")
-    if outcome.get("beta_sweep"):
-        print(f"β sweep: kept β = {outcome['beta_sweep']['chosen_beta']:g} ({outcome['beta_sweep']['rule']})")
-    for protocol, figures in outcome["classification"].items():
-        print(f"LSTM, split by {protocol}: {figures['verdict']}")
-    if outcome["ground_truth_passed"] is not None:
-        # Scenario-neutral: under `null` the truth is that nothing may be linked.
-        verdict = "matches" if outcome["ground_truth_passed"] else "does NOT match"
-        print(f"synthetic data: the report {verdict} the scenario's ground truth (see ground_truth_check)")
-    return EXIT_OK
-
-
 def _add_dask_options(parser: argparse.ArgumentParser) -> None:
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument(
@@ -291,8 +189,8 @@ def _add_dask_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_ingest(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
+def _add_ingest(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
         "ingest",
         help="add new recordings to a run: store, encode with its model, rewrite the report",
         description="Add recordings (.bdf .edf .fif .fif.gz .set .vhdr, each with <stem>_labels.csv "
@@ -304,7 +202,7 @@ def _add_ingest(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--inbox", metavar="DIR", help="take the recordings in DIR not stored before (see `eegmi serve`)"
     )
-    parser.add_argument("--out", required=True, help="run folder; the store is OUT/frames.zarr")
+    parser.add_argument("--out", required=True, help=STORE_OUT_HELP)
     parser.add_argument("--retrain", action="store_true", help="refit split, β-VAE and LSTM on everything")
     parser.add_argument(
         "--interpolate-missing",
@@ -313,75 +211,28 @@ def _add_ingest(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--preset",
-        choices=("demo", "paper"),
+        choices=PRESET_CHOICES,
         default=None,
         help="settings for --retrain (default: those recorded in OUT/report.json, else demo)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --preset")
     _add_dask_options(parser)
-    parser.set_defaults(run=_run_ingest)
-
-
-def _run_ingest(args: argparse.Namespace) -> int:
-    from pipeline.errors import InputError
-
-    if args.recordings and args.inbox:
-        raise InputError("eegmi ingest", "give recording files or --inbox DIR, not both")
-    if not (args.recordings or args.inbox or args.retrain):
-        raise InputError("eegmi ingest", "nothing to do: give recording files, --inbox DIR or --retrain")
-    from flows.deap import SourceFilesFailed
-    from flows.ingest import ingest_inbox, ingest_recordings
-
-    common = {
-        "out_dir": args.out,
-        "retrain": args.retrain,
-        "interpolate_missing": args.interpolate_missing,
-        "preset": args.preset,
-        "seed": args.seed,
-        "dask_address": args.dask_address,
-        "dask_workers": args.dask_workers,
-    }
-    if args.inbox:
-        state = ingest_inbox(inbox_dir=args.inbox, **common, return_state=True)
-    else:
-        state = ingest_recordings(recordings=args.recordings, **common, return_state=True)
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, SourceFilesFailed):
-        _print_file_failures(outcome.failures)
-        n_failed, n_stored = len(outcome.failures), outcome.n_stored_files
-        print(f"eegmi: {n_failed} recording(s) failed; {n_stored} stored and processed", file=sys.stderr)
-        return EXIT_FAILED
-    if isinstance(outcome, BaseException):
-        raise outcome
-    print(
-        f"{outcome['store']}: {outcome['n_trials_stored']} trials stored "
-        f"({outcome['n_trials_new']} new from {outcome['n_recordings']} recording(s))"
-    )
-    if outcome["action"] == "nothing stored":
-        print("no trials stored yet: nothing to train, encode or report")
-    elif outcome["action"] == "stored only":
-        print(f"no trained models in {args.out} yet: run `eegmi ingest --retrain --out {args.out}` to train")
-    else:
-        print(f"models {outcome['action']}; {outcome['n_encoded']} trial(s) encoded")
-        print(f"report: {outcome['report_html']}")
-    return EXIT_OK
+    parser.set_defaults(run=commands.run_ingest)
 
 
 def _add_schedule_options(parser: argparse.ArgumentParser, folders_required: bool = True) -> None:
     from flows.deployments import DEFAULT_NIGHTLY_CRON, DEFAULT_SETTLE_SECONDS, DEFAULT_WEEKLY_CRON
 
-    parser.add_argument(
-        "--inbox", required=folders_required, metavar="DIR", help="folder new recordings are put in"
-    )
-    parser.add_argument(
-        "--out", required=folders_required, metavar="DIR", help="run folder the recordings are added to"
-    )
-    parser.add_argument(
-        "--nightly", default=DEFAULT_NIGHTLY_CRON, metavar="CRON", help="cron of the nightly ingest"
-    )
-    parser.add_argument(
-        "--weekly", default=DEFAULT_WEEKLY_CRON, metavar="CRON", help="cron of the weekly retrain"
-    )
+    for flag, help_text in (
+        ("--inbox", "folder new recordings are put in"),
+        ("--out", "run folder the recordings are added to"),
+    ):
+        parser.add_argument(flag, required=folders_required, metavar="DIR", help=help_text)
+    for flag, default, which in (
+        ("--nightly", DEFAULT_NIGHTLY_CRON, "nightly ingest"),
+        ("--weekly", DEFAULT_WEEKLY_CRON, "weekly retrain"),
+    ):
+        parser.add_argument(flag, default=default, metavar="CRON", help=f"cron of the {which}")
     parser.add_argument("--timezone", default="UTC", help="IANA zone of the cron times (default UTC)")
     parser.add_argument(
         "--settle-seconds",
@@ -394,22 +245,8 @@ def _add_schedule_options(parser: argparse.ArgumentParser, folders_required: boo
     )
 
 
-def _schedule_specs(args: argparse.Namespace) -> list:
-    from flows.deployments import deployment_specs
-
-    return deployment_specs(
-        args.inbox,
-        args.out,
-        nightly_cron=args.nightly,
-        weekly_cron=args.weekly,
-        timezone=args.timezone,
-        interpolate_missing=args.interpolate_missing,
-        settle_seconds=args.settle_seconds,
-    )
-
-
-def _add_serve(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
+def _add_serve(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
         "serve",
         help="serve the scheduled runs: nightly ingest of an inbox, weekly retrain",
         description="Register the nightly-ingest and weekly-retrain deployments with the Prefect API "
@@ -417,41 +254,22 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     _add_schedule_options(parser)
     parser.add_argument("--limit", type=int, default=None, help="most runs at once")
-    parser.set_defaults(run=_run_serve)
+    parser.set_defaults(run=commands.run_serve)
 
 
-def _run_serve(args: argparse.Namespace) -> int:
-    from flows.deployments import serve_deployments
-
-    serve_deployments(_schedule_specs(args), limit=args.limit)
-    return EXIT_OK
-
-
-def _add_deployments(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
+def _add_deployments(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
         "deployments",
         help="list the scheduled runs `eegmi serve` would serve, without starting anything",
         description="Print each deployment with its cron schedule, next run and parameters. With no "
         "arguments, the defaults are listed and the folders are shown as the options that set them.",
     )
     _add_schedule_options(parser, folders_required=False)
-    parser.set_defaults(run=_run_deployments)
+    parser.set_defaults(run=commands.run_deployments)
 
 
-def _run_deployments(args: argparse.Namespace) -> int:
-    from flows.deployments import describe
-
-    print(describe(_schedule_specs(args)))
-    if args.inbox is None or args.out is None:
-        print(
-            "\nServe them with `eegmi serve --inbox DIR --out DIR` (plus any schedule options given "
-            "here); `eegmi deployments --inbox DIR --out DIR` lists them with those folders."
-        )
-    return EXIT_OK
-
-
-def _add_schema(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
+def _add_schema(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
         "schema",
         help="print the JSON Schema of report.json (or of a DEAP data manifest)",
         description="Print a JSON Schema shipped with eegmi: that of OUT/report.json (the default; its "
@@ -462,66 +280,16 @@ def _add_schema(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "document", nargs="?", choices=("report", "manifest"), default="report", help="which schema"
     )
-    parser.set_defaults(run=_run_schema)
+    parser.set_defaults(run=commands.run_schema)
 
 
-def _run_schema(args: argparse.Namespace) -> int:
-    from pipeline.schemas import schema_text
-
-    sys.stdout.write(schema_text(args.document))
-    return EXIT_OK
-
-
-def _add_image_options(parser: argparse.ArgumentParser, dataset: str, data_help: str) -> None:
-    parser.add_argument("--data-dir", metavar="DIR", help=data_help)
-    parser.add_argument("--out", default=f"runs/{dataset}", help=f"run folder (default: runs/{dataset})")
-    parser.add_argument(
-        "--preset",
-        choices=("demo", "paper"),
-        default="demo",
-        help="demo: minutes on a 2-core CPU (a capped share of the images, few epochs); paper: every "
-        "image and the paper's epochs (GPU). The model is the paper's in both.",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seeds the data split, the model and embedded data"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue β-VAE training from its last checkpoint"
-    )
-    _add_seeds_option(parser)
-
-
-def _print_image_outcome(outcome: dict) -> None:
-    for entry in outcome["skipped"]:
-        print(f"eegmi: skipped unreadable image {entry['name']}: {entry['reason']}", file=sys.stderr)
-    cutoff = outcome["information_cutoff"]
-    verdict = "within" if cutoff["within_tolerance"] else "NOT within"
-    print(f"report: {outcome['report_html']}")
-    print(
-        f"Î: {outcome['n_influential']} of {outcome['n_factors']} factor(s) influential, "
-        f"total {outcome['total_mi_nats']:.3g} nats"
-    )
-    print(
-        f"Table 2: the top {cutoff['n_factors']} factor(s) hold {100 * cutoff['share']:.0f} % of Î; MSE "
-        f"{cutoff['mse']:.4g} against {cutoff['mse_all_factors']:.4g} with all factors "
-        f"({100 * cutoff['relative_increase']:+.1f} %, {verdict} {100 * cutoff['tolerance']:.0f} %)"
-    )
-    check = outcome["ground_truth_check"]
-    if check is not None:
-        verdict = "within" if check["within_one"] else "NOT within"
-        print(
-            f"procedural images: {check['n_true_factors']} true factor(s), {check['n_influential']} "
-            f"influential ({verdict} k ± 1)"
-        )
-    stability = outcome.get("stability")
-    if stability is not None and stability["n_seeds"] > 1:
-        counts = ", ".join(f"{found} of {stability['n_seeds']}" for found in outcome["seeds_found"])
-        print(
-            f"seeds: {stability['n_seeds']}; the report is seed {stability['reported_seed']}'s (the most "
-            f"representative); its influential factors were found in {counts or 'no'} seeds"
-        )
-
-
+_IMAGE_RUN_TEXTS = {
+    "data_metavar": "DIR",
+    "preset": "demo: minutes on a 2-core CPU (a capped share of the images, few epochs); paper: every "
+    "image and the paper's epochs (GPU). The model is the paper's in both.",
+    "seed": "seeds the data split, the model and embedded data",
+    "resume": "continue β-VAE training from its last checkpoint",
+}
 # Each image data set's command runs the flow flows.<dataset>.<dataset>; only the texts differ.
 _IMAGE_COMMANDS: dict[str, dict[str, str]] = {
     "mnist": {
@@ -541,29 +309,12 @@ _IMAGE_COMMANDS: dict[str, dict[str, str]] = {
 }
 
 
-def _add_image_commands(commands: argparse._SubParsersAction) -> None:
+def _add_image_commands(subcommands: argparse._SubParsersAction) -> None:
     for dataset, texts in _IMAGE_COMMANDS.items():
-        parser = commands.add_parser(dataset, help=texts["help"], description=texts["description"])
-        _add_image_options(parser, dataset, texts["data_help"])
-        parser.set_defaults(run=_run_image_flow, dataset=dataset)
-
-
-def _run_image_flow(args: argparse.Namespace) -> int:
-    flow = getattr(importlib.import_module(f"flows.{args.dataset}"), args.dataset)
-    state = flow(
-        out_dir=args.out,
-        data_dir=args.data_dir,
-        preset=args.preset,
-        seed=args.seed,
-        resume=args.resume,
-        n_seeds=args.seeds,
-        return_state=True,
-    )
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, BaseException):
-        raise outcome
-    _print_image_outcome(outcome)
-    return EXIT_OK
+        parser = subcommands.add_parser(dataset, help=texts["help"], description=texts["description"])
+        _add_run_options(parser, dataset, {**_IMAGE_RUN_TEXTS, "data_dir": texts["data_help"]})
+        _add_seeds_option(parser)
+        parser.set_defaults(run=commands.run_image_flow, dataset=dataset)
 
 
 def _thread_options() -> argparse.ArgumentParser:
@@ -616,14 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Influential VAE factors and emotion-carrying scalp regions in EEG (Liu et al.).",
     )
     parser.register("action", "parsers", _WithThreadOptions)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_preprocess(commands)
-    _add_deap(commands)
-    _add_image_commands(commands)
-    _add_ingest(commands)
-    _add_serve(commands)
-    _add_deployments(commands)
-    _add_schema(commands)
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_preprocess,
+        _add_deap,
+        _add_image_commands,
+        _add_ingest,
+        _add_serve,
+        _add_deployments,
+        _add_schema,
+    ):
+        add(subcommands)
     return parser
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -71,7 +70,7 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
 def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
-    preprocess = PreprocessConfig.from_dict(config)
+    preprocess = PreprocessConfig.model_validate(config)
     trials = read_source_file(path, isolate=True)
     # A refused write is the run folder's fault, not the file's: it is neither retried nor blamed on it.
     with output_errors(out_dir):
@@ -81,7 +80,7 @@ def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
 
 @task(retries=1, retry_condition_fn=_retry_unless_bad_input)
 def ingest_synthetic_subject(spec: dict, subject: int, out_dir: str, config: dict) -> dict:
-    preprocess = PreprocessConfig.from_dict(config)
+    preprocess = PreprocessConfig.model_validate(config)
     synthetic = SyntheticDeapSpec.from_dict(spec)
     trials = generate_subject(synthetic, subject)
     with output_errors(out_dir):
@@ -103,8 +102,8 @@ def preprocess_deap(
     own task and is named in the flow's final state; every other file is still stored.
     """
     logger = get_run_logger()
-    preprocess = PreprocessConfig.from_dict(config) if config else PreprocessConfig()
-    config_dict = preprocess.to_dict()
+    preprocess = PreprocessConfig.model_validate(config) if config else PreprocessConfig()
+    config_dict = preprocess.model_dump(mode="json")
     identity = None
     if data_dir is not None:
         check = check_folder(data_dir, load_manifest("deap"))
@@ -191,7 +190,7 @@ def _sweep_dir(out_dir: str, beta: float) -> Path:
 
 @task
 def split_and_normalise(out_dir: str, learn: dict, slot: str | None = None) -> dict:
-    config = LearnConfig.from_dict(learn)
+    config = LearnConfig.model_validate(learn)
     store = FrameStore.open(store_path(out_dir), writable=True)
     split = make_split(store, config.split_protocol, config.split_seed, config.class_threshold)
     fit_store_normalisation(store, split, slot)
@@ -249,7 +248,7 @@ def _train_with_progress(
 
 @task
 def train_frame_vae(out_dir: str, learn: dict, resume: bool, slot: str | None = None) -> dict:
-    config = LearnConfig.from_dict(learn)
+    config = LearnConfig.model_validate(learn)
     store = FrameStore.open(store_path(out_dir))
     what = "VAE" if slot is None else f"VAE ({slot} protocol)"
     get_run_logger().info("training the β-VAE on %d torch thread(s)", torch.get_num_threads())
@@ -269,7 +268,7 @@ def train_seed_vae(out_dir: str, learn: dict, model_seed: int, reference_seed: i
     trains no epoch, one killed midway goes on from its last epoch. ``epochs_trained`` counts the
     epochs this call ran.
     """
-    config = with_model_seed(LearnConfig.from_dict(learn), model_seed)
+    config = with_model_seed(LearnConfig.model_validate(learn), model_seed)
     store = FrameStore.open(store_path(out_dir))
     checkpoints = seed_checkpoint_dir(out_dir, model_seed, reference_seed)
     resume = reuse and can_continue_training(store, config, checkpoints)
@@ -294,7 +293,7 @@ def train_seed_vae(out_dir: str, learn: dict, model_seed: int, reference_seed: i
 @task
 def encode_seed_task(out_dir: str, learn: dict, model_seed: int, reference_seed: int) -> dict:
     """Encode every stored trial with one seed's β-VAE into its own latent group."""
-    config = LearnConfig.from_dict(learn)
+    config = LearnConfig.model_validate(learn)
     store = FrameStore.open(store_path(out_dir), writable=True)
     checkpoints = seed_checkpoint_dir(out_dir, model_seed, reference_seed)
     group = seed_latent_set(model_seed, reference_seed)
@@ -315,7 +314,7 @@ def encode_seed_task(out_dir: str, learn: dict, model_seed: int, reference_seed:
 @task
 def analyse_seed_task(out_dir: str, learn: dict, rules: dict, model_seed: int, reference_seed: int) -> dict:
     """Î, relevance, blocks and signed effects of one seed's influential factors (JSON-native)."""
-    config = with_model_seed(LearnConfig.from_dict(learn), model_seed)
+    config = with_model_seed(LearnConfig.model_validate(learn), model_seed)
     store = FrameStore.open(store_path(out_dir))
     model = load_vae(seed_checkpoint_dir(out_dir, model_seed, reference_seed), "best")
     with progress_display(get_run_logger().info) as show:
@@ -323,7 +322,7 @@ def analyse_seed_task(out_dir: str, learn: dict, rules: dict, model_seed: int, r
             store,
             model,
             config,
-            FactorRules.from_dict(rules),
+            FactorRules.model_validate(rules),
             seed_latent_set(model_seed, reference_seed),
             show,
         )
@@ -374,7 +373,7 @@ def sweep_frame_vae(
     The chosen model's weights become ``checkpoints/vae/best`` (with the sweep in its metadata),
     so every later stage uses it; the candidates stay in ``checkpoints/sweep/beta-<β>/``.
     """
-    config = LearnConfig.from_dict(learn)
+    config = LearnConfig.model_validate(learn)
     logger = get_run_logger()
     store = FrameStore.open(store_path(out_dir))
     split = stored_split(store)
@@ -397,7 +396,7 @@ def sweep_frame_vae(
 
 @task
 def encode_frames_task(out_dir: str, learn: dict, slot: str | None = None) -> dict:
-    config = LearnConfig.from_dict(learn)
+    config = LearnConfig.model_validate(learn)
     store = FrameStore.open(store_path(out_dir), writable=True)
     checkpoints = _checkpoint_dir(out_dir, slot)
     model = load_vae(checkpoints, "best")
@@ -413,7 +412,7 @@ def encode_frames_task(out_dir: str, learn: dict, slot: str | None = None) -> di
 @task
 def train_emotion_lstm(out_dir: str, learn: dict, slot: str | None = None, group: str | None = None) -> dict:
     """Train a protocol's LSTM on its latents (``group``: another seed's latents of the main protocol)."""
-    config = LearnConfig.from_dict(learn)
+    config = LearnConfig.model_validate(learn)
     store = FrameStore.open(store_path(out_dir))
     with progress_display(get_run_logger().info) as show:
         epochs = epoch_progress(show, "LSTM (epochs)", config.classifier.epochs)
@@ -439,7 +438,7 @@ def write_deap_report(
 ) -> dict:
     """Write the report of the main protocol's β-VAE; of seed ``reported_seed`` of an ensemble
     whose every seed is analysed in ``seed_analyses`` (the reference seed first)."""
-    config = LearnConfig.from_dict(preset["learn"])
+    config = LearnConfig.model_validate(preset["learn"])
     reference_seed = config.train.seed
     if reported_seed is None:
         reported_seed = reference_seed
@@ -452,7 +451,7 @@ def write_deap_report(
             load_vae(seed_checkpoint_dir(out_dir, reported_seed, reference_seed), "best"),
             load_classifier(Path(out_dir) / "checkpoints", "classifier"),
             config,
-            FactorRules.from_dict(preset["rules"]),
+            FactorRules.model_validate(preset["rules"]),
             run_config,
             source_path,
             ground_truth,
@@ -540,17 +539,17 @@ def deap(
     preprocess(out_dir=out_dir, data_dir=data_dir, synthetic=synthetic)
     protocols = run_protocols(settings.protocol)
     # Until the report is written, a killed run leaves a marker telling the next run what to finish.
-    begin_update(out_dir, settings.to_dict(), "training")
+    begin_update(out_dir, settings.model_dump(mode="json"), "training")
     keep_protocol_slots(out_dir, list(protocols[1:]))
-    learn_config = replace(settings.learn, split_protocol=protocols[0])
-    learn = learn_config.to_dict()
+    learn_config = settings.learn.replace(split_protocol=protocols[0])
+    learn = learn_config.model_dump(mode="json")
     split_and_normalise(out_dir, learn)
     if len(settings.betas) > 1:
         sweep = sweep_frame_vae(
             out_dir, learn, list(settings.betas), resume, settings.rules.influential_threshold_nats
         )
         learn_config = with_beta(learn_config, sweep["chosen_beta"])
-        learn = learn_config.to_dict()
+        learn = learn_config.model_dump(mode="json")
     elif n_seeds == 1:
         train_frame_vae(out_dir, learn, resume)
     reported_seed, seed_analyses = None, None
@@ -559,20 +558,22 @@ def deap(
         train_emotion_lstm(out_dir, learn)
     else:
         seeds = list(range(seed, seed + n_seeds))
-        seed_analyses, reported_seed, _ = seed_ensemble(out_dir, learn, settings.rules.to_dict(), seeds, True)
-        reported_learn = with_model_seed(learn_config, reported_seed).to_dict()
+        seed_analyses, reported_seed, _ = seed_ensemble(
+            out_dir, learn, settings.rules.model_dump(mode="json"), seeds, True
+        )
+        reported_learn = with_model_seed(learn_config, reported_seed).model_dump(mode="json")
         train_emotion_lstm(out_dir, reported_learn, group=seed_latent_set(reported_seed, seed))
     for slot in protocols[1:]:
         # Its own split, normalisation and models, at the β the main protocol uses.
-        slot_learn = replace(learn_config, split_protocol=slot).to_dict()
+        slot_learn = learn_config.replace(split_protocol=slot).model_dump(mode="json")
         split_and_normalise(out_dir, slot_learn, slot)
         train_frame_vae(out_dir, slot_learn, resume, slot)
         encode_frames_task(out_dir, slot_learn, slot)
         train_emotion_lstm(out_dir, slot_learn, slot)
-    settings = replace(settings, learn=learn_config)
-    begin_update(out_dir, settings.to_dict(), "report")
+    settings = settings.replace(learn=learn_config)
+    begin_update(out_dir, settings.model_dump(mode="json"), "report")
     run_config = {
-        "preset": settings.to_dict(),
+        "preset": settings.model_dump(mode="json"),
         "seed": seed,
         "resume": resume,
         "synthetic": synthetic,
@@ -586,7 +587,13 @@ def deap(
         else f"synthetic://deap?scenario={spec.scenario}&subjects={spec.n_subjects}&seed={seed}"
     )
     written = write_deap_report(
-        out_dir, settings.to_dict(), run_config, source_path, ground_truth, reported_seed, seed_analyses
+        out_dir,
+        settings.model_dump(mode="json"),
+        run_config,
+        source_path,
+        ground_truth,
+        reported_seed,
+        seed_analyses,
     )
     finish_update(out_dir)
     return written

@@ -34,6 +34,8 @@ DEFAULT_NIGHTLY_CRON = "0 2 * * *"
 DEFAULT_WEEKLY_CRON = "0 3 * * 0"
 # A file changed in the last five minutes may still be being copied; the next run takes it.
 DEFAULT_SETTLE_SECONDS = 300.0
+_NIGHTLY_DOES = "store new inbox recordings, encode them with the run's models, rewrite the report"
+_WEEKLY_DOES = "store new inbox recordings, then retrain the β-VAE and the LSTM on everything"
 
 
 @dataclass(frozen=True)
@@ -152,23 +154,20 @@ def deployment_specs(
         "interpolate_missing": bool(interpolate_missing),
         "settle_seconds": float(settle_seconds),
     }
+    schedules = (
+        (NIGHTLY_INGEST, nightly_cron, "--nightly", False, _NIGHTLY_DOES),
+        (WEEKLY_RETRAIN, weekly_cron, "--weekly", True, _WEEKLY_DOES),
+    )
     return [
         DeploymentSpec(
-            name=NIGHTLY_INGEST,
+            name=name,
             flow_name=INBOX_FLOW,
-            cron=_check_cron(nightly_cron, "--nightly"),
+            cron=_check_cron(cron, option),
             timezone=timezone,
-            parameters={**common, "retrain": False},
-            description="store new inbox recordings, encode them with the run's models, rewrite the report",
-        ),
-        DeploymentSpec(
-            name=WEEKLY_RETRAIN,
-            flow_name=INBOX_FLOW,
-            cron=_check_cron(weekly_cron, "--weekly"),
-            timezone=timezone,
-            parameters={**common, "retrain": True},
-            description="store new inbox recordings, then retrain the β-VAE and the LSTM on everything",
-        ),
+            parameters={**common, "retrain": retrain},
+            description=description,
+        )
+        for name, cron, option, retrain, description in schedules
     ]
 
 

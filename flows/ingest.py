@@ -47,18 +47,18 @@ from flows.deap import (
     write_deap_report,
 )
 from flows.runners import cluster_safe, exclusive_run, preprocess_task_runner
-from pipeline.checkpoint import atomic_write_bytes, checkpoint_exists
+from pipeline.checkpoint import checkpoint_exists
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.factors import FactorRules
 from pipeline.ingest import ingest_trials, open_deap_store, store_path
 from pipeline.isolation import read_isolated
-from pipeline.learn import LearnConfig, checkpoint_model_id, seed_latent_set, with_model_seed
+from pipeline.learn import checkpoint_model_id, seed_latent_set, with_model_seed
 from pipeline.presets import DeapPreset, deap_preset
 from pipeline.runlock import OutputLocationError, begin_update, finish_update, output_errors, pending_update
 from pipeline.sources.raw import read_recording, recording_suffix
 from pipeline.sources.trials import file_sha256
 from pipeline.store import FrameStore
+from pipeline.validators import atomic_write_bytes
 
 RECORDINGS_KIND = "raw"
 REAL_DATA_KINDS = ("deap-python", "deap-matlab", "raw")
@@ -96,11 +96,11 @@ def recordings_store_kind(out_dir: str) -> tuple[str, PreprocessConfig]:
             f"holds {kind} data; recordings join only a store of real data "
             f"({', '.join(REAL_DATA_KINDS)}); use a new --out folder",
         )
-    return kind, PreprocessConfig.from_dict(attrs["preprocessing"])
+    return kind, PreprocessConfig.model_validate(attrs["preprocessing"])
 
 
 def preset_from_dict(values: dict, where: str = "preset") -> DeapPreset:
-    """Rebuild run settings from ``DeapPreset.to_dict()`` output (as recorded in report.json).
+    """Rebuild run settings from ``DeapPreset.model_dump(mode="json")`` (as recorded in report.json).
 
     Raises
     ------
@@ -110,20 +110,11 @@ def preset_from_dict(values: dict, where: str = "preset") -> DeapPreset:
     if not isinstance(values, dict):
         raise InputError(where, f"must be a dict of run settings, got {type(values).__name__}")
     try:
-        return DeapPreset(
-            name=str(values["name"]),
-            synthetic_subjects=int(values["synthetic_subjects"]),
-            learn=LearnConfig.from_dict(values["learn"]),
-            rules=FactorRules(**values["rules"]),
-            # Settings recorded before these existed ran one protocol at one β.
-            protocol=str(values.get("protocol", "trial")),
-            betas=tuple(values.get("betas", ())),
-        )
+        # Settings recorded before protocols and sweeps existed ran one protocol at one β: the
+        # defaults of DeapPreset.
+        return DeapPreset.model_validate(values)
     except InputError as err:
         raise InputError(where, f"holds invalid settings: {err}") from err
-    except (KeyError, TypeError, ValueError) as err:
-        problem = f"is not a complete set of run settings ({type(err).__name__}: {err})"
-        raise InputError(where, problem) from err
 
 
 def _run_settings(preset: str | dict | None, seed: int, recorded: dict | None, where: str) -> DeapPreset:
@@ -170,7 +161,7 @@ def _reported_settings(report: dict | None) -> dict | None:
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
 def store_recording(path: str, out_dir: str, config: dict, data_kind: str, interpolate_missing: bool) -> dict:
-    preprocess = PreprocessConfig.from_dict(config)
+    preprocess = PreprocessConfig.model_validate(config)
     with output_errors(out_dir):
         trials = read_isolated(read_recording, path, interpolate_missing=interpolate_missing)
         store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
@@ -195,7 +186,7 @@ def store_recordings(recordings: list[str], out_dir: str, interpolate_missing: b
     """
     logger = get_run_logger()
     data_kind, preprocess = recordings_store_kind(out_dir)
-    config = preprocess.to_dict()
+    config = preprocess.model_dump(mode="json")
     # Created once here so that parallel tasks only ever open an existing group.
     open_deap_store(out_dir, preprocess, data_kind)
     futures = store_recording.map(recordings, out_dir, unmapped(config), data_kind, interpolate_missing)
@@ -274,8 +265,8 @@ def update_models(
     seed_analyses = None
     if retrain or (pending is not None and pending.stage == "training"):
         settings = _run_settings(preset, seed, recorded, report_where)
-        begin_update(out_dir, settings.to_dict(), "training")
-        learn = settings.learn.to_dict()
+        begin_update(out_dir, settings.model_dump(mode="json"), "training")
+        learn = settings.learn.model_dump(mode="json")
         split_and_normalise(out_dir, learn)
         if n_seeds == 1:
             train_frame_vae(out_dir, learn, False)
@@ -285,11 +276,11 @@ def update_models(
             reference = settings.learn.train.seed
             seeds = list(range(reference, reference + n_seeds))
             seed_analyses, reported_seed, n_encoded = seed_ensemble(
-                out_dir, learn, settings.rules.to_dict(), seeds, False
+                out_dir, learn, settings.rules.model_dump(mode="json"), seeds, False
             )
             train_emotion_lstm(
                 out_dir,
-                with_model_seed(settings.learn, reported_seed).to_dict(),
+                with_model_seed(settings.learn, reported_seed).model_dump(mode="json"),
                 group=seed_latent_set(reported_seed, reference),
             )
         action = "retrained"
@@ -306,9 +297,9 @@ def update_models(
         if pending is None and report is not None and _latents_due(out_dir, vae_dir) == 0:
             logger.info("%s: every stored trial is encoded and reported; nothing to do", out_dir)
             return {"action": "unchanged", "n_encoded": 0, "report_html": str(Path(out_dir) / "report.html")}
-        learn = settings.learn.to_dict()
+        learn = settings.learn.model_dump(mode="json")
         action = "encoded"
-    begin_update(out_dir, settings.to_dict(), "report")
+    begin_update(out_dir, settings.model_dump(mode="json"), "report")
     if action == "encoded":
         n_encoded = encode_frames_task(out_dir, learn)["n_encoded"]
         if n_seeds > 1:
@@ -316,20 +307,20 @@ def update_models(
             seeds = list(range(reference, reference + n_seeds))
             for model_seed in seeds[1:]:
                 encode_seed_task(out_dir, learn, model_seed, reference)
-            rules = settings.rules.to_dict()
+            rules = settings.rules.model_dump(mode="json")
             # The LSTM was trained on the recorded seed's latents: the report stays that seed's.
             seed_analyses = [
                 analyse_seed_task(out_dir, learn, rules, model_seed, reference) for model_seed in seeds
             ]
     run_config = {
-        "preset": settings.to_dict(),
+        "preset": settings.model_dump(mode="json"),
         "seed": settings.learn.split_seed,
         "resume": False,
         "synthetic": None,
         "update": {**note, "action": action},
     }
     written = write_deap_report(
-        out_dir, settings.to_dict(), run_config, source_path, None, reported_seed, seed_analyses
+        out_dir, settings.model_dump(mode="json"), run_config, source_path, None, reported_seed, seed_analyses
     )
     finish_update(out_dir)
     logger.info("%s: %s; %d trial(s) encoded; report %s", out_dir, action, n_encoded, written["report_html"])

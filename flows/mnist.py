@@ -6,7 +6,6 @@ same tasks behind its own ingest.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -21,10 +20,10 @@ from pipeline.image_ingest import (
     ingest_image_batches,
     open_image_store,
 )
-from pipeline.image_presets import MNIST_IMAGE_SHAPE, ImagePreset, image_preset
 from pipeline.image_report import build_image_report, image_seed_factors
 from pipeline.ingest import store_path
 from pipeline.learn import checkpoint_model_id, seed_latent_set
+from pipeline.presets import MNIST_IMAGE_SHAPE, ImagePreset, image_preset
 from pipeline.sources.mnist import (
     EMBEDDED_DIGITS,
     digits_as_mnist,
@@ -76,7 +75,7 @@ def progress_logger(logger, label: str, every: int = _PROGRESS_EVERY_IMAGES):
 @task
 def ingest_mnist(out_dir: str, data_dir: str | None, preset: dict) -> dict:
     """Store MNIST's IDX images (headers checked first) or the embedded digits, within the preset's caps."""
-    settings = ImagePreset.from_dict(preset)
+    settings = ImagePreset.model_validate(preset)
     seed = settings.train.seed
     logger = get_run_logger()
     if data_dir is None:
@@ -114,7 +113,7 @@ def _checkpoint_dir(out_dir: str, model_seed: int | None = None, reference_seed:
 
 def with_model_seed(settings: ImagePreset, model_seed: int) -> ImagePreset:
     """``settings`` with the β-VAE trained from seed ``model_seed`` (split and data unchanged)."""
-    return replace(settings, train=replace(settings.train, seed=int(model_seed)))
+    return settings.replace(train=settings.train.replace(seed=int(model_seed)))
 
 
 @task
@@ -124,7 +123,7 @@ def train_image_vae(out_dir: str, preset: dict, resume: bool, reference_seed: in
     With ``reference_seed`` the model is one seed (``preset``'s) of an ensemble: a training state
     of this seed on the same split is continued (reused when finished) whatever ``resume`` says.
     """
-    settings = ImagePreset.from_dict(preset)
+    settings = ImagePreset.model_validate(preset)
     logger = get_run_logger()
     store = FrameStore.open(store_path(out_dir))
     split = image_split(store, settings.caps)
@@ -168,7 +167,7 @@ def train_image_vae(out_dir: str, preset: dict, resume: bool, reference_seed: in
 def encode_images(out_dir: str, preset: dict, reference_seed: int | None = None) -> dict:
     """Write μ and log σ² of every image of the split with the best β-VAE (of ``preset``'s seed,
     into its own latent group, when ``reference_seed`` makes it one seed of an ensemble)."""
-    settings = ImagePreset.from_dict(preset)
+    settings = ImagePreset.model_validate(preset)
     store = FrameStore.open(store_path(out_dir), writable=True)
     split = image_split(store, settings.caps)
     rows = sorted({*split.train.tolist(), *split.val.tolist(), *split.test.tolist()})
@@ -198,7 +197,7 @@ def _latent_group(settings: ImagePreset, reference_seed: int | None) -> str:
 @task
 def analyse_image_seed(out_dir: str, preset: dict, reference_seed: int) -> dict:
     """Î and the signed effects of one seed's influential factors (JSON-native)."""
-    settings = ImagePreset.from_dict(preset)
+    settings = ImagePreset.model_validate(preset)
     store = FrameStore.open(store_path(out_dir))
     model = load_vae(_checkpoint_dir(out_dir, settings.train.seed, reference_seed), "best")
     analysis = image_seed_factors(
@@ -229,7 +228,7 @@ def write_image_report(
     ``preset``'s seed is the model reported; with ``seed_analyses`` it is one seed of an ensemble
     whose reference seed is ``reference_seed``.
     """
-    settings = ImagePreset.from_dict(preset)
+    settings = ImagePreset.model_validate(preset)
     store = FrameStore.open(store_path(out_dir))
     report = build_image_report(
         out_dir,
@@ -284,7 +283,7 @@ def learn_and_report(
     ``n_seeds`` > 1 trains one β-VAE per model seed (the run's seed and the next ones, one after
     another), compares their influential factors, and reports the most representative seed.
     """
-    preset = settings.to_dict()
+    preset = settings.model_dump(mode="json")
     if n_seeds == 1:
         training = train_image_vae(out_dir, preset, resume)
         encode_images(out_dir, preset)
@@ -292,12 +291,12 @@ def learn_and_report(
     reference = settings.train.seed
     trainings, analyses = {}, []
     for model_seed in range(reference, reference + n_seeds):
-        seeded = with_model_seed(settings, model_seed).to_dict()
+        seeded = with_model_seed(settings, model_seed).model_dump(mode="json")
         trainings[model_seed] = train_image_vae(out_dir, seeded, resume, reference)
         encode_images(out_dir, seeded, reference)
         analyses.append(analyse_image_seed(out_dir, seeded, reference))
     reported = choose_reported_seed(analyses)
-    seeded = with_model_seed(settings, reported).to_dict()
+    seeded = with_model_seed(settings, reported).model_dump(mode="json")
     return write_image_report(
         out_dir, seeded, run_config, source, trainings[reported], ground_truth, reference, analyses
     )
@@ -319,11 +318,16 @@ def mnist(
     images and latents of the same model are never recomputed.
     """
     settings = image_preset("mnist", preset, seed)
-    ingest = ingest_mnist(out_dir, data_dir, settings.to_dict())
+    ingest = ingest_mnist(out_dir, data_dir, settings.model_dump(mode="json"))
     source = {
         "kind": "images" if data_dir is None else "idx",
         "path": EMBEDDED_DIGITS if data_dir is None else str(Path(data_dir).resolve()),
         "taken": ingest["taken"],
     }
-    run_config = {"preset": settings.to_dict(), "seed": seed, "resume": resume, "data_dir": data_dir}
+    run_config = {
+        "preset": settings.model_dump(mode="json"),
+        "seed": seed,
+        "resume": resume,
+        "data_dir": data_dir,
+    }
     return learn_and_report(out_dir, settings, run_config, source, resume=resume, n_seeds=n_seeds)

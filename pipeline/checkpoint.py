@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,34 +28,13 @@ import safetensors.torch
 import torch
 
 from pipeline.errors import InputError
+from pipeline.validators import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "eegmi-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
 # A JSON pointer is small; refusing huge files keeps a crafted one from exhausting memory.
 _MAX_JSON_BYTES = 64 * 1024 * 1024
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the complete new one.
-
-    The bytes go to a temporary file in the same directory, are flushed to disk, and the file
-    is renamed over ``path`` (atomic on POSIX and Windows within one file system).
-    """
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); a checkpoint is as readable as any output file.
-        os.chmod(temporary, 0o644)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -173,7 +173,7 @@ def build_deap_report(
         reconstruction_mse=lambda keep: reconstruction_mse(model, store, split.test, keep),
         accuracy=lambda keep: evaluate_classifier(classifier, test_mu, test_classes, keep)["accuracy"],
     )
-    preprocess = PreprocessConfig.from_dict(store.attrs["preprocessing"])
+    preprocess = PreprocessConfig.model_validate(store.attrs["preprocessing"])
     operator = deap_imaging_operator(preprocess)
     factors, factor_figures, relevance, selection_mu = _describe_selection(
         store, split, model, classifier, estimate, preprocess, operator, learn, rules, group, progress
@@ -200,7 +200,11 @@ def build_deap_report(
             # Which synthetic data set (planted, null or confound); None for recorded data.
             "scenario": store.attrs.get("synthetic", {}).get("scenario"),
         },
-        "config": {**run_config, "preprocessing": preprocess.to_dict(), "rules": rules.to_dict()},
+        "config": {
+            **run_config,
+            "preprocessing": preprocess.model_dump(mode="json"),
+            "rules": rules.model_dump(mode="json"),
+        },
         "mi": {
             **estimate.to_dict(),
             "estimated_on": "training trials",
@@ -334,7 +338,7 @@ def analyse_seed(
     """
     split = stored_split(store)
     estimate = store_mi(store, split.train, group=group)
-    preprocess = PreprocessConfig.from_dict(store.attrs["preprocessing"])
+    preprocess = PreprocessConfig.model_validate(store.attrs["preprocessing"])
     operator = deap_imaging_operator(preprocess)
     factors, _, _, selection_mu = _describe_selection(
         store, split, model, None, estimate, preprocess, operator, learn, rules, group, progress, draw=False

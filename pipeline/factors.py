@@ -6,8 +6,6 @@ test trials are left for the accuracy figures.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
@@ -36,34 +34,27 @@ from pipeline.relevance import (
 from pipeline.report.figures import topomap_figure, traversal_strip
 from pipeline.sources.trials import DEAP_CHANNELS
 from pipeline.stability import SeedFactors
+from pipeline.validators import ConfigModel, NonNegativeInt, NonNegativeNumber, PositiveInt, PositiveNumber
 
 
-@dataclass(frozen=True)
-class FactorRules:
+class FactorRules(ConfigModel):
     """The documented thresholds that decide what is reported, linked and grouped into blocks."""
 
-    influential_threshold_nats: float = 0.05
-    min_reported: int = 10
-    alpha: float = 0.05
-    n_permutations: int = 2000
+    influential_threshold_nats: NonNegativeNumber = 0.05
+    min_reported: NonNegativeInt = 10
+    alpha: PositiveNumber = 0.05
+    n_permutations: PositiveInt = 2000
     # Emotion is a property of the whole trial: relevance is measured on each trial's mean of μ_j
     # over the stimulus frames (the baseline seconds carry no label effect).
     relevance_summaries: tuple[str, ...] = ("mean",)
-    baseline_frames: int = 3
+    baseline_frames: NonNegativeInt = 3
     # 0.1 nats is 7 % of the 4-class label entropy (log 4): an emotion-linked factor must carry
     # that much, not merely a trace that becomes significant over many trials.
-    min_relevance_nats: float = 0.1
-    block_relative_threshold: float = 0.5
+    min_relevance_nats: NonNegativeNumber = 0.1
+    block_relative_threshold: NonNegativeNumber = 0.5
     # Changes below this (normalised band-power units over z in [-3, 3]) are decoder noise, not blocks.
-    block_min_change: float = 0.05
-    n_seed_frames: int = 16
-
-    def to_dict(self) -> dict:
-        return {**self.__dict__, "relevance_summaries": list(self.relevance_summaries)}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> FactorRules:
-        return cls(**{**values, "relevance_summaries": tuple(values.get("relevance_summaries", ("mean",)))})
+    block_min_change: NonNegativeNumber = 0.05
+    n_seed_frames: PositiveInt = 16
 
 
 def reported_factors(estimate: MIEstimate, rules: FactorRules) -> np.ndarray:

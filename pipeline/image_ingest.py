@@ -16,21 +16,24 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 import zarr
+from pydantic import Field
 
 from pipeline import __version__
 from pipeline.errors import InputError
-from pipeline.image_presets import IMAGE_DATASETS, SplitCaps
 from pipeline.ingest import store_path
 from pipeline.models.vae import BetaVAE
+from pipeline.presets import IMAGE_DATASETS, SplitCaps
 from pipeline.progress import Progress, report
 from pipeline.sources.celeba import SkippedImage
-from pipeline.sources.images import SPLIT_NAMES, ImageBatch, check_whole_number
+from pipeline.sources.images import SPLIT_NAMES, ImageBatch
 from pipeline.splits import Split
 from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.train import iter_encode_frames
+from pipeline.validators import ConfigModel, NonNegativeInt, PositiveInt
 
 IMAGE_DATA_KINDS: tuple[str, ...] = ("idx", "images", "synthetic")
 SPLIT_PROTOCOL = "image"
@@ -39,8 +42,7 @@ SUBJECT_MEANING = "images have no subjects: the column holds the image's split p
 _READ_BLOCK_ROWS = 2048
 
 
-@dataclass(frozen=True)
-class ImageStoreConfig:
+class ImageStoreConfig(ConfigModel):
     """What makes the stored pixels and their split: a store refuses images made any other way.
 
     Attributes
@@ -57,39 +59,15 @@ class ImageStoreConfig:
         Seed of that assignment.
     """
 
-    dataset: str
-    image_shape: tuple[int, int, int]
-    preprocessing: str
-    split_rule: str
-    split_seed: int = 0
-
-    def __post_init__(self) -> None:
-        where = "ImageStoreConfig"
-        if self.dataset not in IMAGE_DATASETS:
-            raise InputError(where, f"dataset {self.dataset!r} is not one of {IMAGE_DATASETS}")
-        shape = tuple(self.image_shape)
-        if len(shape) != 3:
-            raise InputError(where, f"image_shape {self.image_shape!r} is not (C, H, W)")
-        object.__setattr__(
-            self, "image_shape", tuple(check_whole_number(n, f"{where}.image_shape") for n in shape)
-        )
-        for name in ("preprocessing", "split_rule"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise InputError(where, f"{name} must be a non-empty description")
-        check_whole_number(self.split_seed, f"{where}.split_seed", minimum=0)
-
-    def to_dict(self) -> dict:
-        return {
-            "dataset": self.dataset,
-            "image_shape": list(self.image_shape),
-            "preprocessing": self.preprocessing,
-            "split_rule": self.split_rule,
-            "split_seed": int(self.split_seed),
-        }
+    dataset: Literal[IMAGE_DATASETS]
+    image_shape: tuple[PositiveInt, PositiveInt, PositiveInt]
+    preprocessing: Annotated[str, Field(min_length=1)]
+    split_rule: Annotated[str, Field(min_length=1)]
+    split_seed: NonNegativeInt = 0
 
     def config_hash(self) -> str:
         """Short stable hash (first 16 hex digits of SHA-256), the store's ``config_hash``."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -98,7 +76,7 @@ def _store_attrs(config: ImageStoreConfig, data_kind: str, data_source: str, ext
         "dataset": config.dataset,
         "data_kind": data_kind,
         "data_source": data_source,
-        "image_config": config.to_dict(),
+        "image_config": config.model_dump(mode="json"),
         "image_shape": list(config.image_shape),
         "label_names": ["class"],
         "frame_units": FRAME_UNITS,

@@ -20,10 +20,10 @@ from pipeline import __version__
 from pipeline.blocks import signed_change, traverse_factor
 from pipeline.errors import InputError
 from pipeline.image_ingest import image_split
-from pipeline.image_presets import ImagePreset
 from pipeline.learn import store_mi
 from pipeline.mi import MIEstimate, influential_factors
 from pipeline.models.vae import BetaVAE, check_keep_mask
+from pipeline.presets import ImagePreset
 from pipeline.report import ReportAssets, write_report
 from pipeline.report.figures import FIGURE_DPI, mi_variance_figure, topk_figure
 from pipeline.stability import (

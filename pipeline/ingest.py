@@ -55,7 +55,7 @@ def store_attrs(config: PreprocessConfig, data_kind: str, synthetic: dict | None
         **extra,
         "dataset": "deap",
         "data_kind": data_kind,
-        "preprocessing": config.to_dict(),
+        "preprocessing": config.model_dump(mode="json"),
         "band_names": list(config.band_names),
         "band_edges_hz": [list(edge) for edge in config.band_edges_hz],
         "grid": {

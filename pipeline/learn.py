@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,42 +35,21 @@ from pipeline.train import (
     train_classifier,
     train_vae,
 )
+from pipeline.validators import ConfigModel, NonNegativeInt, PositiveInt, RealNumber
 
 Normaliser = Callable[[np.ndarray], np.ndarray]
 
 
-@dataclass(frozen=True)
-class LearnConfig:
+class LearnConfig(ConfigModel):
     """Everything that decides the learned factors and their evaluation, recorded in report.json."""
 
     vae: VAEConfig
     train: TrainConfig
     classifier: ClassifierConfig
     split_protocol: str = "trial"
-    split_seed: int = 0
-    class_threshold: float = 5.0
-    encode_batch_size: int = 1024
-
-    def to_dict(self) -> dict:
-        return {
-            "vae": self.vae.to_dict(),
-            "train": self.train.to_dict(),
-            "classifier": self.classifier.to_dict(),
-            "split_protocol": self.split_protocol,
-            "split_seed": self.split_seed,
-            "class_threshold": self.class_threshold,
-            "encode_batch_size": self.encode_batch_size,
-        }
-
-    @classmethod
-    def from_dict(cls, values: dict) -> LearnConfig:
-        values = dict(values)
-        return cls(
-            vae=VAEConfig.from_dict(values.pop("vae")),
-            train=TrainConfig.from_dict(values.pop("train")),
-            classifier=ClassifierConfig.from_dict(values.pop("classifier")),
-            **values,
-        )
+    split_seed: NonNegativeInt = 0
+    class_threshold: RealNumber = 5.0
+    encode_batch_size: PositiveInt = 1024
 
 
 def store_classes(store: FrameStore, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +94,7 @@ def frame_mask(store: FrameStore) -> np.ndarray:
     """Pixels that carry data: the scalp (electrodes' convex hull) for EEG, every pixel for images."""
     attrs = store.attrs
     if "preprocessing" in attrs:
-        return deap_imaging_operator(PreprocessConfig.from_dict(attrs["preprocessing"])).mask
+        return deap_imaging_operator(PreprocessConfig.model_validate(attrs["preprocessing"])).mask
     return np.ones(store.frame_shape[-2:], dtype=bool)
 
 
@@ -245,7 +223,7 @@ def train_store_vae(
 
 def with_model_seed(config: LearnConfig, model_seed: int) -> LearnConfig:
     """``config`` with the β-VAE trained from seed ``model_seed`` (split and classifier unchanged)."""
-    return replace(config, train=replace(config.train, seed=int(model_seed)))
+    return config.replace(train=config.train.replace(seed=int(model_seed)))
 
 
 def can_continue_training(

@@ -73,6 +73,7 @@ from pipeline.analysis.copula_mi import (
 )
 from pipeline.errors import InputError
 from pipeline.progress import Progress
+from pipeline.validators import check_positive_int
 
 SUMMARIES: tuple[str, ...] = ("mean", "std")
 # Permuted values this close to the observed one count as ties (and so against significance).
@@ -184,7 +185,7 @@ def factor_label_information(
     n_trials, _, n_factors = mu.shape
     codes, n_classes = _check_classes(classes, n_trials)
     summaries = _check_summaries(summaries, mu.shape[1])
-    _check_positive_int(n_permutations, "n_permutations")
+    check_positive_int("n_permutations", n_permutations)
     if n_trials < n_classes + len(summaries) + 1:
         raise InputError(
             "mu", f"{n_trials} trials are too few for {n_classes} classes and {len(summaries)} summaries"
@@ -354,7 +355,7 @@ def ablation_accuracy_drop(
     """
     if not callable(accuracy_with_mask):
         raise InputError("accuracy_with_mask", "must be a callable taking a bool mask")
-    _check_positive_int(n_factors, "n_factors")
+    check_positive_int("n_factors", n_factors)
     indices = _check_factor_indices(factors, int(n_factors), "factors")
 
     def accuracy(mask: np.ndarray) -> float:
@@ -444,11 +445,6 @@ def _subject_codes(subjects: np.ndarray | None, n_trials: int) -> np.ndarray:
     if subjects.shape != (n_trials,):
         raise InputError("subjects", f"shape {subjects.shape}; expected ({n_trials},), one subject per trial")
     return np.unique(subjects, return_inverse=True)[1].astype(np.int64)
-
-
-def _check_positive_int(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise InputError(name, f"{value!r}; expected a positive integer")
 
 
 def _check_mu(mu: np.ndarray) -> np.ndarray:

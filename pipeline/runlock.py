@@ -28,14 +28,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import fsspec
 
-from pipeline.checkpoint import atomic_write_bytes
 from pipeline.errors import InputError
+from pipeline.validators import atomic_write_bytes, check_json_native, utc_now
 
 RUN_LOCK_NAME = ".eegmi-run.lock"
 UPDATE_MARKER_NAME = "update-in-progress.json"
@@ -165,7 +164,7 @@ def run_lock(
                 handle = open(Path(key) / RUN_LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 (held across yield)
             try:
                 _acquire_file_lock(handle, where, timeout, on_wait)
-                holder = {"flow": flow, "pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+                holder = {"flow": flow, "pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}
                 handle.seek(0)
                 handle.truncate()
                 handle.write(json.dumps(holder))
@@ -185,10 +184,6 @@ def run_lock(
                 state.handle = None
     finally:
         state.thread_lock.release()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @contextmanager
@@ -302,10 +297,8 @@ def begin_update(out_dir: str | os.PathLike, settings: dict[str, Any], stage: st
         raise InputError("stage", f"{stage!r} must be one of {UPDATE_STAGES}")
     if not isinstance(settings, dict):
         raise InputError("settings", f"must be a dict, got {type(settings).__name__}")
-    try:
-        payload = json.dumps({"started": _now(), "stage": stage, "settings": settings}, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise InputError("settings", f"are not JSON-native: {err}") from err
+    check_json_native(settings, "settings", "settings")
+    payload = json.dumps({"started": utc_now(), "stage": stage, "settings": settings})
     path = _marker_path(out_dir)
     with output_errors(out_dir):
         path.parent.mkdir(parents=True, exist_ok=True)

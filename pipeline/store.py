@@ -33,9 +33,8 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import numcodecs
@@ -46,6 +45,7 @@ from zarr.core.sync import sync
 
 from pipeline import __version__
 from pipeline.errors import InputError
+from pipeline.validators import check_json_native, utc_now
 
 STORE_FORMAT = "eegmi-frames/1"
 MANAGED_ATTRS = ("config_hash", "package_version", "created", "updated", "store_format")
@@ -94,54 +94,6 @@ def writer_lock(path: str | os.PathLike) -> Iterator[None]:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def check_json_native(value: Any, where: str, name: str = "attrs") -> None:
-    """Raise unless ``value`` survives a JSON round trip unchanged.
-
-    Accepted: dict with str keys, list, tuple, str, bool, int, finite float and None, nested.
-
-    Parameters
-    ----------
-    value : object
-        The value to check.
-    where : str
-        What the value belongs to, used in the error (e.g. the store path).
-    name : str
-        How to spell the value's position in the error, e.g. ``"attrs['config']"``.
-
-    Raises
-    ------
-    InputError
-        Naming the first offending position and its type.
-    """
-    # numpy scalars other than float64 (a float subclass) are rejected: JSON would refuse or
-    # silently reshape them.
-    if value is None or isinstance(value, str | bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InputError(where, f"{name} is {value}, which JSON cannot hold")
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InputError(
-                    where, f"{name} has key {key!r} of type {type(key).__name__}; keys must be str"
-                )
-            check_json_native(item, where, f"{name}[{key!r}]")
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            check_json_native(item, where, f"{name}[{index}]")
-        return
-    is_numpy = isinstance(value, np.ndarray | np.generic)
-    hint = "; convert it with .tolist() or float()/int()" if is_numpy else ""
-    raise InputError(where, f"{name} is of type {type(value).__name__}, which is not JSON-native{hint}")
 
 
 def _check_managed_attrs(values: dict, where: str, config_hash: str) -> None:
@@ -413,7 +365,7 @@ class FrameStore:
             if not existing and not list(group.keys()):
                 # Attrs first: a run killed while creating leaves a store the next run can complete.
                 group.update_attributes(
-                    {**attrs, "config_hash": config_hash, "store_format": STORE_FORMAT, "created": _now()}
+                    {**attrs, "config_hash": config_hash, "store_format": STORE_FORMAT, "created": utc_now()}
                 )
             elif existing.get("store_format") != STORE_FORMAT:
                 raise InputError(
@@ -772,7 +724,7 @@ class FrameStore:
 
     def _write_attrs(self, values: dict) -> None:
         # One metadata write; ``attrs.update`` would rewrite zarr.json once per key.
-        self._group.update_attributes({**values, "package_version": __version__, "updated": _now()})
+        self._group.update_attributes({**values, "package_version": __version__, "updated": utc_now()})
 
     def _read_committed(self, name: str) -> np.ndarray:
         return self._arrays[name][: self.n_rows][self._committed]

@@ -52,6 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.validators import atomic_write_bytes
 
 THREAD_COUNT_VARIABLES: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 NUMPY_BLAS_VARIABLE = "OPENBLAS_NUM_THREADS"
@@ -120,10 +121,8 @@ class RunRegistry:
         entry = self.entry(pid, start_time)
         try:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            temporary = self.folder / f".{entry.name}.tmp"
             record = {"pid": pid, "start_time": start_time, "started": datetime.now(UTC).isoformat()}
-            temporary.write_text(json.dumps(record))
-            os.replace(temporary, entry)
+            atomic_write_bytes(entry, json.dumps(record).encode())
         except OSError:
             return None
         return entry

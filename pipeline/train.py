@@ -24,21 +24,30 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import AfterValidator
 from torch import nn
 from torch.nn import functional
 
 from pipeline.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from pipeline.errors import InputError
 from pipeline.models.sequence import N_CLASSES, EmotionLSTM, check_sequences
-from pipeline.models.vae import BetaVAE, VAEConfig, config_from_dict
+from pipeline.models.vae import BetaVAE, VAEConfig
 from pipeline.progress import Progress
 from pipeline.threads import keep_fair_share
+from pipeline.validators import (
+    ConfigModel,
+    Flag,
+    NonNegativeInt,
+    PositiveInt,
+    PositiveNumber,
+    check_positive_int,
+)
 
 __all__ = [
     "ClassifierConfig",
@@ -66,32 +75,17 @@ _VALIDATION_STREAM = 1
 _INIT_STREAM = 2
 
 
-def _check_positive_int(where: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(where, f"{value!r} must be a positive integer")
-
-
-def _check_seed(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InputError("seed", f"{value!r} must be a non-negative integer")
-
-
-def _check_learning_rate(value: Any) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise InputError("lr", f"{value!r} must be a positive finite number")
-
-
-def _check_device_name(value: Any) -> None:
+def _check_device_name(value: str) -> str:
     if not isinstance(value, str) or not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
-        raise InputError("device", f"{value!r} must be 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+    return value
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+# "auto" (CUDA when available), "cpu", "cuda" or "cuda:<index>".
+DeviceName = Annotated[str, AfterValidator(_check_device_name)]
+
+
+class TrainConfig(ConfigModel):
     """How the VAE is trained.
 
     Attributes
@@ -131,46 +125,22 @@ class TrainConfig:
         Validation always scores the full objective.
     """
 
-    epochs: int = 300
-    batch_size: int = 64
-    lr: float = 5e-4
-    patience: int = 20
-    seed: int = 0
-    trials_per_read: int = 8
-    device: str = "auto"
-    mixed_precision: bool = False
-    frames_on_device: bool = False
-    compile_model: bool = False
-    channels_last: bool = False
-    kl_warmup_epochs: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "trials_per_read"):
-            _check_positive_int(name, getattr(self, name))
-        if (
-            isinstance(self.kl_warmup_epochs, bool)
-            or not isinstance(self.kl_warmup_epochs, int)
-            or self.kl_warmup_epochs < 0
-        ):
-            raise InputError("kl_warmup_epochs", f"{self.kl_warmup_epochs!r} must be a non-negative integer")
-        _check_learning_rate(self.lr)
-        _check_seed(self.seed)
-        _check_device_name(self.device)
-        for name in ("mixed_precision", "frames_on_device", "compile_model", "channels_last"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(name, f"{getattr(self, name)!r} must be true or false")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    epochs: PositiveInt = 300
+    batch_size: PositiveInt = 64
+    lr: PositiveNumber = 5e-4
+    patience: PositiveInt = 20
+    seed: NonNegativeInt = 0
+    trials_per_read: PositiveInt = 8
+    device: DeviceName = "auto"
+    mixed_precision: Flag = False
+    frames_on_device: Flag = False
+    compile_model: Flag = False
+    channels_last: Flag = False
+    kl_warmup_epochs: NonNegativeInt = 0
 
     def kl_weight(self, epoch: int) -> float:
         """The share of β applied in (1-based) ``epoch``."""
         return min(1.0, epoch / (self.kl_warmup_epochs + 1))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise InputError."""
-        return config_from_dict(cls, values, "TrainConfig")
 
 
 class TrainingDiverged(RuntimeError):
@@ -220,7 +190,10 @@ class TrainResult:
 
 def select_device(name: str = "auto") -> torch.device:
     """``"auto"`` gives CUDA when available, else CPU; an explicit CUDA device must exist."""
-    _check_device_name(name)
+    try:
+        _check_device_name(name)
+    except ValueError as err:
+        raise InputError("device", f"{name!r} {err}") from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -383,7 +356,7 @@ def training_state_mismatch(
     stored_train_config = metadata.get("train_config")
     if not isinstance(stored_train_config, dict):
         return "lacks its training configuration"
-    current = train_config.to_dict()
+    current = train_config.model_dump(mode="json")
     for key in ("seed", "batch_size", "lr", "patience", "trials_per_read", "kl_warmup_epochs"):
         if stored_train_config.get(key, 0 if key == "kl_warmup_epochs" else None) != current[key]:
             return (
@@ -391,7 +364,7 @@ def training_state_mismatch(
                 " resume with the same settings or start afresh (resume=False)"
             )
     wanted = {
-        "model_config": model_config.to_dict(),
+        "model_config": model_config.model_dump(mode="json"),
         "train_rows": np.asarray(train_rows).tolist(),
         "val_rows": np.asarray(val_rows).tolist(),
     }
@@ -622,8 +595,8 @@ class VAETrainer:
             "since_improvement": best["since"],
             "monitor": self.monitor,
             "stopped_early": stopped_early,
-            "model_config": self.model_config.to_dict(),
-            "train_config": self.config.to_dict(),
+            "model_config": self.model_config.model_dump(mode="json"),
+            "train_config": self.config.model_dump(mode="json"),
             "train_rows": self.train_rows.tolist(),
             "val_rows": self.val_rows.tolist(),
         }
@@ -655,7 +628,7 @@ class VAETrainer:
                 "epoch": best["epoch"],
                 "loss": best["loss"],
                 "monitor": self.monitor,
-                "model_config": self.model_config.to_dict(),
+                "model_config": self.model_config.model_dump(mode="json"),
             },
         )
 
@@ -776,7 +749,7 @@ def load_vae(checkpoint_dir: str | os.PathLike, which: str = "best", device: str
     where = Path(checkpoint_dir) / f"{which}.json"
     if "model_config" not in metadata:
         raise InputError(where, "lacks the model configuration")
-    model = VAEConfig.from_dict(metadata["model_config"]).build()
+    model = VAEConfig.model_validate(metadata["model_config"]).build()
     _load_module_state(model, _prefixed(tensors, "model."), where)
     return model.to(select_device(device)).eval()
 
@@ -799,7 +772,7 @@ def iter_encode_frames(
     """
     if not isinstance(model, BetaVAE):
         raise InputError("model", f"expected a BetaVAE, got {type(model).__name__}")
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     shape = _frames_shape(frames)
     if shape[2:] != model.input_shape:
         raise InputError("frames", f"images are {shape[2:]}; the model expects {model.input_shape}")
@@ -842,31 +815,16 @@ def encode_frames(
 
 
 # ------------------------------------------------------------------------ classifier
-@dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(ConfigModel):
     """How the emotion LSTM is trained (Adam, cross-entropy, early stopping)."""
 
-    hidden: int = 128
-    epochs: int = 200
-    batch_size: int = 32
-    lr: float = 1e-3
-    patience: int = 20
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("hidden", "epochs", "batch_size", "patience"):
-            _check_positive_int(name, getattr(self, name))
-        _check_learning_rate(self.lr)
-        _check_seed(self.seed)
-        _check_device_name(self.device)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ClassifierConfig:
-        return config_from_dict(cls, values, "ClassifierConfig")
+    hidden: PositiveInt = 128
+    epochs: PositiveInt = 200
+    batch_size: PositiveInt = 32
+    lr: PositiveNumber = 1e-3
+    patience: PositiveInt = 20
+    seed: NonNegativeInt = 0
+    device: DeviceName = "auto"
 
 
 @dataclass

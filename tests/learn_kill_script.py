@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     # One thread, as in the test process: the killed-and-resumed run must match an uninterrupted
     # one bitwise, and reductions split over threads may round differently.
     torch.set_num_threads(1)
-    config = LearnConfig.from_dict(json.loads(config_json))
+    config = LearnConfig.model_validate(json.loads(config_json))
 
     def report(record: dict) -> None:
         print(f"epoch {record['epoch']} {json.dumps(record)}", flush=True)

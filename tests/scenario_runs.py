@@ -8,7 +8,6 @@ the same model size, training and statistics.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -48,7 +47,7 @@ LEARN = LearnConfig(
 )
 # The demo preset's model (32 latents, 10 epochs), for the scenario whose genuine effect is moderate:
 # the small model above does not keep the confound scenario's parietal block in an influential factor.
-DEMO_LEARN = replace(deap_preset("demo").learn, train=replace(deap_preset("demo").learn.train, device="cpu"))
+DEMO_LEARN = deap_preset("demo").learn.replace(train=deap_preset("demo").learn.train.replace(device="cpu"))
 # 1000 permutations: with all 16 factors tested the smallest possible q-value is 16/1001 = 0.016.
 RULES = FactorRules(n_permutations=1000)
 

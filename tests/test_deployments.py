@@ -223,3 +223,24 @@ def test_a_served_deployment_runs_and_stores_the_inbox(prefect_harness, tmp_path
     assert len(keys) == TRIALS_PER_RECORDING and set(keys) == expected_keys([recording])
     ledger = json.loads((out_dir / "inbox.json").read_text())
     assert [entry["name"] for entry in ledger["files"].values()] == ["sub-01_eeg.fif"]
+
+
+def test_parameters_registered_by_earlier_versions_still_validate_against_the_flow(tmp_path):
+    # The shape `eegmi serve` registered before the settings became typed models; a deployment
+    # stored on a Prefect server keeps sending it.
+    from flows.deployments import deployment_specs
+    from flows.ingest import ingest_inbox
+
+    registered = {
+        "inbox_dir": str(tmp_path / "inbox"),
+        "out_dir": str(tmp_path / "run"),
+        "interpolate_missing": False,
+        "settle_seconds": 300.0,
+        "retrain": True,
+    }
+    defaults = {"preset": None, "seed": 0, "dask_address": None, "dask_workers": None}
+    assert ingest_inbox.validate_parameters(registered) == {**registered, **defaults}
+    weekly = deployment_specs(tmp_path / "inbox", tmp_path / "run")[1]
+    assert ingest_inbox.validate_parameters(dict(weekly.parameters)) == {**registered, **defaults}
+    with pytest.raises(Exception, match="settle_seconds"):
+        ingest_inbox.validate_parameters({**registered, "settle_seconds": "soon"})

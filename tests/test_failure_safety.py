@@ -86,7 +86,7 @@ def _stop_at(stage: str, nth: int, gate: str | None) -> None:
         FrameStore.write_latents = counted(FrameStore.write_latents, before=False)
     elif stage == "report":
         writer = pipeline.report.writer
-        writer._write_atomically = counted(writer._write_atomically, before=False)
+        writer.atomic_write_bytes = counted(writer.atomic_write_bytes, before=False)
     else:
         raise ValueError(f"unknown stage {stage!r}")
 

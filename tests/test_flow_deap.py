@@ -36,7 +36,7 @@ def test_report_names_the_data_and_the_run_settings(small_deap_run):
     assert report["source"]["n_trials"] == n_trials
     assert report["source"]["n_frames"] == FRAMES_PER_TRIAL * n_trials
     assert report["config"]["seed"] == SEED
-    assert report["config"]["preset"] == tiny_preset("demo", SEED).to_dict()
+    assert report["config"]["preset"] == tiny_preset("demo", SEED).model_dump(mode="json")
     assert report["provenance"]["store"] == store_path(str(out_dir))
     for key in ("package_version", "created"):
         assert report["provenance"][key]

@@ -111,7 +111,7 @@ def test_flow_stores_every_trial_with_frames_provenance_and_attrs(prefect_harnes
     operator = deap_imaging_operator(config)
     attrs = store.attrs
     assert attrs["data_kind"] == "deap-python"
-    assert attrs["preprocessing"] == config.to_dict()
+    assert attrs["preprocessing"] == config.model_dump(mode="json")
     assert attrs["config_hash"] == config.config_hash()
     assert attrs["band_edges_hz"] == [[8.0, 13.0], [13.0, 30.0], [30.0, 45.0]]
     assert attrs["band_names"] == ["alpha", "beta", "gamma"]
@@ -219,7 +219,7 @@ def test_another_config_or_data_kind_is_refused_and_leaves_the_store_untouched(
 
     refused = {
         "config": preprocess_deap(
-            out_dir=out, data_dir=str(folder), config=other_bands.to_dict(), return_state=True
+            out_dir=out, data_dir=str(folder), config=other_bands.model_dump(mode="json"), return_state=True
         ),
         "kind": preprocess_deap(
             out_dir=out, synthetic={"n_subjects": 1, "n_trials": N_TRIALS}, return_state=True

@@ -15,8 +15,8 @@ from pipeline.image_ingest import (
     ingest_image_batches,
     open_image_store,
 )
-from pipeline.image_presets import SplitCaps
 from pipeline.models.vae import VAEConfig
+from pipeline.presets import SplitCaps
 from pipeline.sources.celeba import IMAGE_FOLDER, iter_celeba
 from pipeline.sources.images import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, ImageBatch, seeded_split
 from pipeline.sources.mnist import MNIST_FILES, iter_mnist_folder, write_idx

@@ -59,7 +59,7 @@ def tiny_preset() -> dict:
         ),
         # One reported factor (none passes the threshold): the report's figures dominate its cost.
         rules=FactorRules(min_reported=1, influential_threshold_nats=1e3, n_permutations=20, n_seed_frames=2),
-    ).to_dict()
+    ).model_dump(mode="json")
 
 
 def write_recording(

@@ -525,7 +525,13 @@ def test_a_killed_vae_training_resumes_to_the_uninterrupted_weights_and_ranking(
     )
     killed_dir, fresh_dir = tmp_path / "killed", tmp_path / "fresh"
 
-    command = [sys.executable, str(KILL_SCRIPT), store.path, str(killed_dir), json.dumps(config.to_dict())]
+    command = [
+        sys.executable,
+        str(KILL_SCRIPT),
+        store.path,
+        str(killed_dir),
+        json.dumps(config.model_dump(mode="json")),
+    ]
     printed = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
         for line in child.stdout:

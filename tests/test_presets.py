@@ -19,11 +19,11 @@ def test_a_beta_sweep_and_a_protocol_override_the_preset():
     preset = deap_preset("demo", protocol="subject", betas=(1.0, 2.0, 4.0))
     assert preset.protocol == "subject" and preset.betas == (1.0, 2.0, 4.0)
     assert preset.learn.vae.beta == 1.0
-    assert preset_from_dict(preset.to_dict()).to_dict() == preset.to_dict()
+    assert preset_from_dict(preset.model_dump(mode="json")) == preset
 
 
 def test_settings_recorded_before_protocols_and_sweeps_read_as_one_trial_protocol_at_their_beta():
-    recorded = deap_preset("demo").to_dict()
+    recorded = deap_preset("demo").model_dump(mode="json")
     del recorded["protocol"], recorded["betas"]
     del recorded["learn"]["vae"]["decoder_variance"], recorded["learn"]["train"]["kl_warmup_epochs"]
     settings = preset_from_dict(recorded)
@@ -33,8 +33,12 @@ def test_settings_recorded_before_protocols_and_sweeps_read_as_one_trial_protoco
 
 @pytest.mark.parametrize(
     ("changes", "complaint"),
-    [({"protocol": "frames"}, "protocol"), ({"betas": [2.0, 2.0]}, "twice"), ({"betas": [0.0]}, "positive")],
+    [
+        ({"protocol": "frames"}, "protocol"),
+        ({"betas": [2.0, 2.0]}, "twice"),
+        ({"betas": [0.0]}, r"betas\.0: input should be greater than 0"),
+    ],
 )
 def test_bad_protocols_and_betas_are_refused(changes, complaint):
     with pytest.raises(InputError, match=complaint):
-        preset_from_dict({**deap_preset("demo").to_dict(), **changes})
+        preset_from_dict({**deap_preset("demo").model_dump(mode="json"), **changes})

@@ -3,8 +3,6 @@ are reused by a rerun with another N, and the report says how often each factor 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from small_deap_run import SEED, run_small_deap_flow, tiny_preset
 
@@ -116,7 +114,7 @@ def test_a_seed_killed_midway_continues_and_another_split_trains_afresh(two_then
     directory = tmp_path / "vae_seed"
     first = train_store_vae(store, learn, directory)
     # One epoch of a two-epoch run is what a kill after the first epoch leaves.
-    longer = replace(learn, train=replace(learn.train, epochs=2))
+    longer = learn.replace(train=learn.train.replace(epochs=2))
     assert can_continue_training(store, longer, directory)
     assert not can_continue_training(store, with_model_seed(longer, SEED + 8), directory)
     resumed = train_store_vae(store, longer, directory, resume=True)

@@ -95,7 +95,7 @@ def test_confusion_and_chance_accuracy_describe_the_evaluated_split():
 def test_training_is_deterministic_and_a_saved_model_predicts_the_same(tmp_path, trained):
     train_x, train_y = _sequences(96, seed=0)
     val_x, val_y = _sequences(32, seed=1)
-    config = ClassifierConfig(**{**CONFIG.to_dict(), "epochs": 2})
+    config = ClassifierConfig(**{**CONFIG.model_dump(mode="json"), "epochs": 2})
     first = train_classifier(train_x, train_y, val_x, val_y, config)
     second = train_classifier(train_x, train_y, val_x, val_y, config)
     for key, value in first.model.state_dict().items():

@@ -185,8 +185,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path, uninter
     frames = _structured_frames()
     np.save(tmp_path / "frames.npy", frames)
     settings = {
-        "model_config": MODEL.to_dict(),
-        "train_config": _config().to_dict(),
+        "model_config": MODEL.model_dump(mode="json"),
+        "train_config": _config().model_dump(mode="json"),
         "train_rows": TRAIN_ROWS.tolist(),
         "val_rows": VAL_ROWS.tolist(),
     }
@@ -358,9 +358,9 @@ def test_bad_inputs_are_refused_with_the_array_named(tmp_path):
         read_frames(frames, np.array([1]), normalise=lambda block: block[:, :3])
     with pytest.raises(InputError, match="batch_size"):
         TrainConfig(batch_size=0)
-    with pytest.raises(InputError, match="unknown keys"):
-        TrainConfig.from_dict({"epochs": 3, "learning_rate": 0.1})
-    assert TrainConfig.from_dict(json.loads(json.dumps(_config().to_dict()))) == _config()
+    with pytest.raises(InputError, match="learning_rate: unknown key"):
+        TrainConfig.model_validate({"epochs": 3, "learning_rate": 0.1})
+    assert TrainConfig.model_validate(json.loads(json.dumps(_config().model_dump(mode="json")))) == _config()
 
 
 def test_kl_warm_up_ramps_beta_over_the_first_epochs_and_validation_scores_the_full_objective(tmp_path):

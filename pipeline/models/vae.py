@@ -20,16 +20,16 @@ Likelihoods p(x|z), all factorised over pixels:
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from pydantic import model_validator
 from torch import nn
 from torch.nn import functional
 
 from pipeline.errors import InputError
+from pipeline.validators import ConfigModel, RealNumber, WholeNumber
 
 # Far beyond any use (the paper uses up to 128); a larger value would only exhaust memory.
 MAX_LATENTS = 4096
@@ -49,53 +49,26 @@ LOG_SCALE_BOUND = 5.0
 MIXTURE_COMPONENTS = 2
 
 
-@dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(ConfigModel):
     """What defines a β-VAE: input shape (C, H, W), number of latents, β, the likelihood and,
-    for a Gaussian likelihood, whether its variance is fixed at 1 or learned per channel."""
+    for a Gaussian likelihood, whether its variance is fixed at 1 or learned per channel
+    (configurations written before ``decoder_variance`` existed mean ``"unit"``)."""
 
     input_shape: tuple[int, int, int] = (3, 32, 32)
-    n_latents: int = 32
-    beta: float = 1.0
+    n_latents: WholeNumber = 32
+    beta: RealNumber = 1.0
     likelihood: str = "gaussian"
     decoder_variance: str = "unit"
 
-    def __post_init__(self) -> None:
-        try:
-            input_shape = tuple(int(size) for size in self.input_shape)
-        except (TypeError, ValueError) as err:
-            raise InputError("input_shape", f"{self.input_shape!r} is not a (C, H, W) shape") from err
-        object.__setattr__(self, "input_shape", input_shape)
+    @model_validator(mode="after")
+    def _supported(self) -> VAEConfig:
         _check_architecture(self.input_shape, self.n_latents, self.likelihood, self.beta)
         _check_decoder_variance(self.likelihood, self.decoder_variance)
-
-    def to_dict(self) -> dict:
-        """JSON-native form (the input shape becomes a list)."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> VAEConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise InputError (a missing
-        ``decoder_variance``, as in configurations written before it existed, means ``"unit"``)."""
-        return config_from_dict(cls, values, "VAEConfig")
+        return self
 
     def build(self) -> BetaVAE:
         """A freshly initialised model of this configuration (uses torch's global RNG)."""
         return BetaVAE(self.input_shape, self.n_latents, self.likelihood, self.beta, self.decoder_variance)
-
-
-def config_from_dict(cls, values: dict, where: str):
-    """Build dataclass ``cls`` from a dict, naming ``where`` in the InputError for unknown or bad keys."""
-    if not isinstance(values, dict):
-        raise InputError(where, f"expected a dict, got {type(values).__name__}")
-    names = set(cls.__dataclass_fields__)
-    unknown = set(values) - names
-    if unknown:
-        raise InputError(where, f"unknown keys {sorted(unknown)}; expected some of {sorted(names)}")
-    try:
-        return cls(**values)
-    except TypeError as err:
-        raise InputError(where, str(err)) from err
 
 
 def _check_architecture(input_shape: tuple[int, ...], n_latents: int, likelihood: str, beta: float) -> None:

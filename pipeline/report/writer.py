@@ -10,32 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.report.html import ReportAssets, render_report_html, to_json_native
 from pipeline.report.schema import validate_report, with_schema_version
+from pipeline.validators import atomic_write_bytes
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 FIGURES_DIR = "figures"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    # A unique sibling opened with "xb" (not mkstemp, whose files are private 0600) so the
-    # report gets the permissions of the user's umask, like any other file they write.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _figure_files(assets: ReportAssets) -> dict[str, bytes]:
@@ -94,6 +79,6 @@ def write_report(out_dir: str | os.PathLike, report: Mapping, assets: ReportAsse
     # report.json and report.html go last, so they never point at figures still missing.
     for name, data in files.items():
         path = out / name
-        _write_atomically(path, data)
+        atomic_write_bytes(path, data)
         written[name] = path
     return written

@@ -15,7 +15,7 @@ overlap and change gradually; moved over half the frame, a small β-VAE spread x
 latents and left radius and hue unused. The hue spans one sector of the HSV circle (red to
 yellow), along which the colour moves on a straight line in RGB; a range around the circle
 draws a loop in RGB, which a VAE tends to encode with two latents. The calibration runs are
-listed in ``pipeline.image_presets``.
+listed in ``pipeline.presets``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import zarr
 from pipeline import __version__
 from pipeline.errors import InputError
 from pipeline.image_presets import IMAGE_DATASETS, SplitCaps
-from pipeline.ingest import store_path
+from pipeline.run_folder import store_path
 from pipeline.models.vae import BetaVAE
 from pipeline.progress import Progress, report
 from pipeline.sources.celeba import SkippedImage

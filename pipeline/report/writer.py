@@ -17,10 +17,9 @@ from pathlib import Path
 from pipeline.errors import InputError
 from pipeline.report.html import ReportAssets, render_report_html, to_json_native
 from pipeline.report.schema import validate_report, with_schema_version
-
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
-FIGURES_DIR = "figures"
+from pipeline.run_folder import FIGURES_DIR_NAME as FIGURES_DIR
+from pipeline.run_folder import REPORT_HTML_NAME as REPORT_HTML
+from pipeline.run_folder import REPORT_JSON_NAME as REPORT_JSON
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

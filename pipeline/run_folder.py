@@ -73,8 +73,8 @@ class RunFolder:
 
     @property
     def path(self) -> Path:
-        """The local folder (a ``file://`` prefix dropped)."""
-        return Path(os.path.abspath(self.location.removeprefix("file://")))
+        """The local folder as given (a ``file://`` prefix dropped)."""
+        return Path(self.location.removeprefix("file://"))
 
     # The frame store -------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from pipeline.config import PreprocessConfig
 from pipeline.ingest import open_deap_store
 from pipeline.run_folder import RunFolder
 from pipeline.runlock import output_errors
+from pipeline.runs import inbox as inbox_run
 from pipeline.runs import recordings as recordings_run
 from pipeline.runs.recordings import recordings_store_kind
 
@@ -145,7 +146,7 @@ def ingest_inbox(
         As :func:`ingest_recordings`, plus ``n_skipped`` (files stored by earlier runs).
     """
     store = _store_flow_on(preprocess_task_runner(dask_address, dask_workers))
-    return recordings_run.ingest_inbox(
+    return inbox_run.ingest_inbox(
         out_dir, inbox_dir, retrain, interpolate_missing, settle_seconds, preset, seed,
         store=store, steps=TASK_STEPS, log=get_run_logger(),
     )  # fmt: skip

@@ -1,14 +1,15 @@
-"""The learning and report steps every image flow shares, as Prefect tasks (:mod:`pipeline.runs.images`)."""
+"""The image flows (``mnist``, ``celeba``): :func:`pipeline.runs.images.run_images` with its ingest
+and steps as Prefect tasks and the run folder held from start to end."""
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 
 from flows.deap import choose_reported_seed
-from flows.runners import logged_step
+from flows.runners import exclusive_run, logged_step
 from pipeline.run_folder import RunFolder
 from pipeline.runs import images as images_run
-from pipeline.runs.images import ImageSteps
+from pipeline.runs.images import IMAGE_DATASETS, ImageSteps, run_images
 
 
 @task
@@ -50,3 +51,29 @@ IMAGE_TASK_STEPS = ImageSteps(
     choose_reported_seed=choose_reported_seed,
     write_report=write_image_report,
 )
+
+
+def image_flow(dataset: str, description: str) -> Flow:
+    """The flow of one image data set of :data:`pipeline.runs.images.IMAGE_DATASETS`, named after it."""
+
+    @task(name=f"ingest_{dataset}")
+    def ingest(run: RunFolder, data_dir: str | None, preset: dict) -> dict:
+        return IMAGE_DATASETS[dataset].ingest(run, data_dir, preset, log=get_run_logger())
+
+    def run_dataset(
+        out_dir: str,
+        data_dir: str | None = None,
+        preset: str = "demo",
+        seed: int = 0,
+        resume: bool = False,
+        n_seeds: int = 1,
+    ) -> dict:
+        return run_images(
+            out_dir, dataset, data_dir, preset, seed,
+            resume=resume, n_seeds=n_seeds, ingest=ingest, steps=IMAGE_TASK_STEPS,
+        )  # fmt: skip
+
+    # The run lock records the flow's name for whoever waits for the folder.
+    run_dataset.__name__ = run_dataset.__qualname__ = dataset
+    run_dataset.__doc__ = description
+    return flow(name=dataset)(exclusive_run(local_only=True)(run_dataset))

@@ -198,16 +198,16 @@ def test_an_image_run_holds_its_folder_and_marks_its_update_until_the_report(
     """While ``eegmi mnist`` runs, a second run into its folder is refused with one line naming it; the
     update marker says "training" while the β-VAE trains and "report" while the report is written,
     and is gone once the report is."""
-    import flows.mnist
+    import flows.images
     from pipeline.runlock import pending_update
     from pipeline.runs import images as images_run
 
     out = tmp_path / "run"
     seen = {}
 
-    def ingest_while_another_run_asks(run, data_dir, preset):
+    def ingest_while_another_run_asks(run, data_dir, preset, log):
         seen["other run"] = _try_the_folder(out)
-        return images_run.ingest_mnist(run, data_dir, preset)
+        return images_run.ingest_mnist(run, data_dir, preset, log)
 
     def noting_the_marker(stage, step):
         def run_step(run, *args, **kwargs):
@@ -217,9 +217,12 @@ def test_an_image_run_holds_its_folder_and_marks_its_update_until_the_report(
         return run_step
 
     steps = images_run.PLAIN_IMAGE_STEPS
-    monkeypatch.setattr(flows.mnist, "ingest_mnist", ingest_while_another_run_asks)
+    mnist = images_run.IMAGE_DATASETS["mnist"]
+    monkeypatch.setitem(
+        images_run.IMAGE_DATASETS, "mnist", replace(mnist, ingest=ingest_while_another_run_asks)
+    )
     monkeypatch.setattr(
-        flows.mnist,
+        flows.images,
         "IMAGE_TASK_STEPS",
         replace(
             steps,

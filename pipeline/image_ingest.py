@@ -23,9 +23,9 @@ import zarr
 from pipeline import __version__
 from pipeline.errors import InputError
 from pipeline.image_presets import IMAGE_DATASETS, SplitCaps
-from pipeline.run_folder import store_path
 from pipeline.models.vae import BetaVAE
 from pipeline.progress import Progress, report
+from pipeline.run_folder import store_path
 from pipeline.sources.celeba import SkippedImage
 from pipeline.sources.images import SPLIT_NAMES, ImageBatch, check_whole_number
 from pipeline.splits import Split

@@ -51,6 +51,7 @@ from pipeline.mi import estimate_mi, influential_factors
 from pipeline.models.vae import VAEConfig
 from pipeline.montage import neighbour_graph
 from pipeline.presets import deap_preset
+from pipeline.run_folder import RunFolder
 from pipeline.sources.synthetic import generate_subject, ground_truth
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec, scenario_spec
 from pipeline.sources.trials import DEAP_CHANNELS
@@ -64,7 +65,7 @@ def _store(work_dir: Path, spec: SyntheticDeapSpec) -> FrameStore:
     if len(store.committed_rows()) < spec.n_subjects * spec.n_trials:
         for subject in range(1, spec.n_subjects + 1):
             ingest_trials(store, generate_subject(spec, subject), config)
-    return FrameStore.open(str(work_dir / "frames.zarr"), writable=True)
+    return RunFolder(work_dir).open_store(writable=True)
 
 
 def _carried(model, train_mu, influential, truth, rules: FactorRules) -> list[dict]:

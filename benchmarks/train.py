@@ -37,6 +37,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -331,88 +332,52 @@ def gpu_section(epochs: int) -> dict:
 def demo_estimate(n_subjects: int, vae_epochs: int, classifier_epochs: int) -> dict:
     """Time the demo preset's stages on ``n_subjects`` synthetic subjects and scale them to the preset.
 
-    Preprocessing, normalisation, encoding and one epoch of either model grow with the number of
-    trials; training time is one epoch's time × the preset's maximum epochs (early stopping can
-    only shorten it). The report is dominated by a fixed number of factor figures and is not
-    scaled. Prefect's server start (once per ``eegmi`` call) is not included.
+    The stages are those of the Prefect-free DEAP run (:func:`pipeline.runs.deap.run_deap`), each
+    step timed as it runs. Preprocessing, normalisation, encoding and one epoch of either model
+    grow with the number of trials; training time is one epoch's time × the preset's maximum
+    epochs (early stopping can only shorten it). The report is dominated by a fixed number of
+    factor figures and is not scaled. Prefect's server start (once per ``eegmi`` call) is not
+    included.
     """
-    from pipeline.config import PreprocessConfig
-    from pipeline.deap_report import build_deap_report
-    from pipeline.ingest import ingest_trials, open_deap_store
-    from pipeline.learn import (
-        LearnConfig,
-        checkpoint_model_id,
-        encode_store,
-        fit_store_normalisation,
-        make_split,
-        train_store_classifier,
-        train_store_vae,
-    )
     from pipeline.presets import deap_preset
-    from pipeline.sources.synthetic import generate_subject
+    from pipeline.run_folder import RunFolder
+    from pipeline.runs.deap import PLAIN_STEPS, run_deap
+    from pipeline.runs.preprocess import DeapSource
     from pipeline.sources.synthetic_spec import SyntheticDeapSpec
-    from pipeline.train import ClassifierConfig, TrainConfig, load_classifier, load_vae
 
     preset = deap_preset("demo")
     spec = SyntheticDeapSpec(n_subjects=n_subjects)
     measured = preset.learn
-    learn = LearnConfig(
-        vae=measured.vae,
-        # Patience >= epochs, so exactly the capped number of epochs runs.
-        train=TrainConfig(
-            **{**measured.train.model_dump(mode="json"), "epochs": vae_epochs, "patience": vae_epochs}
-        ),
-        classifier=ClassifierConfig(
-            **{
-                **measured.classifier.model_dump(mode="json"),
-                "epochs": classifier_epochs,
-                "patience": classifier_epochs,
-            }
-        ),
-        split_protocol=measured.split_protocol,
-        split_seed=measured.split_seed,
-        class_threshold=measured.class_threshold,
-        encode_batch_size=measured.encode_batch_size,
-    )
+    # Patience >= epochs, so exactly the capped number of epochs runs.
+    train = measured.train.replace(epochs=vae_epochs, patience=vae_epochs)
+    classifier = measured.classifier.replace(epochs=classifier_epochs, patience=classifier_epochs)
+    capped = preset.replace(learn=measured.replace(train=train, classifier=classifier))
     seconds: dict[str, float] = {}
+    outcomes: dict[str, dict] = {}
+
+    def timed(stage: str, step):
+        def run_step(*args, **kwargs):
+            start = time.perf_counter()
+            outcomes[stage] = step(*args, **kwargs)
+            seconds[stage] = time.perf_counter() - start
+            return outcomes[stage]
+
+        return run_step
+
+    steps = replace(
+        PLAIN_STEPS,
+        preprocess=timed("preprocess", PLAIN_STEPS.preprocess),
+        split_and_normalise=timed("split_and_normalise", PLAIN_STEPS.split_and_normalise),
+        train_vae=timed("vae_training", PLAIN_STEPS.train_vae),
+        encode=timed("encode", PLAIN_STEPS.encode),
+        train_lstm=timed("lstm_training", PLAIN_STEPS.train_lstm),
+        write_report=timed("report", PLAIN_STEPS.write_report),
+    )
     with tempfile.TemporaryDirectory() as out_dir:
-        config = PreprocessConfig()
-        start = time.perf_counter()
-        store = open_deap_store(out_dir, config, "synthetic")
-        for subject in range(1, n_subjects + 1):
-            ingest_trials(store, generate_subject(spec, subject), config)
-        seconds["preprocess"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        fit_store_normalisation(store, make_split(store, learn.split_protocol, learn.split_seed, 5.0))
-        seconds["split_and_normalise"] = time.perf_counter() - start
-
-        checkpoints = Path(out_dir) / "checkpoints" / "vae"
-        result = train_store_vae(store, learn, checkpoints)
-        vae_epoch_seconds = [record["seconds"] for record in result.history]
-        seconds["vae_training"] = sum(vae_epoch_seconds)
-
-        start = time.perf_counter()
-        encode_store(store, load_vae(checkpoints), checkpoint_model_id(checkpoints), learn.encode_batch_size)
-        seconds["encode"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        train_store_classifier(store, learn, out_dir)
-        seconds["lstm_training"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        build_deap_report(
-            out_dir,
-            store,
-            load_vae(checkpoints),
-            load_classifier(Path(out_dir) / "checkpoints", "classifier"),
-            learn,
-            preset.rules,
-            {"preset": preset.model_dump(mode="json"), "seed": 0},
-            f"synthetic://deap?subjects={n_subjects}",
-        )
-        seconds["report"] = time.perf_counter() - start
-        n_trials = len(store.committed_rows())
+        run_deap(out_dir, capped, DeapSource(synthetic=spec), steps=steps)
+        n_trials = RunFolder(out_dir).n_stored()
+    vae_epoch_seconds = outcomes["vae_training"]["epoch_seconds"]
+    seconds["vae_training"] = sum(vae_epoch_seconds)
 
     trial_scale = preset.synthetic_subjects * spec.n_trials / n_trials
     # The steady epoch (the first also pays one-off set-up costs).

@@ -1,60 +1,35 @@
-"""DEAP flows: preprocess signals into the frame store, then learn, rank and report."""
+"""DEAP flows: the run of :mod:`pipeline.runs.deap` with each step a Prefect task.
+
+``deap-preprocess`` stores the sources one task per file (on threads or a Dask cluster); ``deap``
+runs the whole sequence of :func:`pipeline.runs.deap.run_deap` with its steps as tasks and the
+run folder held from start to end.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 
-import torch
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner
 
-from flows.progress import epoch_progress, progress_display
-from flows.runners import cluster_safe, exclusive_run, preprocess_task_runner
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from flows.runners import cluster_safe, collect_mapped, exclusive_run, logged_step, preprocess_task_runner
 from pipeline.config import PreprocessConfig
-from pipeline.deap_report import analyse_seed, build_deap_report, majority_linked_blocks
-from pipeline.errors import InputError, NamedFailure
-from pipeline.factors import FactorRules
-from pipeline.ingest import ingest_trials, open_deap_store, store_path
-from pipeline.learn import (
-    LearnConfig,
-    can_continue_training,
-    checkpoint_model_id,
-    classifier_dir,
-    encode_store,
-    fit_store_normalisation,
-    keep_secondary_protocols,
-    make_split,
-    run_protocols,
-    seed_latent_set,
-    stored_split,
-    train_store_classifier,
-    train_store_vae,
-    with_model_seed,
+from pipeline.errors import InputError
+from pipeline.ingest import ingest_trials, open_deap_store
+from pipeline.run_folder import RunFolder
+from pipeline.runlock import output_errors
+from pipeline.runs import deap as deap_run
+from pipeline.runs.deap import DeapSteps, check_seed_options, deap_settings, run_deap
+from pipeline.runs.preprocess import (
+    DeapSource,
+    SourceFilesFailed,
+    deap_source,
+    prepare_store,
+    preprocess_summary,
 )
-from pipeline.manifests import check_folder, load_manifest
-from pipeline.presets import deap_preset, with_beta, with_training_options
-from pipeline.runlock import OutputLocationError, begin_update, finish_update, output_errors
 from pipeline.sources.deap import read_source_file
 from pipeline.sources.synthetic import generate_subject
-from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
-from pipeline.sources.synthetic_spec import SyntheticDeapSpec, scenario_spec
-from pipeline.stability import SeedFactors, consensus_factors, representative_seed
-from pipeline.store import FrameStore
-from pipeline.sweep import RULE as SWEEP_RULE
-from pipeline.sweep import choose_beta, score_candidate
-from pipeline.threads import thread_record
-from pipeline.train import load_classifier, load_vae
-
-
-class SourceFilesFailed(NamedFailure):
-    """Some source files could not be stored; the others were. Carries which and why."""
-
-    def __init__(self, failures: dict[str, str], n_stored_files: int):
-        self.failures = failures
-        self.n_stored_files = n_stored_files
-        listing = "; ".join(f"{name}: {why}" for name, why in failures.items())
-        super().__init__(f"{len(failures)} source file(s) failed, {n_stored_files} stored. {listing}")
+from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:
@@ -96,339 +71,90 @@ def preprocess_deap(
     synthetic: dict | None = None,
     config: dict | None = None,
 ) -> dict:
-    """Turn DEAP files (or the synthetic DEAP) into ``OUT/frames.zarr``, one task per subject file.
+    """Turn DEAP files (or the synthetic DEAP) into the run folder's frame store, one task per subject file.
 
     Files already stored under the same preprocessing config are skipped. A bad file fails its
     own task and is named in the flow's final state; every other file is still stored.
     """
     logger = get_run_logger()
+    run = RunFolder(out_dir)
     preprocess = PreprocessConfig.model_validate(config) if config else PreprocessConfig()
     config_dict = preprocess.model_dump(mode="json")
-    identity = None
     if data_dir is not None:
-        check = check_folder(data_dir, load_manifest("deap"))
-        if check.missing:
-            logger.warning(
-                "%s: %d expected file(s) absent: %s", data_dir, len(check.missing), ", ".join(check.missing)
-            )
-        if check.unexpected:
-            logger.warning("%s: ignoring unexpected file(s): %s", data_dir, ", ".join(check.unexpected))
-        data_kind = "deap-python" if check.layout == "data_preprocessed_python" else "deap-matlab"
-        # The store is created once here so that parallel tasks only ever open an existing group.
-        open_deap_store(out_dir, preprocess, data_kind)
-        names = [path.name for path in check.files]
-        sources = [str(path) for path in check.files]
-        futures = ingest_file.map(sources, out_dir, unmapped(config_dict), data_kind)
+        source = DeapSource(data_dir=data_dir)
     else:
-        spec = SyntheticDeapSpec.from_dict(synthetic or {})
-        data_kind = "synthetic"
-        identity = spec.identity()
-        open_deap_store(out_dir, preprocess, data_kind, identity)
-        subjects = list(range(1, spec.n_subjects + 1))
-        names = sources = [f"synthetic://s{subject:02d}" for subject in subjects]
-        futures = ingest_synthetic_subject.map(
-            unmapped(spec.to_dict()), subjects, out_dir, unmapped(config_dict)
-        )
-
-    name_of = {future.task_run_id: name for future, name in zip(futures, names, strict=True)}
-    source_of = dict(zip(names, sources, strict=True))
-    failures: dict[str, str] = {}
-    results: list[dict] = []
-    output_error: OutputLocationError | None = None
-    for done, future in enumerate(as_completed(futures), start=1):
-        name = name_of[future.task_run_id]
-        future.wait()  # as_completed can yield before the future's final state is recorded
-        state = future.state
-        if state.is_completed():
-            result = future.result()
-            results.append(result)
-            logger.info(
-                "[%d/%d] %s: %d trial(s), %d newly stored",
-                done,
-                len(futures),
-                name,
-                result["n_trials"],
-                result["n_written"],
-            )
-        else:
-            error = state.result(raise_on_failure=False)
-            if isinstance(error, OutputLocationError):
-                output_error = error
-            failures[name] = error.about(source_of[name]) if isinstance(error, InputError) else str(error)
-            logger.error("[%d/%d] %s failed: %s", done, len(futures), name, failures[name])
-    if output_error is not None:  # no file can be stored; the folder, not the files, is at fault
-        raise output_error
-    store = open_deap_store(out_dir, preprocess, data_kind, identity)
-    store.consolidate()
-    summary = {
-        "store": store_path(out_dir),
-        "n_files": len(futures),
-        "n_trials_stored": len(store.committed_rows()),
-        "n_trials_new": sum(r["n_written"] for r in results),
-    }
+        source = DeapSource(synthetic=SyntheticDeapSpec.from_dict(synthetic or {}))
+    inputs = prepare_store(run, source, preprocess, logger)
+    if source.synthetic is None:
+        futures = ingest_file.map(inputs.sources, out_dir, unmapped(config_dict), inputs.data_kind)
+    else:
+        subjects = list(range(1, source.synthetic.n_subjects + 1))
+        spec = unmapped(source.synthetic.to_dict())
+        futures = ingest_synthetic_subject.map(spec, subjects, out_dir, unmapped(config_dict))
+    results, failures = collect_mapped(futures, inputs.names, inputs.sources, logger)
+    summary = preprocess_summary(run, preprocess, inputs, list(results.values()))
     if failures:
         raise SourceFilesFailed(failures, n_stored_files=len(results))
     return summary
 
 
-def _checkpoint_dir(out_dir: str, slot: str | None = None) -> Path:
-    """The main protocol's β-VAE is in ``checkpoints/vae``, another's in ``checkpoints/<slot>/vae``."""
-    return classifier_dir(out_dir, slot) / "vae"
-
-
-def seed_checkpoint_dir(out_dir: str, model_seed: int, reference_seed: int) -> Path:
-    """The reference seed's β-VAE is in ``checkpoints/vae`` (as in a one-seed run), seed k's in
-    ``checkpoints/vae_seed<k>``."""
-    if model_seed == reference_seed:
-        return _checkpoint_dir(out_dir)
-    return Path(out_dir) / "checkpoints" / f"vae_seed{model_seed}"
-
-
-def _sweep_dir(out_dir: str, beta: float) -> Path:
-    return Path(out_dir) / "checkpoints" / "sweep" / f"beta-{beta:g}"
+@task
+def keep_protocol_slots(run: RunFolder, slots: list[str]) -> None:
+    deap_run.keep_protocol_slots(run, slots, log=get_run_logger())
 
 
 @task
-def split_and_normalise(out_dir: str, learn: dict, slot: str | None = None) -> dict:
-    config = LearnConfig.model_validate(learn)
-    store = FrameStore.open(store_path(out_dir), writable=True)
-    split = make_split(store, config.split_protocol, config.split_seed, config.class_threshold)
-    fit_store_normalisation(store, split, slot)
-    sizes = {"train": int(split.train.size), "val": int(split.val.size), "test": int(split.test.size)}
-    get_run_logger().info(
-        "split by %s: %s trials; band statistics from the training trials", split.protocol, sizes
-    )
-    return sizes
+def split_and_normalise(run: RunFolder, learn: dict, slot: str | None = None) -> dict:
+    return deap_run.split_and_normalise(run, learn, slot, log=get_run_logger())
 
 
 @task
-def keep_protocol_slots(out_dir: str, slots: list[str]) -> None:
-    """Drop what an earlier run stored for protocols this run does not train."""
-    keep_secondary_protocols(FrameStore.open(store_path(out_dir), writable=True), slots)
-
-
-def _epoch_logger(config: LearnConfig, what: str, trained: list | None = None):
-    """Logs each epoch; appends its record to ``trained`` when given (to count the epochs run now)."""
-    logger = get_run_logger()
-
-    def report_epoch(record: dict) -> None:
-        if trained is not None:
-            trained.append(record)
-        val = "n/a" if record["val_loss"] is None else f"{record['val_loss']:.1f}"
-        logger.info(
-            "%s epoch %d/%d: loss %.1f (reconstruction %.1f, KL %.2f), validation %s, %.0f s",
-            what, record["epoch"], config.train.epochs, record["train_loss"], record["reconstruction"],
-            record["kl"], val, record["seconds"],
-        )  # fmt: skip
-
-    return report_epoch
-
-
-def _train_with_progress(
-    store: FrameStore,
-    config: LearnConfig,
-    checkpoints: Path,
-    resume: bool,
-    what: str,
-    slot: str | None = None,
-    trained: list | None = None,
-):
-    """Train one β-VAE with a log line per epoch and the steps within each epoch shown as progress."""
-    with progress_display(get_run_logger().info) as show:
-        return train_store_vae(
-            store,
-            config,
-            checkpoints,
-            resume=resume,
-            progress=_epoch_logger(config, what, trained),
-            steps=show,
-            slot=slot,
-        )
-
-
-@task
-def train_frame_vae(out_dir: str, learn: dict, resume: bool, slot: str | None = None) -> dict:
-    config = LearnConfig.model_validate(learn)
-    store = FrameStore.open(store_path(out_dir))
-    what = "VAE" if slot is None else f"VAE ({slot} protocol)"
-    get_run_logger().info("training the β-VAE on %d torch thread(s)", torch.get_num_threads())
-    result = _train_with_progress(store, config, _checkpoint_dir(out_dir, slot), resume, what, slot)
-    return {
-        "epochs": len(result.history),
-        "best_epoch": result.best_epoch,
-        "stopped_early": result.stopped_early,
-    }
-
-
-@task
-def train_seed_vae(out_dir: str, learn: dict, model_seed: int, reference_seed: int, reuse: bool) -> dict:
-    """Train the β-VAE of one seed of an ensemble (``--seeds``) on the reference seed's split.
-
-    With ``reuse``, a training state of this seed, model and split is continued: a finished one
-    trains no epoch, one killed midway goes on from its last epoch. ``epochs_trained`` counts the
-    epochs this call ran.
-    """
-    config = with_model_seed(LearnConfig.model_validate(learn), model_seed)
-    store = FrameStore.open(store_path(out_dir))
-    checkpoints = seed_checkpoint_dir(out_dir, model_seed, reference_seed)
-    resume = reuse and can_continue_training(store, config, checkpoints)
-    logger = get_run_logger()
-    logger.info(
-        "seed %d: %s the β-VAE on %d torch thread(s)",
-        model_seed, "continuing" if resume else "training", torch.get_num_threads(),
-    )  # fmt: skip
-    trained: list[dict] = []
-    what = f"VAE seed {model_seed}"
-    result = _train_with_progress(store, config, checkpoints, resume, what, trained=trained)
-    if not trained:
-        logger.info("seed %d: reused, trained earlier (%d epochs)", model_seed, len(result.history))
-    return {
-        "seed": model_seed,
-        "epochs": len(result.history),
-        "epochs_trained": len(trained),
-        "seconds": float(sum(record["seconds"] for record in trained)),
-    }
-
-
-@task
-def encode_seed_task(out_dir: str, learn: dict, model_seed: int, reference_seed: int) -> dict:
-    """Encode every stored trial with one seed's β-VAE into its own latent group."""
-    config = LearnConfig.model_validate(learn)
-    store = FrameStore.open(store_path(out_dir), writable=True)
-    checkpoints = seed_checkpoint_dir(out_dir, model_seed, reference_seed)
-    group = seed_latent_set(model_seed, reference_seed)
-    logger = get_run_logger()
-    with progress_display(logger.info) as show:
-        n_encoded = encode_store(
-            store,
-            load_vae(checkpoints, "best"),
-            checkpoint_model_id(checkpoints),
-            config.encode_batch_size,
-            progress=show,
-            group=group,
-        )
-    logger.info("seed %d: encoded %d trial(s) into %s", model_seed, n_encoded, group)
-    return {"n_encoded": n_encoded}
-
-
-@task
-def analyse_seed_task(out_dir: str, learn: dict, rules: dict, model_seed: int, reference_seed: int) -> dict:
-    """Î, relevance, blocks and signed effects of one seed's influential factors (JSON-native)."""
-    config = with_model_seed(LearnConfig.model_validate(learn), model_seed)
-    store = FrameStore.open(store_path(out_dir))
-    model = load_vae(seed_checkpoint_dir(out_dir, model_seed, reference_seed), "best")
-    with progress_display(get_run_logger().info) as show:
-        analysis = analyse_seed(
-            store,
-            model,
-            config,
-            FactorRules.model_validate(rules),
-            seed_latent_set(model_seed, reference_seed),
-            show,
-        )
-    get_run_logger().info(
-        "seed %d: %d influential factor(s) %s", model_seed, len(analysis.indices), analysis.indices.tolist()
-    )
-    return analysis.to_dict()
-
-
-@task
-def choose_reported_seed(analyses: list[dict]) -> int:
-    """The seed whose matched factors are on average most similar to the consensus."""
-    seeds = [SeedFactors.from_dict(analysis) for analysis in analyses]
-    chosen, scores = representative_seed(seeds, consensus_factors(seeds))
-    get_run_logger().info(
-        "seed %d is the most representative of %d (similarity to the consensus: %s); the LSTM, the "
-        "top-k tables and the factor cards use it",
-        chosen, len(seeds), ", ".join(f"seed {seed} {score:.3f}" for seed, score in scores.items()),
-    )  # fmt: skip
-    return chosen
-
-
-def seed_ensemble(
-    out_dir: str, learn: dict, rules: dict, seeds: list[int], reuse: bool
-) -> tuple[list[dict], int, int]:
-    """Train, encode and analyse every seed of ``seeds`` (the first is the reference, with the run's
-    split and normalisation), one after another; returns the analyses, the seed to report and how
-    many trials the reference seed's model encoded.
-
-    Seeds train sequentially with the run's threads: the thread policy already gives one run every
-    core it may use, so seeds side by side would share those cores and gain nothing.
-    """
-    reference = seeds[0]
-    encoded = {}
-    for model_seed in seeds:
-        train_seed_vae(out_dir, learn, model_seed, reference, reuse)
-        encoded[model_seed] = encode_seed_task(out_dir, learn, model_seed, reference)["n_encoded"]
-    analyses = [analyse_seed_task(out_dir, learn, rules, model_seed, reference) for model_seed in seeds]
-    return analyses, choose_reported_seed(analyses), encoded[reference]
+def train_frame_vae(run: RunFolder, learn: dict, resume: bool, slot: str | None = None) -> dict:
+    return logged_step(deap_run.train_frame_vae, run, learn, resume, slot)
 
 
 @task
 def sweep_frame_vae(
-    out_dir: str, learn: dict, betas: list[float], resume: bool, threshold_nats: float
+    run: RunFolder, learn: dict, betas: list[float], resume: bool, threshold_nats: float
 ) -> dict:
-    """Train one β-VAE per β on the main protocol, keep the one :func:`choose_beta` picks.
-
-    The chosen model's weights become ``checkpoints/vae/best`` (with the sweep in its metadata),
-    so every later stage uses it; the candidates stay in ``checkpoints/sweep/beta-<β>/``.
-    """
-    config = LearnConfig.model_validate(learn)
-    logger = get_run_logger()
-    store = FrameStore.open(store_path(out_dir))
-    split = stored_split(store)
-    rows = []
-    for beta in betas:
-        candidate = with_beta(config, beta)
-        result = _train_with_progress(store, candidate, _sweep_dir(out_dir, beta), resume, f"VAE β={beta:g}")
-        rows.append(score_candidate(result.model, store, split.train, split.val, threshold_nats))
-        logger.info(
-            "β=%g: %d influential factor(s), total Î %.2f nats, validation MSE %.4f",
-            beta, rows[-1]["n_influential"], rows[-1]["total_mi_nats"], rows[-1]["val_mse"],
-        )  # fmt: skip
-    chosen = choose_beta(rows)
-    sweep = {"rule": SWEEP_RULE, "candidates": rows, "chosen_beta": chosen}
-    tensors, metadata = load_checkpoint(_sweep_dir(out_dir, chosen), "best")
-    save_checkpoint(_checkpoint_dir(out_dir), "best", tensors, {**metadata, "beta_sweep": sweep})
-    logger.info("β sweep: kept β=%g (%s)", chosen, SWEEP_RULE)
-    return sweep
+    return logged_step(deap_run.sweep_frame_vae, run, learn, betas, resume, threshold_nats)
 
 
 @task
-def encode_frames_task(out_dir: str, learn: dict, slot: str | None = None) -> dict:
-    config = LearnConfig.model_validate(learn)
-    store = FrameStore.open(store_path(out_dir), writable=True)
-    checkpoints = _checkpoint_dir(out_dir, slot)
-    model = load_vae(checkpoints, "best")
-    logger = get_run_logger()
-    with progress_display(logger.info) as show:
-        n_encoded = encode_store(
-            store, model, checkpoint_model_id(checkpoints), config.encode_batch_size, progress=show, slot=slot
-        )
-    logger.info("encoded %d trial(s) with the best VAE", n_encoded)
-    return {"n_encoded": n_encoded}
+def encode_frames_task(run: RunFolder, learn: dict, slot: str | None = None) -> dict:
+    return logged_step(deap_run.encode_frames, run, learn, slot)
 
 
 @task
-def train_emotion_lstm(out_dir: str, learn: dict, slot: str | None = None, group: str | None = None) -> dict:
-    """Train a protocol's LSTM on its latents (``group``: another seed's latents of the main protocol)."""
-    config = LearnConfig.model_validate(learn)
-    store = FrameStore.open(store_path(out_dir))
-    with progress_display(get_run_logger().info) as show:
-        epochs = epoch_progress(show, "LSTM (epochs)", config.classifier.epochs)
-        _, evaluation = train_store_classifier(
-            store, config, out_dir, progress=epochs, slot=slot, group=group
-        )
-    get_run_logger().info(
-        "LSTM (%s protocol) test accuracy %.3f (chance %.3f) on %d trials",
-        config.split_protocol, evaluation["accuracy"], evaluation["chance_accuracy"], evaluation["n"],
-    )  # fmt: skip
-    return {"test_accuracy": evaluation["accuracy"], "chance_accuracy": evaluation["chance_accuracy"]}
+def train_emotion_lstm(
+    run: RunFolder, learn: dict, slot: str | None = None, group: str | None = None
+) -> dict:
+    return logged_step(deap_run.train_emotion_lstm, run, learn, slot, group)
+
+
+@task
+def train_seed_vae(run: RunFolder, learn: dict, model_seed: int, reference_seed: int, reuse: bool) -> dict:
+    return logged_step(deap_run.train_seed_vae, run, learn, model_seed, reference_seed, reuse)
+
+
+@task
+def encode_seed_task(run: RunFolder, learn: dict, model_seed: int, reference_seed: int) -> dict:
+    return logged_step(deap_run.encode_seed, run, learn, model_seed, reference_seed)
+
+
+@task
+def analyse_seed_task(run: RunFolder, learn: dict, rules: dict, model_seed: int, reference_seed: int) -> dict:
+    return logged_step(deap_run.analyse_one_seed, run, learn, rules, model_seed, reference_seed)
+
+
+@task
+def choose_reported_seed(analyses: list[dict]) -> int:
+    return deap_run.choose_reported_seed(analyses, log=get_run_logger())
 
 
 @task
 def write_deap_report(
-    out_dir: str,
+    run: RunFolder,
     preset: dict,
     run_config: dict,
     source_path: str,
@@ -436,58 +162,43 @@ def write_deap_report(
     reported_seed: int | None = None,
     seed_analyses: list[dict] | None = None,
 ) -> dict:
-    """Write the report of the main protocol's β-VAE; of seed ``reported_seed`` of an ensemble
-    whose every seed is analysed in ``seed_analyses`` (the reference seed first)."""
-    config = LearnConfig.model_validate(preset["learn"])
-    reference_seed = config.train.seed
-    if reported_seed is None:
-        reported_seed = reference_seed
-    config = with_model_seed(config, reported_seed)
-    store = FrameStore.open(store_path(out_dir))
-    with progress_display(get_run_logger().info) as show:
-        report = build_deap_report(
-            out_dir,
-            store,
-            load_vae(seed_checkpoint_dir(out_dir, reported_seed, reference_seed), "best"),
-            load_classifier(Path(out_dir) / "checkpoints", "classifier"),
-            config,
-            FactorRules.model_validate(preset["rules"]),
-            run_config,
-            source_path,
-            ground_truth,
-            beta_sweep=load_checkpoint(_checkpoint_dir(out_dir), "best")[1].get("beta_sweep"),
-            progress=show,
-            group=seed_latent_set(reported_seed, reference_seed),
-            seed_analyses=(
-                None if seed_analyses is None else [SeedFactors.from_dict(a) for a in seed_analyses]
-            ),
-        )
-    influential = [f["index"] for f in report["factors"] if f["influential"]]
-    linked = [f["index"] for f in report["factors"] if f["emotion"]["linked"]]
-    get_run_logger().info(
-        "report: %d influential factor(s) %s, emotion-linked %s", len(influential), influential, linked
+    return logged_step(
+        deap_run.write_deap_report,
+        run,
+        preset,
+        run_config,
+        source_path,
+        ground_truth,
+        reported_seed,
+        seed_analyses,
     )
-    classification = report["classification"]
-    return {
-        "report_json": str(Path(out_dir) / "report.json"),
-        "report_html": str(Path(out_dir) / "report.html"),
-        "n_influential": len(influential),
-        "linked": linked,
-        "test_accuracy": classification["test_accuracy"],
-        "chance_accuracy": classification["chance_accuracy"],
-        "classification": {
-            protocol: {key: value for key, value in figures.items() if key != "confusion"}
-            for protocol, figures in classification.get(
-                "by_protocol", {classification["protocol"]: classification}
-            ).items()
-        },
-        "beta_sweep": report.get("beta_sweep"),
-        "ground_truth_passed": report.get("ground_truth_check", {}).get("passed"),
-        "stability": {
-            key: report["stability"][key] for key in ("n_seeds", "reported_seed", "most_representative_seed")
-        },
-        "linked_blocks": majority_linked_blocks(report),
-    }
+
+
+# The steps of a DEAP run as tasks; the preprocessing (a flow of its own) is added per run.
+TASK_STEPS = DeapSteps(
+    keep_protocol_slots=keep_protocol_slots,
+    split_and_normalise=split_and_normalise,
+    train_vae=train_frame_vae,
+    sweep_vae=sweep_frame_vae,
+    encode=encode_frames_task,
+    train_lstm=train_emotion_lstm,
+    train_seed_vae=train_seed_vae,
+    encode_seed=encode_seed_task,
+    analyse_seed=analyse_seed_task,
+    choose_reported_seed=choose_reported_seed,
+    write_report=write_deap_report,
+)
+
+
+def _preprocess_flow_on(runner: TaskRunner):
+    """The ``deap-preprocess`` flow as the run's preprocessing step, its tasks on ``runner``."""
+
+    def preprocess(run: RunFolder, source: DeapSource) -> dict:
+        synthetic = None if source.synthetic is None else source.synthetic.to_dict()
+        storing = preprocess_deap.with_options(task_runner=runner)
+        return storing(out_dir=run.location, data_dir=source.data_dir, synthetic=synthetic)
+
+    return preprocess
 
 
 @flow(name="deap")
@@ -524,84 +235,8 @@ def deap(
     seeds already trained on the same split are reused.
     """
     check_seed_options(n_seeds, betas)
-    settings = with_training_options(
-        deap_preset(preset, seed, protocol, tuple(betas) if betas else None), mixed_precision, compile_model
-    )
-    synthetic = None
-    ground_truth = None
-    if data_dir is None:
-        spec = scenario_spec(
-            synthetic_scenario, n_subjects=synthetic_subjects or settings.synthetic_subjects, seed=seed
-        )
-        synthetic = spec.to_dict()
-        ground_truth = synthetic_ground_truth(spec)
-    preprocess = preprocess_deap.with_options(task_runner=preprocess_task_runner(dask_address, dask_workers))
-    preprocess(out_dir=out_dir, data_dir=data_dir, synthetic=synthetic)
-    protocols = run_protocols(settings.protocol)
-    # Until the report is written, a killed run leaves a marker telling the next run what to finish.
-    begin_update(out_dir, settings.model_dump(mode="json"), "training")
-    keep_protocol_slots(out_dir, list(protocols[1:]))
-    learn_config = settings.learn.replace(split_protocol=protocols[0])
-    learn = learn_config.model_dump(mode="json")
-    split_and_normalise(out_dir, learn)
-    if len(settings.betas) > 1:
-        sweep = sweep_frame_vae(
-            out_dir, learn, list(settings.betas), resume, settings.rules.influential_threshold_nats
-        )
-        learn_config = with_beta(learn_config, sweep["chosen_beta"])
-        learn = learn_config.model_dump(mode="json")
-    elif n_seeds == 1:
-        train_frame_vae(out_dir, learn, resume)
-    reported_seed, seed_analyses = None, None
-    if n_seeds == 1:
-        encode_frames_task(out_dir, learn)
-        train_emotion_lstm(out_dir, learn)
-    else:
-        seeds = list(range(seed, seed + n_seeds))
-        seed_analyses, reported_seed, _ = seed_ensemble(
-            out_dir, learn, settings.rules.model_dump(mode="json"), seeds, True
-        )
-        reported_learn = with_model_seed(learn_config, reported_seed).model_dump(mode="json")
-        train_emotion_lstm(out_dir, reported_learn, group=seed_latent_set(reported_seed, seed))
-    for slot in protocols[1:]:
-        # Its own split, normalisation and models, at the β the main protocol uses.
-        slot_learn = learn_config.replace(split_protocol=slot).model_dump(mode="json")
-        split_and_normalise(out_dir, slot_learn, slot)
-        train_frame_vae(out_dir, slot_learn, resume, slot)
-        encode_frames_task(out_dir, slot_learn, slot)
-        train_emotion_lstm(out_dir, slot_learn, slot)
-    settings = settings.replace(learn=learn_config)
-    begin_update(out_dir, settings.model_dump(mode="json"), "report")
-    run_config = {
-        "preset": settings.model_dump(mode="json"),
-        "seed": seed,
-        "resume": resume,
-        "synthetic": synthetic,
-        # Reductions split over another thread count round differently: a rerun on a machine where
-        # the thread policy chose otherwise can learn other factor indices from the same seed.
-        **thread_record(),
-    }
-    source_path = (
-        data_dir
-        if data_dir is not None
-        else f"synthetic://deap?scenario={spec.scenario}&subjects={spec.n_subjects}&seed={seed}"
-    )
-    written = write_deap_report(
-        out_dir,
-        settings.model_dump(mode="json"),
-        run_config,
-        source_path,
-        ground_truth,
-        reported_seed,
-        seed_analyses,
-    )
-    finish_update(out_dir)
-    return written
-
-
-def check_seed_options(n_seeds: int, betas: list[float] | None) -> None:
-    """A seed ensemble needs at least one seed and one β (a sweep already trains one model per β)."""
-    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
-        raise InputError("--seeds", f"{n_seeds!r}; expected a whole number >= 1")
-    if n_seeds > 1 and betas and len(betas) > 1:
-        raise InputError("--seeds", "a seed ensemble takes one β; give --beta one value or leave --seeds out")
+    settings = deap_settings(preset, seed, protocol, betas, mixed_precision, compile_model)
+    source = deap_source(data_dir, settings, seed, synthetic_scenario, synthetic_subjects)
+    runner = preprocess_task_runner(dask_address, dask_workers)
+    steps = replace(TASK_STEPS, preprocess=_preprocess_flow_on(runner))
+    return run_deap(out_dir, settings, source, resume=resume, n_seeds=n_seeds, steps=steps)

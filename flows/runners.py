@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.progress import progress_display
 from pipeline.errors import InputError
-from pipeline.runlock import check_run_folder, output_errors, run_lock
+from pipeline.runlock import OutputLocationError, check_run_folder, output_errors, run_lock
 from pipeline.store import FrameStore
 from pipeline.threads import choose_thread_policy
 
@@ -141,3 +143,54 @@ def exclusive_run(*, local_only: bool = False) -> Callable[[F], F]:
         return run_exclusively  # type: ignore[return-value]
 
     return decorate
+
+
+def collect_mapped(
+    futures: list[PrefectFuture], names: list[str], sources: list[str], logger: Any
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Wait for one mapped task per source; log each as it finishes.
+
+    Returns
+    -------
+    results : dict
+        name -> result of each task that completed.
+    failures : dict
+        name -> why, for each task that failed (a bad file is named by its source).
+
+    Raises
+    ------
+    OutputLocationError
+        Once every task is done, when any failed because the run folder refused a write: no
+        source can be stored then, and the folder, not the files, is at fault.
+    """
+    name_of = {future.task_run_id: name for future, name in zip(futures, names, strict=True)}
+    source_of = dict(zip(names, sources, strict=True))
+    results: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    output_error: OutputLocationError | None = None
+    for done, future in enumerate(as_completed(futures), start=1):
+        name = name_of[future.task_run_id]
+        future.wait()  # as_completed can yield before the future's final state is recorded
+        if future.state.is_completed():
+            results[name] = result = future.result()
+            logger.info(
+                "[%d/%d] %s: %d trial(s), %d newly stored",
+                done, len(futures), name, result["n_trials"], result["n_written"],
+            )  # fmt: skip
+            continue
+        error = future.state.result(raise_on_failure=False)
+        if isinstance(error, OutputLocationError):
+            output_error = error
+        failures[name] = error.about(source_of[name]) if isinstance(error, InputError) else str(error)
+        logger.error("[%d/%d] %s failed: %s", done, len(futures), name, failures[name])
+    if output_error is not None:
+        raise output_error
+    return results, failures
+
+
+def logged_step(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a step of :mod:`pipeline.runs` inside a task: its log lines go to the run's logger, its
+    progress to bars on a terminal or to log lines."""
+    logger = get_run_logger()
+    with progress_display(logger.info) as show:
+        return step(*args, log=logger, show=show, **kwargs)

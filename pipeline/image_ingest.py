@@ -24,10 +24,10 @@ from pydantic import Field
 
 from pipeline import __version__
 from pipeline.errors import InputError
-from pipeline.ingest import store_path
 from pipeline.models.vae import BetaVAE
 from pipeline.presets import IMAGE_DATASETS, SplitCaps
 from pipeline.progress import Progress, report
+from pipeline.run_folder import store_path
 from pipeline.sources.celeba import SkippedImage
 from pipeline.sources.images import SPLIT_NAMES, ImageBatch
 from pipeline.splits import Split

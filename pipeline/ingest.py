@@ -6,7 +6,6 @@ same functions directly.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,10 +15,9 @@ from pipeline.bands import band_log_power
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.imaging import ImagingOperator, deap_imaging_operator
+from pipeline.run_folder import store_path
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, Trials
 from pipeline.store import FrameStore
-
-FRAMES_STORE_NAME = "frames.zarr"
 
 
 @dataclass(frozen=True)
@@ -136,15 +134,6 @@ def _other_synthetic_data(stored: dict, asked: dict) -> str:
             f"holds {described(stored)} generated with other settings than this run's; use a new --out folder"
         )
     return f"holds {described(stored)}; this run asks for {described(asked)}; use a new --out folder"
-
-
-def store_path(out_dir: str) -> str:
-    """Location of the frame store inside a run folder (a local path or an fsspec URL)."""
-    return (
-        out_dir.rstrip("/") + "/" + FRAMES_STORE_NAME
-        if "://" in out_dir
-        else os.path.join(out_dir, FRAMES_STORE_NAME)
-    )
 
 
 def ingest_trials(store: FrameStore, trials: Trials, config: PreprocessConfig) -> IngestResult:

@@ -23,6 +23,7 @@ from pipeline.models.sequence import evaluate_classifier
 from pipeline.models.vae import BetaVAE, VAEConfig
 from pipeline.normalise import BandNormalisation, fit_band_normalisation
 from pipeline.progress import Progress, report
+from pipeline.run_folder import RunFolder
 from pipeline.splits import Split, emotion_classes, split_by_subject, split_by_trial
 from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.train import (
@@ -317,7 +318,7 @@ def _row_classes(store: FrameStore, rows: np.ndarray, threshold: float) -> np.nd
 def classifier_dir(out_dir: str | Path, slot: str | None = None) -> Path:
     """Where the LSTM of a protocol slot is saved: ``checkpoints/`` or ``checkpoints/<slot>/``."""
     _check_slot(slot)
-    return Path(out_dir) / "checkpoints" if slot is None else Path(out_dir) / "checkpoints" / slot
+    return RunFolder(out_dir).classifier_dir(slot)
 
 
 def train_store_classifier(

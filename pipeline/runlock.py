@@ -34,10 +34,9 @@ from typing import IO, Any
 import fsspec
 
 from pipeline.errors import InputError
+from pipeline.run_folder import RunFolder, read_json_file
 from pipeline.validators import atomic_write_bytes, check_json_native, utc_now
 
-RUN_LOCK_NAME = ".eegmi-run.lock"
-UPDATE_MARKER_NAME = "update-in-progress.json"
 UPDATE_STAGES = ("training", "report")
 # errno values that mean "this location cannot take our output", as opposed to a bad input file.
 OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
@@ -161,7 +160,7 @@ def run_lock(
         if state.depth == 0 and local:
             with output_errors(where):
                 Path(key).mkdir(parents=True, exist_ok=True)
-                handle = open(Path(key) / RUN_LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 (held across yield)
+                handle = open(RunFolder(key).lock_file, "a+", encoding="utf-8")  # noqa: SIM115 (held across yield)
             try:
                 _acquire_file_lock(handle, where, timeout, on_wait)
                 holder = {"flow": flow, "pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}
@@ -261,10 +260,6 @@ def check_run_folder(out_dir: str | os.PathLike, *, local_only: bool = False) ->
         raise OutputLocationError(path, f"cannot write here: {err.strerror or err}") from err
 
 
-def _marker_path(out_dir: str | os.PathLike) -> Path:
-    return _local_path(out_dir) / "checkpoints" / UPDATE_MARKER_NAME
-
-
 @dataclass(frozen=True)
 class PendingUpdate:
     """A model update a run began in a folder and did not finish.
@@ -299,7 +294,7 @@ def begin_update(out_dir: str | os.PathLike, settings: dict[str, Any], stage: st
         raise InputError("settings", f"must be a dict, got {type(settings).__name__}")
     check_json_native(settings, "settings", "settings")
     payload = json.dumps({"started": utc_now(), "stage": stage, "settings": settings})
-    path = _marker_path(out_dir)
+    path = RunFolder(out_dir).update_marker
     with output_errors(out_dir):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, payload.encode())
@@ -308,7 +303,7 @@ def begin_update(out_dir: str | os.PathLike, settings: dict[str, Any], stage: st
 def finish_update(out_dir: str | os.PathLike) -> None:
     """Record that the models and the report in ``out_dir`` are complete and belong together."""
     with output_errors(out_dir):
-        _marker_path(out_dir).unlink(missing_ok=True)
+        RunFolder(out_dir).update_marker.unlink(missing_ok=True)
 
 
 def pending_update(out_dir: str | os.PathLike) -> PendingUpdate | None:
@@ -319,13 +314,10 @@ def pending_update(out_dir: str | os.PathLike) -> PendingUpdate | None:
     InputError
         When the marker exists but is not what :func:`begin_update` writes.
     """
-    path = _marker_path(out_dir)
-    if not path.is_file():
+    path = RunFolder(out_dir).update_marker
+    marker = read_json_file(path, "an update marker", "; delete it and retrain")
+    if marker is None:
         return None
-    try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # nested too deep
-        raise InputError(path, f"is not an update marker ({err}); delete it and retrain") from err
     if (
         not isinstance(marker, dict)
         or not isinstance(marker.get("settings"), dict)

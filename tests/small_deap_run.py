@@ -50,14 +50,18 @@ def run_small_deap_flow(out_dir: Path, **options) -> tuple[Path, dict, dict]:
     ``options`` go to the flow (e.g. ``protocol="both"``, ``betas=[2.0, 4.0]``).
     """
     import flows.deap
+    import pipeline.runs.deap
+    import pipeline.runs.preprocess
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(flows.deap, "deap_preset", tiny_preset)
+            patch.setattr(pipeline.runs.deap, "deap_preset", tiny_preset)
             # Fewer trials per subject than the synthetic DEAP's 40; the flow has no setting for it.
-            patch.setattr(flows.deap, "scenario_spec", partial(scenario_spec, n_trials=TRIALS_PER_SUBJECT))
+            patch.setattr(
+                pipeline.runs.preprocess, "scenario_spec", partial(scenario_spec, n_trials=TRIALS_PER_SUBJECT)
+            )
             result = flows.deap.deap(
                 out_dir=str(out_dir), preset="demo", seed=SEED, synthetic_subjects=N_SUBJECTS, **options
             )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flows.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
-from pipeline.ingest import store_path
+from pipeline.run_folder import store_path
 from pipeline.sources.deap import read_deap_dat
 from pipeline.sources.synthetic import generate_subject
 from pipeline.sources.synthetic_files import write_synthetic_deap

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.ingest import store_path
+from pipeline.run_folder import store_path
 from pipeline.store import FrameStore
 
 SYNTHETIC = {"n_subjects": 2, "n_trials": 3, "seed": 7}

@@ -39,8 +39,8 @@ from test_ingest_recordings import (
 )
 
 from pipeline.errors import InputError
-from pipeline.ingest import store_path
 from pipeline.learn import checkpoint_model_id
+from pipeline.run_folder import store_path
 from pipeline.runlock import OutputLocationError, RunFolderBusy, pending_update, run_lock
 from pipeline.store import FrameStore
 

@@ -14,10 +14,10 @@ from small_deap_run import N_LATENTS, N_SUBJECTS, SEED, TRIALS_PER_SUBJECT, tiny
 
 import pipeline
 from pipeline.classification import wilson_interval
-from pipeline.ingest import store_path
 from pipeline.learn import checkpoint_model_id
 from pipeline.mi import DEFAULT_TOPK_PERCENTS
 from pipeline.report.html import format_sig3
+from pipeline.run_folder import store_path
 from pipeline.splits import emotion_classes
 from pipeline.store import FrameStore
 from pipeline.sweep import choose_beta

@@ -2,6 +2,10 @@
 
 import io
 import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -167,6 +171,93 @@ def test_mnist_with_two_seeds_matches_their_factors_and_reuses_a_trained_seed(
     assert main(arguments) == EXIT_OK
     assert {name: (out / "checkpoints" / name / "last.json").stat().st_mtime_ns for name in states} == states
     assert _read_report(out)["mi"]["per_factor_nats"] == report["mi"]["per_factor_nats"]
+
+
+def _try_the_folder(out) -> list[str]:
+    """What another process is told when it asks for the run folder ``out`` (waiting at most 0.3 s)."""
+    helper = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pipeline.runlock import run_lock\n"
+            "try:\n    with run_lock(sys.argv[1], timeout=0.3): print('free')\n"
+            "except Exception as err: print(type(err).__name__, err)",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return helper.stdout.splitlines()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_image_run_holds_its_folder_and_marks_its_update_until_the_report(
+    tmp_path, digits_idx_folder, monkeypatch
+):
+    """While ``eegmi mnist`` runs, a second run into its folder is refused with one line naming it; the
+    update marker says "training" while the β-VAE trains and "report" while the report is written,
+    and is gone once the report is."""
+    import flows.images
+    from pipeline.runlock import pending_update
+    from pipeline.runs import images as images_run
+
+    out = tmp_path / "run"
+    seen = {}
+
+    def ingest_while_another_run_asks(run, data_dir, preset, log):
+        seen["other run"] = _try_the_folder(out)
+        return images_run.ingest_mnist(run, data_dir, preset, log)
+
+    def noting_the_marker(stage, step):
+        def run_step(run, *args, **kwargs):
+            seen[stage] = pending_update(run).stage
+            return step(run, *args, **kwargs)
+
+        return run_step
+
+    steps = images_run.PLAIN_IMAGE_STEPS
+    mnist = images_run.IMAGE_DATASETS["mnist"]
+    monkeypatch.setitem(
+        images_run.IMAGE_DATASETS, "mnist", replace(mnist, ingest=ingest_while_another_run_asks)
+    )
+    monkeypatch.setattr(
+        flows.images,
+        "IMAGE_TASK_STEPS",
+        replace(
+            steps,
+            train_vae=noting_the_marker("train", steps.train_vae),
+            write_report=noting_the_marker("report", steps.write_report),
+        ),
+    )
+    assert main(["mnist", "--data-dir", str(digits_idx_folder), "--out", str(out)]) == EXIT_OK
+    assert len(seen["other run"]) == 1
+    assert seen["other run"][0].startswith(f"RunFolderBusy {out}: run mnist (pid {os.getpid()} on ")
+    assert seen["other run"][0].endswith("is using this run folder; waited 0.3 s. Try again when it is done")
+    assert (seen["train"], seen["report"]) == ("training", "report")
+    assert pending_update(out) is None and (out / "report.json").is_file()
+    assert _try_the_folder(out) == ["free"]
+
+
+def test_an_image_run_killed_before_its_report_leaves_the_marker(tmp_path, digits_idx_folder):
+    """The Prefect-free image run: a failure in training leaves the marker at "training" with the
+    run's settings, and writes no report."""
+    from pipeline.runlock import pending_update
+    from pipeline.runs import images as images_run
+
+    out = tmp_path / "run"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    steps = replace(images_run.PLAIN_IMAGE_STEPS, train_vae=killed)
+    with pytest.raises(KeyboardInterrupt):
+        images_run.run_images(out, "mnist", str(digits_idx_folder), seed=7, steps=steps)
+    pending = pending_update(out)
+    assert pending.stage == "training"
+    assert pending.settings["dataset"] == "mnist" and pending.settings["train"]["seed"] == 7
+    assert not (out / "report.json").exists()
+    assert len(FrameStore.open(out / "frames.zarr").committed_rows()) == 90
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -19,7 +19,8 @@ from pipeline import __version__
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.imaging import deap_imaging_operator
-from pipeline.ingest import store_path, trials_to_frames
+from pipeline.ingest import trials_to_frames
+from pipeline.run_folder import store_path
 from pipeline.sources.deap import read_deap_dat
 from pipeline.sources.synthetic_files import write_synthetic_deap
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec

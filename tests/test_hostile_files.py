@@ -31,7 +31,7 @@ from test_failure_safety import _child_env
 from test_sources_deap import _python2_deap_pickle
 
 from pipeline.errors import InputError
-from pipeline.ingest import store_path
+from pipeline.run_folder import store_path
 from pipeline.sources.array_pickle import load_array_dict
 from pipeline.sources.celeba import decode_face
 from pipeline.sources.deap import read_deap_dat, read_deap_mat, read_source_file, write_deap_dat

@@ -23,10 +23,11 @@ import torch
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.factors import FactorRules
-from pipeline.ingest import ingest_trials, open_deap_store, store_path, trials_to_frames
+from pipeline.ingest import ingest_trials, open_deap_store, trials_to_frames
 from pipeline.learn import LearnConfig, checkpoint_model_id, store_normaliser
 from pipeline.models.vae import VAEConfig
 from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset
+from pipeline.run_folder import store_path
 from pipeline.sources.raw import read_recording
 from pipeline.sources.synthetic import generate_subject
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec
@@ -198,7 +199,7 @@ def test_recordings_are_stored_once_by_content_with_the_readers_frames(prefect_h
 
 
 def test_recordings_join_real_data_stores_but_never_synthetic_ones(tmp_path, recordings):
-    from flows.ingest import recordings_store_kind
+    from pipeline.runs.recordings import recordings_store_kind
 
     config = PreprocessConfig()
     assert recordings_store_kind(str(tmp_path / "new")) == ("raw", config)
@@ -332,8 +333,9 @@ def _stage_in_inbox(inbox: Path, recording: Path, name: str | None = None) -> Pa
 
 
 def test_the_inbox_flow_picks_up_each_new_file_once(prefect_harness, tmp_path, recordings):
-    import flows.ingest
-    from flows.ingest import INBOX_LEDGER_NAME, ingest_inbox
+    import pipeline.runs.inbox
+    from flows.ingest import ingest_inbox
+    from pipeline.run_folder import INBOX_LEDGER_NAME
 
     inbox, out_dir = tmp_path / "inbox", tmp_path / "run"
     inbox.mkdir()
@@ -357,7 +359,9 @@ def test_the_inbox_flow_picks_up_each_new_file_once(prefect_harness, tmp_path, r
     # Stored files are known by name, size and time: only the copy stored under no name is hashed.
     hashed = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(flows.ingest, "file_sha256", lambda path: hashed.append(path.name) or file_sha256(path))
+        patch.setattr(
+            pipeline.runs.inbox, "file_sha256", lambda path: hashed.append(path.name) or file_sha256(path)
+        )
         third = ingest_inbox(inbox_dir=str(inbox), out_dir=str(out_dir))
     assert (third["n_recordings"], third["n_trials_new"]) == (0, 0)
     assert hashed == ["sub-01-copy_eeg.fif"]

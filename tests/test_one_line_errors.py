@@ -71,7 +71,7 @@ def test_a_path_that_is_not_utf8_is_refused_before_the_run_starts(tmp_path, caps
 
 
 def test_inbox_files_whose_names_are_not_utf8_are_skipped_with_a_warning(tmp_path):
-    from flows.ingest import inbox_recordings
+    from pipeline.runs.inbox import inbox_recordings
 
     good = write_recording(tmp_path, "sub-01_eeg.fif", seed=1)
     bad = os.fsdecode(os.fsencode(str(tmp_path)) + b"/sub-\xff_eeg.fif")
@@ -94,7 +94,7 @@ def test_a_url_whose_file_system_is_not_installed_is_refused_in_one_line():
 
 
 def test_deeply_nested_report_and_checkpoint_pointer_are_named_errors(tmp_path):
-    from flows.ingest import previous_report
+    from pipeline.runs.recordings import previous_report
 
     nested = "[" * 100_000 + "]" * 100_000
     (tmp_path / "report.json").write_text(nested)

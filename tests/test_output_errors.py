@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from test_failure_safety import _cli_error_lines
 
-from pipeline.ingest import ingest_trials, store_path
+from pipeline.ingest import ingest_trials
+from pipeline.run_folder import store_path
 from pipeline.sources.deap import write_deap_dat
 from pipeline.sources.trials import N_SAMPLES
 from pipeline.store import FrameStore
@@ -109,14 +110,17 @@ def test_a_full_or_read_only_disk_during_training_is_the_folders_error_and_not_r
     the β-VAE writes its first checkpoint; the write carries no file name, as a failed write()."""
     from small_deap_run import N_SUBJECTS, TRIALS_PER_SUBJECT, tiny_preset
 
-    import flows.deap
     import pipeline.checkpoint
+    import pipeline.runs.deap
+    import pipeline.runs.preprocess
     from flows.cli import EXIT_BAD_INPUT, main
     from pipeline.sources.synthetic_spec import scenario_spec
 
     out_dir = tmp_path / "run"
-    monkeypatch.setattr(flows.deap, "deap_preset", tiny_preset)
-    monkeypatch.setattr(flows.deap, "scenario_spec", partial(scenario_spec, n_trials=TRIALS_PER_SUBJECT))
+    monkeypatch.setattr(pipeline.runs.deap, "deap_preset", tiny_preset)
+    monkeypatch.setattr(
+        pipeline.runs.preprocess, "scenario_spec", partial(scenario_spec, n_trials=TRIALS_PER_SUBJECT)
+    )
     monkeypatch.setattr("flows.cli.configure_threads", lambda args: None)  # keep the test's threads
     write = pipeline.checkpoint.atomic_write_bytes
     checkpoint_writes = []
@@ -129,13 +133,13 @@ def test_a_full_or_read_only_disk_during_training_is_the_folders_error_and_not_r
 
     monkeypatch.setattr(pipeline.checkpoint, "atomic_write_bytes", disk_fills)
     trainings = []
-    train = flows.deap.train_store_vae
+    train = pipeline.runs.deap.train_store_vae
 
     def counted(*args, **kwargs):
         trainings.append(1)
         return train(*args, **kwargs)
 
-    monkeypatch.setattr(flows.deap, "train_store_vae", counted)
+    monkeypatch.setattr(pipeline.runs.deap, "train_store_vae", counted)
     with run_logs() as logged:
         code = main(["deap", "--subjects", str(N_SUBJECTS), "--out", str(out_dir)])
     assert code == EXIT_BAD_INPUT

@@ -2,9 +2,9 @@
 
 import pytest
 
-from flows.ingest import preset_from_dict
 from pipeline.errors import InputError
 from pipeline.presets import deap_preset
+from pipeline.runs.recordings import preset_from_dict
 
 
 def test_demo_runs_the_trial_protocol_and_paper_both_with_a_learned_decoder_variance():

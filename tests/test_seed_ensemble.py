@@ -7,7 +7,6 @@ import pytest
 from small_deap_run import SEED, run_small_deap_flow, tiny_preset
 
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.ingest import store_path
 from pipeline.learn import (
     can_continue_training,
     checkpoint_model_id,
@@ -15,6 +14,7 @@ from pipeline.learn import (
     train_store_vae,
     with_model_seed,
 )
+from pipeline.run_folder import store_path
 from pipeline.store import FrameStore
 
 

@@ -16,11 +16,10 @@ from pathlib import Path
 from pipeline.errors import InputError
 from pipeline.report.html import ReportAssets, render_report_html, to_json_native
 from pipeline.report.schema import validate_report, with_schema_version
+from pipeline.run_folder import FIGURES_DIR_NAME as FIGURES_DIR
+from pipeline.run_folder import REPORT_HTML_NAME as REPORT_HTML
+from pipeline.run_folder import REPORT_JSON_NAME as REPORT_JSON
 from pipeline.validators import atomic_write_bytes
-
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
-FIGURES_DIR = "figures"
 
 
 def _figure_files(assets: ReportAssets) -> dict[str, bytes]:

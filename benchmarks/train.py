@@ -11,7 +11,7 @@ Measures:
   for ``--gpu-epochs`` epochs (300, the paper's schedule, by default). Reported: training
   frames/s, against the reference of about 236,000 frames/s measured on one NVIDIA H200, and
   the end-to-end time. Then two epochs of the pipeline's own trainer
-  (:class:`pipeline.train.VAETrainer`), which reads the frames from host memory trial group by
+  (:class:`pipeline.models.training.VAETrainer`), which reads the frames from host memory trial group by
   trial group, show what the streaming costs. Without CUDA the section says why and holds no
   numbers.
 - ``demo_estimate``: the ``demo`` preset's stages run as plain functions on a few synthetic
@@ -108,7 +108,7 @@ def _model_and_optimiser(n_latents: int, beta: float, lr: float, device: torch.d
 
 
 def _train_step(model, optimiser, batch: torch.Tensor, noise: torch.Generator) -> None:
-    """One step exactly as :class:`pipeline.train.VAETrainer` takes it."""
+    """One step exactly as :class:`pipeline.models.training.VAETrainer` takes it."""
     loss = model.loss(batch, noise)["total"]
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
@@ -283,8 +283,9 @@ def resident_training(epochs: int, device: torch.device, n_frames: int = FULL_DE
 
 def pipeline_trainer_epochs(epochs: int, device: torch.device, n_frames: int = FULL_DEAP_FRAMES) -> dict:
     """The pipeline's VAETrainer on host frames (n_trials, 63, 3, 32, 32): streaming included."""
+    from pipeline.models.training import train_vae
     from pipeline.presets import deap_preset
-    from pipeline.train import TrainConfig, train_vae
+    from pipeline.train import TrainConfig
 
     preset = deap_preset("paper").learn
     n_trials = n_frames // 63
@@ -336,19 +337,22 @@ def demo_estimate(n_subjects: int, vae_epochs: int, classifier_epochs: int) -> d
     """
     from pipeline.config import PreprocessConfig
     from pipeline.deap_report import build_deap_report
-    from pipeline.ingest import ingest_trials, open_deap_store
+    from pipeline.ingest import deap_store_spec, ingest_trials, open_store
     from pipeline.learn import (
         LearnConfig,
         checkpoint_model_id,
-        encode_store,
         fit_store_normalisation,
         make_split,
+        store_normaliser,
         train_store_classifier,
         train_store_vae,
     )
+    from pipeline.models.classifier import load_classifier
+    from pipeline.models.encoding import encode_store
+    from pipeline.models.state import load_vae
     from pipeline.presets import deap_preset
     from pipeline.sources.synthetic import SyntheticDeapSpec, generate_subject
-    from pipeline.train import ClassifierConfig, TrainConfig, load_classifier, load_vae
+    from pipeline.train import ClassifierConfig, TrainConfig
 
     preset = deap_preset("demo")
     spec = SyntheticDeapSpec(n_subjects=n_subjects)
@@ -369,7 +373,7 @@ def demo_estimate(n_subjects: int, vae_epochs: int, classifier_epochs: int) -> d
     with tempfile.TemporaryDirectory() as out_dir:
         config = PreprocessConfig()
         start = time.perf_counter()
-        store = open_deap_store(out_dir, config, "synthetic")
+        store = open_store(out_dir, deap_store_spec(config, "synthetic"))
         for subject in range(1, n_subjects + 1):
             ingest_trials(store, generate_subject(spec, subject), config)
         seconds["preprocess"] = time.perf_counter() - start
@@ -384,7 +388,13 @@ def demo_estimate(n_subjects: int, vae_epochs: int, classifier_epochs: int) -> d
         seconds["vae_training"] = sum(vae_epoch_seconds)
 
         start = time.perf_counter()
-        encode_store(store, load_vae(checkpoints), checkpoint_model_id(checkpoints), learn.encode_batch_size)
+        encode_store(
+            store,
+            load_vae(checkpoints),
+            checkpoint_model_id(checkpoints),
+            normalise=store_normaliser(store),
+            batch_size=learn.encode_batch_size,
+        )
         seconds["encode"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -10,8 +10,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from flows.mnist import learn_and_report, progress_logger
-from pipeline.image_ingest import ImageStoreConfig, ingest_image_batches, open_image_store
+from pipeline.image_ingest import ImageStoreConfig, image_store_spec, ingest_image_batches
 from pipeline.image_presets import CELEBA_IMAGE_SHAPE, ImagePreset, image_preset
+from pipeline.ingest import open_store
 from pipeline.sources.celeba import ALIGNED_CROP, PARTITION_FILE, check_celeba_folder, iter_celeba
 from pipeline.sources.procedural import (
     EMBEDDED_PROCEDURAL,
@@ -68,15 +69,16 @@ def ingest_celeba(out_dir: str, data_dir: str | None, preset: dict) -> dict:
     skipped = []
     if data_dir is None:
         spec = procedural_spec(settings)
-        store = open_image_store(
-            out_dir, celeba_store_config(True, seed), "synthetic", EMBEDDED_PROCEDURAL,
+        store = open_store(out_dir, image_store_spec(
+            celeba_store_config(True, seed), "synthetic", EMBEDDED_PROCEDURAL,
             extra_attrs={"ground_truth": spec.ground_truth()},
-        )  # fmt: skip
+        ))  # fmt: skip
         batches = iter_procedural_images(spec, batch_size=_PROCEDURAL_BATCH)
     else:
         check_celeba_folder(data_dir, expect_complete=False)
-        store = open_image_store(
-            out_dir, celeba_store_config(False, seed), "images", str(Path(data_dir).resolve())
+        store = open_store(
+            out_dir,
+            image_store_spec(celeba_store_config(False, seed), "images", str(Path(data_dir).resolve())),
         )
         batches = iter_celeba(
             data_dir, batch_size=_JPEG_BATCH, size=CELEBA_IMAGE_SHAPE[1], seed=seed, skipped=skipped

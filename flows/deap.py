@@ -16,24 +16,28 @@ from pipeline.config import PreprocessConfig
 from pipeline.deap_report import analyse_seed, build_deap_report, majority_linked_blocks
 from pipeline.errors import InputError, NamedFailure
 from pipeline.factors import FactorRules
-from pipeline.ingest import ingest_trials, open_deap_store, store_path
+from pipeline.ingest import deap_store_spec, ingest_trials, open_store, store_path
 from pipeline.learn import (
     LearnConfig,
     can_continue_training,
     checkpoint_model_id,
     classifier_dir,
-    encode_store,
     fit_store_normalisation,
     keep_secondary_protocols,
+    latent_set,
     make_split,
     run_protocols,
     seed_latent_set,
+    store_normaliser,
     stored_split,
     train_store_classifier,
     train_store_vae,
     with_model_seed,
 )
 from pipeline.manifests import check_folder, load_manifest
+from pipeline.models.classifier import load_classifier
+from pipeline.models.encoding import encode_store
+from pipeline.models.state import load_vae
 from pipeline.presets import deap_preset, with_beta, with_training_options
 from pipeline.runlock import OutputLocationError, begin_update, finish_update, output_errors
 from pipeline.sources.deap import read_source_file
@@ -44,7 +48,6 @@ from pipeline.store import FrameStore
 from pipeline.sweep import RULE as SWEEP_RULE
 from pipeline.sweep import choose_beta, score_candidate
 from pipeline.threads import thread_record
-from pipeline.train import load_classifier, load_vae
 
 
 class SourceFilesFailed(NamedFailure):
@@ -74,7 +77,7 @@ def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
     trials = read_source_file(path, isolate=True)
     # A refused write is the run folder's fault, not the file's: it is neither retried nor blamed on it.
     with output_errors(out_dir):
-        store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
+        store = cluster_safe(open_store(out_dir, deap_store_spec(preprocess, data_kind)))
         return ingest_trials(store, trials, preprocess).to_dict()
 
 
@@ -84,7 +87,9 @@ def ingest_synthetic_subject(spec: dict, subject: int, out_dir: str, config: dic
     synthetic = SyntheticDeapSpec.from_dict(spec)
     trials = generate_subject(synthetic, subject)
     with output_errors(out_dir):
-        store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic", synthetic.identity()))
+        store = cluster_safe(
+            open_store(out_dir, deap_store_spec(preprocess, "synthetic", synthetic.identity()))
+        )
         return ingest_trials(store, trials, preprocess).to_dict()
 
 
@@ -115,7 +120,7 @@ def preprocess_deap(
             logger.warning("%s: ignoring unexpected file(s): %s", data_dir, ", ".join(check.unexpected))
         data_kind = "deap-python" if check.layout == "data_preprocessed_python" else "deap-matlab"
         # The store is created once here so that parallel tasks only ever open an existing group.
-        open_deap_store(out_dir, preprocess, data_kind)
+        open_store(out_dir, deap_store_spec(preprocess, data_kind))
         names = [path.name for path in check.files]
         sources = [str(path) for path in check.files]
         futures = ingest_file.map(sources, out_dir, unmapped(config_dict), data_kind)
@@ -123,7 +128,7 @@ def preprocess_deap(
         spec = SyntheticDeapSpec.from_dict(synthetic or {})
         data_kind = "synthetic"
         identity = spec.identity()
-        open_deap_store(out_dir, preprocess, data_kind, identity)
+        open_store(out_dir, deap_store_spec(preprocess, data_kind, identity))
         subjects = list(range(1, spec.n_subjects + 1))
         names = sources = [f"synthetic://s{subject:02d}" for subject in subjects]
         futures = ingest_synthetic_subject.map(
@@ -158,7 +163,7 @@ def preprocess_deap(
             logger.error("[%d/%d] %s failed: %s", done, len(futures), name, failures[name])
     if output_error is not None:  # no file can be stored; the folder, not the files, is at fault
         raise output_error
-    store = open_deap_store(out_dir, preprocess, data_kind, identity)
+    store = open_store(out_dir, deap_store_spec(preprocess, data_kind, identity))
     store.consolidate()
     summary = {
         "store": store_path(out_dir),
@@ -303,7 +308,8 @@ def encode_seed_task(out_dir: str, learn: dict, model_seed: int, reference_seed:
             store,
             load_vae(checkpoints, "best"),
             checkpoint_model_id(checkpoints),
-            config.encode_batch_size,
+            normalise=store_normaliser(store),
+            batch_size=config.encode_batch_size,
             progress=show,
             group=group,
         )
@@ -403,7 +409,13 @@ def encode_frames_task(out_dir: str, learn: dict, slot: str | None = None) -> di
     logger = get_run_logger()
     with progress_display(logger.info) as show:
         n_encoded = encode_store(
-            store, model, checkpoint_model_id(checkpoints), config.encode_batch_size, progress=show, slot=slot
+            store,
+            model,
+            checkpoint_model_id(checkpoints),
+            normalise=store_normaliser(store, slot),
+            batch_size=config.encode_batch_size,
+            progress=show,
+            group=latent_set(slot),
         )
     logger.info("encoded %d trial(s) with the best VAE", n_encoded)
     return {"n_encoded": n_encoded}

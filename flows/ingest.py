@@ -51,7 +51,7 @@ from pipeline.checkpoint import atomic_write_bytes, checkpoint_exists
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.factors import FactorRules
-from pipeline.ingest import ingest_trials, open_deap_store, store_path
+from pipeline.ingest import deap_store_spec, ingest_trials, open_store, store_path
 from pipeline.isolation import read_isolated
 from pipeline.learn import LearnConfig, checkpoint_model_id, seed_latent_set, with_model_seed
 from pipeline.presets import DeapPreset, deap_preset
@@ -87,7 +87,7 @@ def recordings_store_kind(out_dir: str) -> tuple[str, PreprocessConfig]:
     path = store_path(out_dir)
     try:
         attrs = FrameStore.open(path).attrs
-    except InputError:  # no store yet (or not a frame store, which open_deap_store will say)
+    except InputError:  # no store yet (or not a frame store, which open_store will say)
         return RECORDINGS_KIND, PreprocessConfig()
     kind = attrs.get("data_kind")
     if kind not in REAL_DATA_KINDS:
@@ -173,7 +173,7 @@ def store_recording(path: str, out_dir: str, config: dict, data_kind: str, inter
     preprocess = PreprocessConfig.from_dict(config)
     with output_errors(out_dir):
         trials = read_isolated(read_recording, path, interpolate_missing=interpolate_missing)
-        store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
+        store = cluster_safe(open_store(out_dir, deap_store_spec(preprocess, data_kind)))
         result = ingest_trials(store, trials, preprocess)
     return {**result.to_dict(), "source_sha256": trials.source_sha256}
 
@@ -197,7 +197,7 @@ def store_recordings(recordings: list[str], out_dir: str, interpolate_missing: b
     data_kind, preprocess = recordings_store_kind(out_dir)
     config = preprocess.to_dict()
     # Created once here so that parallel tasks only ever open an existing group.
-    open_deap_store(out_dir, preprocess, data_kind)
+    open_store(out_dir, deap_store_spec(preprocess, data_kind))
     futures = store_recording.map(recordings, out_dir, unmapped(config), data_kind, interpolate_missing)
     name_of = {future.task_run_id: path for future, path in zip(futures, recordings, strict=True)}
     stored: dict[str, dict] = {}
@@ -220,7 +220,7 @@ def store_recordings(recordings: list[str], out_dir: str, interpolate_missing: b
         logger.error("[%d/%d] %s failed: %s", done, len(futures), path, failures[path])
     if output_error is not None:
         raise output_error
-    store = open_deap_store(out_dir, preprocess, data_kind)
+    store = open_store(out_dir, deap_store_spec(preprocess, data_kind))
     store.consolidate()
     return {"store": store_path(out_dir), "stored": stored, "failures": failures}
 

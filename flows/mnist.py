@@ -15,16 +15,18 @@ from flows.deap import choose_reported_seed
 from flows.progress import progress_display
 from pipeline.image_ingest import (
     ImageStoreConfig,
-    encode_image_store,
     frames_for,
     image_split,
+    image_store_spec,
     ingest_image_batches,
-    open_image_store,
 )
 from pipeline.image_presets import MNIST_IMAGE_SHAPE, ImagePreset, image_preset
 from pipeline.image_report import build_image_report, image_seed_factors
-from pipeline.ingest import store_path
+from pipeline.ingest import open_store, store_path
 from pipeline.learn import checkpoint_model_id, seed_latent_set
+from pipeline.models.encoding import encode_store
+from pipeline.models.state import can_resume_training, load_vae
+from pipeline.models.training import train_vae
 from pipeline.sources.mnist import (
     EMBEDDED_DIGITS,
     digits_as_mnist,
@@ -34,7 +36,6 @@ from pipeline.sources.mnist import (
 )
 from pipeline.stability import SeedFactors
 from pipeline.store import FrameStore
-from pipeline.train import can_resume_training, load_vae, train_vae
 
 MNIST_VAL_FRACTION = 0.1
 _IDX_BATCH = 4096
@@ -80,15 +81,17 @@ def ingest_mnist(out_dir: str, data_dir: str | None, preset: dict) -> dict:
     seed = settings.train.seed
     logger = get_run_logger()
     if data_dir is None:
-        store = open_image_store(out_dir, mnist_store_config(True, seed), "images", EMBEDDED_DIGITS)
+        store = open_store(
+            out_dir, image_store_spec(mnist_store_config(True, seed), "images", EMBEDDED_DIGITS)
+        )
         batches = [digits_as_mnist(seed)]
     else:
         # A folder may hold a subset of MNIST, so the manifest's image counts are not required;
         # every file's presence and IDX header are checked before any work.
         for path in find_mnist_files(data_dir).values():
             read_idx_header(path)
-        store = open_image_store(
-            out_dir, mnist_store_config(False, seed), "idx", str(Path(data_dir).resolve())
+        store = open_store(
+            out_dir, image_store_spec(mnist_store_config(False, seed), "idx", str(Path(data_dir).resolve()))
         )
         batches = iter_mnist_folder(
             data_dir, batch_size=_IDX_BATCH, val_fraction=MNIST_VAL_FRACTION, seed=seed
@@ -175,15 +178,16 @@ def encode_images(out_dir: str, preset: dict, reference_seed: int | None = None)
     checkpoints = _checkpoint_dir(out_dir, settings.train.seed, reference_seed)
     logger = get_run_logger()
     with progress_display(logger.info) as show:
-        n_encoded = encode_image_store(
+        n_encoded = encode_store(
             store,
             load_vae(checkpoints, "best"),
             checkpoint_model_id(checkpoints),
             rows,
-            frames_for(store, rows, settings.memory_budget_bytes),
-            settings.encode_batch_size,
+            frames=frames_for(store, rows, settings.memory_budget_bytes),
+            batch_size=settings.encode_batch_size,
             progress=show,
             group=_latent_group(settings, reference_seed),
+            unit="images",
         )
     logger.info("encoded %d image(s) with the best β-VAE", n_encoded)
     return {"n_encoded": n_encoded}

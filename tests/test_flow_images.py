@@ -15,18 +15,16 @@ from flows.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from pipeline.errors import InputError
 from pipeline.image_report import (
     information_cutoff,
-    masked_reconstruction_mse,
     traversal_montage,
 )
 from pipeline.mi import DEFAULT_TOPK_PERCENTS, estimate_mi
-from pipeline.models.vae import VAEConfig
+from pipeline.models.state import load_vae
 from pipeline.report import ReportAssets, render_report_html
 from pipeline.report.figures import PNG_SIGNATURE
 from pipeline.sources.celeba import IMAGE_FOLDER, PARTITION_FILE
 from pipeline.sources.images import SPLIT_TEST
 from pipeline.sources.mnist import MNIST_FILES, digits_as_mnist, write_idx
 from pipeline.store import FrameStore
-from pipeline.train import load_vae
 
 CORRUPT = "000005.jpg"
 
@@ -219,19 +217,6 @@ def test_celeba_flow_names_and_skips_a_corrupt_jpeg_and_stores_the_rest(tmp_path
     html = (out / "report.html").read_text(encoding="utf-8")
     assert len(html) > 10_000 and "Influential factors and their traversals — CelebA" in html
     assert "electrode" not in html.lower() and "emotion" not in html.lower()
-
-
-def test_masked_reconstruction_mse_equals_reconstructing_with_the_mask():
-    torch.manual_seed(3)
-    model = VAEConfig((1, 28, 28), n_latents=6, likelihood="bernoulli").build().eval()
-    images = torch.rand(9, 1, 28, 28)
-    keep = np.array([True, False, True, True, False, False])
-    with torch.no_grad():
-        mu = model.encode(images)[0].numpy()
-        expected = float(((model.reconstruct(images, keep) - images) ** 2).mean())
-    assert masked_reconstruction_mse(model, images.numpy(), mu, keep) == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(InputError, match=r"mu: shape \(9, 5\)"):
-        masked_reconstruction_mse(model, images.numpy(), mu[:, :5], keep)
 
 
 def test_information_cutoff_keeps_the_fewest_factors_holding_99_percent():

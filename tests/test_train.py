@@ -17,17 +17,12 @@ import zarr
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import InputError
-from pipeline.models.vae import BetaVAE
-from pipeline.train import (
-    TrainConfig,
-    TrainingDiverged,
-    VAEConfig,
-    encode_frames,
-    iter_encode_frames,
-    load_vae,
-    read_frames,
-    train_vae,
-)
+from pipeline.models.early_stopping import TrainingDiverged
+from pipeline.models.encoding import encode_frames, iter_encode_frames, read_frames
+from pipeline.models.state import load_vae
+from pipeline.models.training import train_vae
+from pipeline.models.vae import BetaVAE, VAEConfig
+from pipeline.train import TrainConfig
 
 N_TRIALS, N_FRAMES = 10, 12
 TRAIN_ROWS, VAL_ROWS = np.arange(8), np.array([8, 9])

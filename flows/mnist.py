@@ -23,10 +23,9 @@ from pipeline.image_ingest import (
 from pipeline.image_presets import MNIST_IMAGE_SHAPE, ImagePreset, image_preset
 from pipeline.image_report import build_image_report, image_seed_factors
 from pipeline.ingest import open_store, store_path
-from pipeline.learn import checkpoint_model_id, seed_latent_set
+from pipeline.learn import checkpoint_model_id, seed_latent_set, train_split_vae
 from pipeline.models.encoding import encode_store
-from pipeline.models.state import can_resume_training, load_vae
-from pipeline.models.training import train_vae
+from pipeline.models.state import load_vae
 from pipeline.sources.mnist import (
     EMBEDDED_DIGITS,
     digits_as_mnist,
@@ -135,10 +134,6 @@ def train_image_vae(out_dir: str, preset: dict, resume: bool, reference_seed: in
     frames = frames_for(store, rows, settings.memory_budget_bytes)
     train_config = settings.train_config_for(int(split.train.size))
     checkpoints = _checkpoint_dir(out_dir, settings.train.seed, reference_seed)
-    if reference_seed is not None:
-        resume = resume or can_resume_training(
-            checkpoints, settings.vae, train_config, split.train, split.val
-        )
     trained = []
 
     def report_epoch(record: dict) -> None:
@@ -151,9 +146,9 @@ def train_image_vae(out_dir: str, preset: dict, resume: bool, reference_seed: in
         )  # fmt: skip
 
     with progress_display(logger.info) as show:
-        result = train_vae(
-            frames, split.train, split.val, settings.vae, train_config, checkpoints,
-            resume=resume, progress=report_epoch, steps=show,
+        result = train_split_vae(
+            frames, split, settings.vae, train_config, checkpoints,
+            resume=resume, reuse=reference_seed is not None, progress=report_epoch, steps=show,
         )  # fmt: skip
     if reference_seed is not None and not trained:
         logger.info("seed %d: reused, trained earlier (%d epochs)", settings.train.seed, len(result.history))

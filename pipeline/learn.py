@@ -25,7 +25,7 @@ from pipeline.models.classifier import save_classifier, train_classifier
 from pipeline.models.encoding import masked_reconstruction_mse, read_frames
 from pipeline.models.sequence import evaluate_classifier
 from pipeline.models.state import can_resume_training
-from pipeline.models.training import train_vae
+from pipeline.models.training import TrainResult, train_vae
 from pipeline.models.vae import BetaVAE, VAEConfig
 from pipeline.normalise import BandNormalisation, fit_band_normalisation
 from pipeline.progress import Progress
@@ -222,6 +222,44 @@ def stored_split(store: FrameStore, slot: str | None = None) -> Split:
     return Split.from_dict(attrs["split"])
 
 
+def train_split_vae(
+    frames,
+    split: Split,
+    vae: VAEConfig,
+    train: TrainConfig,
+    checkpoint_dir: str | Path,
+    *,
+    normalise: Normaliser | None = None,
+    resume: bool = False,
+    reuse: bool = False,
+    progress: Callable[[dict], None] | None = None,
+    steps: Progress | None = None,
+) -> TrainResult:
+    """The β-VAE training step of every run, EEG or images: train on the frames of ``split.train``,
+    stop early on ``split.val``, checkpoint in ``checkpoint_dir``.
+
+    ``frames`` are the store's (or those of the split's rows held in memory), ``normalise`` the
+    model-input transform (an EEG protocol's band normalisation; none for images). With
+    ``reuse``, a training state of this model on this split (finished, or killed midway) is
+    continued whatever ``resume`` says, so a finished one trains no epoch. ``progress`` gets
+    each epoch's history dict, ``steps`` the steps within an epoch.
+    """
+    if reuse and can_resume_training(checkpoint_dir, vae, train, split.train, split.val):
+        resume = True
+    return train_vae(
+        frames,
+        split.train,
+        split.val,
+        vae,
+        train,
+        checkpoint_dir,
+        normalise=normalise,
+        resume=resume,
+        progress=progress,
+        steps=steps,
+    )
+
+
 def train_store_vae(
     store: FrameStore,
     config: LearnConfig,
@@ -230,16 +268,11 @@ def train_store_vae(
     progress: Callable[[dict], None] | None = None,
     steps: Progress | None = None,
     slot: str | None = None,
-):
-    """Train the β-VAE on the frames of the training trials (validation trials for early stopping).
-
-    ``progress`` gets each epoch's history dict, ``steps`` the steps within an epoch.
-    """
-    split = stored_split(store, slot)
-    return train_vae(
+) -> TrainResult:
+    """:func:`train_split_vae` on a protocol's stored split, with its stored normalisation."""
+    return train_split_vae(
         store.frames,
-        split.train,
-        split.val,
+        stored_split(store, slot),
         config.vae,
         config.train,
         checkpoint_dir,

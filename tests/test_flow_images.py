@@ -71,8 +71,8 @@ def test_mnist_flow_writes_table_2_and_montages_and_a_rerun_adds_nothing(tmp_pat
 
     # Î, Table 2's errors and its 0 % row, recomputed from the store and the checkpoint.
     store = FrameStore.open(out / "frames.zarr")
-    test_rows = store.committed_rows()[store.subject == SPLIT_TEST]
-    assert sorted(store.source[store.subject == SPLIT_TEST]) == [MNIST_FILES["test_images"]] * 30
+    test_rows = store.committed_rows()[store.split == SPLIT_TEST]
+    assert sorted(store.source[store.split == SPLIT_TEST]) == [MNIST_FILES["test_images"]] * 30
     np.testing.assert_allclose(
         per_factor, estimate_mi(*store.read_latents(test_rows)).per_factor_nats, rtol=1e-9
     )
@@ -139,7 +139,7 @@ def test_mnist_with_two_seeds_matches_their_factors_and_reuses_a_trained_seed(
     reported = stability["reported_seed"]
     assert f"the report is seed {reported}'s" in printed
     store = FrameStore.open(out / "frames.zarr")
-    test_rows = store.committed_rows()[store.subject == SPLIT_TEST]
+    test_rows = store.committed_rows()[store.split == SPLIT_TEST]
     group = "latents" if reported == 4 else "latents_seed5"
     # The report's Î is the reported seed's, from its own latents.
     np.testing.assert_allclose(

@@ -37,7 +37,7 @@ from pipeline.blocks import (
 from pipeline.config import PreprocessConfig
 from pipeline.factors import FactorRules, seed_latents
 from pipeline.imaging import deap_imaging_operator
-from pipeline.ingest import ingest_trials, open_deap_store
+from pipeline.ingest import deap_store_spec, ingest_trials, open_store
 from pipeline.learn import (
     LearnConfig,
     fit_store_normalisation,
@@ -48,6 +48,7 @@ from pipeline.learn import (
     vae_validation_scores,
 )
 from pipeline.mi import estimate_mi, influential_factors
+from pipeline.models.encoding import encode_frames
 from pipeline.models.vae import VAEConfig
 from pipeline.montage import neighbour_graph
 from pipeline.presets import deap_preset
@@ -56,12 +57,12 @@ from pipeline.sources.synthetic import generate_subject, ground_truth
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec, scenario_spec
 from pipeline.sources.trials import DEAP_CHANNELS
 from pipeline.store import FrameStore
-from pipeline.train import TrainConfig, encode_frames
+from pipeline.train import TrainConfig
 
 
 def _store(work_dir: Path, spec: SyntheticDeapSpec) -> FrameStore:
     config = PreprocessConfig()
-    store = open_deap_store(str(work_dir), config, "synthetic")
+    store = open_store(str(work_dir), deap_store_spec(config, "synthetic"))
     if len(store.committed_rows()) < spec.n_subjects * spec.n_trials:
         for subject in range(1, spec.n_subjects + 1):
             ingest_trials(store, generate_subject(spec, subject), config)

@@ -115,13 +115,13 @@ def time_steps(files: list[Path], out_dir: Path) -> tuple[dict, np.ndarray]:
     from pipeline.bands import band_log_power
     from pipeline.config import PreprocessConfig
     from pipeline.imaging import deap_imaging_operator
-    from pipeline.ingest import open_deap_store
+    from pipeline.ingest import deap_store_spec, open_store
     from pipeline.sources.deap import read_source_file
     from pipeline.sources.trials import file_sha256
 
     config = PreprocessConfig()
     operator = deap_imaging_operator(config)
-    store = open_deap_store(str(out_dir), config, "deap-python")
+    store = open_store(str(out_dir), deap_store_spec(config, "deap-python"))
     _reset_peak_rss()
     seconds = {"read": 0.0, "sha256": 0.0, "band_power": 0.0, "imaging": 0.0, "store_write": 0.0}
     band_powers = []

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.bands import band_log_power
     from pipeline.config import PreprocessConfig
     from pipeline.imaging import deap_imaging_operator
-    from pipeline.ingest import open_deap_store
+    from pipeline.ingest import deap_store_spec, open_store
     from pipeline.sources.deap import read_source_file
     from pipeline.sources.synthetic_files import write_synthetic_deap
     from pipeline.sources.synthetic_spec import SyntheticDeapSpec
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         file_bytes = sum(path.stat().st_size for path in files) // len(files)
         config = PreprocessConfig()
         operator = deap_imaging_operator(config)
-        store = open_deap_store(str(Path(work) / "run"), config, "deap-python")
+        store = open_store(str(Path(work) / "run"), deap_store_spec(config, "deap-python"))
         seconds = {"direct": 0.0, "isolated": 0.0, "preprocess": 0.0}
         cpu_seconds = dict.fromkeys(seconds, 0.0)
         for path in files:

@@ -2,7 +2,7 @@
 
 Each run is a fresh Python process that takes ``--steps`` training steps of the ``demo`` preset's
 β-VAE (32 latents, batch 128, 3×32×32 frames; forward, loss, backward, Adam, as
-``pipeline.train.VAETrainer`` takes them, including its per-step ``keep_fair_share``) after
+``pipeline.models.training.VAETrainer`` takes them, including its per-step ``keep_fair_share``) after
 ``--warmup`` untimed steps, and reports their wall-clock time. Scenarios, in this order, repeated
 ``--repeats`` times (medians are compared):
 

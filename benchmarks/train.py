@@ -11,7 +11,7 @@ Measures:
   for ``--gpu-epochs`` epochs (300, the paper's schedule, by default). Reported: training
   frames/s, against the reference of about 236,000 frames/s measured on one NVIDIA H200, and
   the end-to-end time. Then two epochs of the pipeline's own trainer
-  (:class:`pipeline.train.VAETrainer`), which reads the frames from host memory trial group by
+  (:class:`pipeline.models.training.VAETrainer`), which reads the frames from host memory trial group by
   trial group, show what the streaming costs. Without CUDA the section says why and holds no
   numbers.
 - ``demo_estimate``: the ``demo`` preset's stages run as plain functions on a few synthetic
@@ -109,7 +109,7 @@ def _model_and_optimiser(n_latents: int, beta: float, lr: float, device: torch.d
 
 
 def _train_step(model, optimiser, batch: torch.Tensor, noise: torch.Generator) -> None:
-    """One step exactly as :class:`pipeline.train.VAETrainer` takes it."""
+    """One step exactly as :class:`pipeline.models.training.VAETrainer` takes it."""
     loss = model.loss(batch, noise)["total"]
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
@@ -284,8 +284,9 @@ def resident_training(epochs: int, device: torch.device, n_frames: int = FULL_DE
 
 def pipeline_trainer_epochs(epochs: int, device: torch.device, n_frames: int = FULL_DEAP_FRAMES) -> dict:
     """The pipeline's VAETrainer on host frames (n_trials, 63, 3, 32, 32): streaming included."""
+    from pipeline.models.training import train_vae
     from pipeline.presets import deap_preset
-    from pipeline.train import TrainConfig, train_vae
+    from pipeline.train import TrainConfig
 
     preset = deap_preset("paper").learn
     n_trials = n_frames // 63

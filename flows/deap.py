@@ -15,7 +15,7 @@ from prefect.task_runners import TaskRunner
 from flows.runners import cluster_safe, collect_mapped, exclusive_run, logged_step, preprocess_task_runner
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.ingest import ingest_trials, open_deap_store
+from pipeline.ingest import deap_store_spec, ingest_trials, open_store
 from pipeline.run_folder import RunFolder
 from pipeline.runlock import output_errors
 from pipeline.runs import deap as deap_run
@@ -49,7 +49,7 @@ def ingest_file(path: str, out_dir: str, config: dict, data_kind: str) -> dict:
     trials = read_source_file(path, isolate=True)
     # A refused write is the run folder's fault, not the file's: it is neither retried nor blamed on it.
     with output_errors(out_dir):
-        store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
+        store = cluster_safe(open_store(out_dir, deap_store_spec(preprocess, data_kind)))
         return ingest_trials(store, trials, preprocess).to_dict()
 
 
@@ -59,7 +59,9 @@ def ingest_synthetic_subject(spec: dict, subject: int, out_dir: str, config: dic
     synthetic = SyntheticDeapSpec.from_dict(spec)
     trials = generate_subject(synthetic, subject)
     with output_errors(out_dir):
-        store = cluster_safe(open_deap_store(out_dir, preprocess, "synthetic", synthetic.identity()))
+        store = cluster_safe(
+            open_store(out_dir, deap_store_spec(preprocess, "synthetic", synthetic.identity()))
+        )
         return ingest_trials(store, trials, preprocess).to_dict()
 
 

@@ -17,7 +17,7 @@ from prefect.task_runners import TaskRunner
 from flows.deap import TASK_STEPS, _retry_unless_bad_input
 from flows.runners import cluster_safe, collect_mapped, exclusive_run, preprocess_task_runner
 from pipeline.config import PreprocessConfig
-from pipeline.ingest import open_deap_store
+from pipeline.ingest import deap_store_spec, open_store
 from pipeline.run_folder import RunFolder
 from pipeline.runlock import output_errors
 from pipeline.runs import inbox as inbox_run
@@ -29,7 +29,7 @@ from pipeline.runs.recordings import recordings_store_kind
 def store_recording(path: str, out_dir: str, config: dict, data_kind: str, interpolate_missing: bool) -> dict:
     preprocess = PreprocessConfig.model_validate(config)
     with output_errors(out_dir):
-        store = cluster_safe(open_deap_store(out_dir, preprocess, data_kind))
+        store = cluster_safe(open_store(out_dir, deap_store_spec(preprocess, data_kind)))
         return recordings_run.store_recording(store, path, preprocess, interpolate_missing)
 
 
@@ -51,10 +51,10 @@ def store_recordings(recordings: list[str], out_dir: str, interpolate_missing: b
     data_kind, preprocess = recordings_store_kind(out_dir)
     config = preprocess.model_dump(mode="json")
     # Created once here so that parallel tasks only ever open an existing group.
-    open_deap_store(out_dir, preprocess, data_kind)
+    open_store(out_dir, deap_store_spec(preprocess, data_kind))
     futures = store_recording.map(recordings, out_dir, unmapped(config), data_kind, interpolate_missing)
     stored, failures = collect_mapped(futures, recordings, recordings, get_run_logger())
-    open_deap_store(out_dir, preprocess, data_kind).consolidate()
+    open_store(out_dir, deap_store_spec(preprocess, data_kind)).consolidate()
     return {"store": RunFolder(out_dir).store_path, "stored": stored, "failures": failures}
 
 

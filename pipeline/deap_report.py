@@ -24,6 +24,7 @@ from pipeline.learn import (
     stored_split,
 )
 from pipeline.mi import MIEstimate, influential_factors
+from pipeline.models.classifier import load_classifier
 from pipeline.models.sequence import EmotionLSTM, evaluate_classifier, predict_classes
 from pipeline.models.vae import BetaVAE
 from pipeline.progress import Progress
@@ -42,7 +43,6 @@ from pipeline.stability import (
 )
 from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.tables import topk_table
-from pipeline.train import load_classifier
 from pipeline.validation import check_planted_blocks
 
 

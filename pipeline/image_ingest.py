@@ -4,18 +4,20 @@ An image store is a frame store (:mod:`pipeline.store`) whose rows are single im
 ``frames`` (n, 1, C, H, W) in [0, 1], ``labels`` (n, 1) the class or -1, ``source`` the file an
 image came from (one IDX file holds many images, a JPEG one) and ``trial`` the image's position
 in it, so a row's key ``(source_sha256, trial)`` names one image and re-running an ingest never
-stores an image twice. Images have no subjects: the ``subject`` column holds the image's part of
-the reader's split instead (0 train, 1 validation, 2 test), fixed when the image is stored, so
-a resumed or repeated run trains and evaluates on exactly the same images.
+stores an image twice. Images have no subjects (``subject`` is -1); the ``split`` column holds
+the image's part of the reader's split (0 train, 1 validation, 2 test), fixed when the image is
+stored, so a resumed or repeated run trains and evaluates on exactly the same images. Image
+stores written before the ``split`` column existed (they kept the part in ``subject``) are
+refused with a line that says to rerun.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Literal
 
 import numpy as np
@@ -24,21 +26,18 @@ from pydantic import Field
 
 from pipeline import __version__
 from pipeline.errors import InputError
-from pipeline.models.vae import BetaVAE
+from pipeline.ingest import StoreSpec
 from pipeline.presets import IMAGE_DATASETS, SplitCaps
-from pipeline.progress import Progress, report
-from pipeline.run_folder import store_path
 from pipeline.sources.celeba import SkippedImage
 from pipeline.sources.images import SPLIT_NAMES, ImageBatch
 from pipeline.splits import Split
-from pipeline.store import LATENTS_GROUP, FrameStore
-from pipeline.train import iter_encode_frames
+from pipeline.store import FrameStore
 from pipeline.validators import ConfigModel, NonNegativeInt, PositiveInt
 
 IMAGE_DATA_KINDS: tuple[str, ...] = ("idx", "images", "synthetic")
 SPLIT_PROTOCOL = "image"
 FRAME_UNITS = "pixel intensity in [0, 1]"
-SUBJECT_MEANING = "images have no subjects: the column holds the image's split part (0 train, 1 val, 2 test)"
+NO_SUBJECT = -1
 _READ_BLOCK_ROWS = 2048
 
 
@@ -80,25 +79,21 @@ def _store_attrs(config: ImageStoreConfig, data_kind: str, data_source: str, ext
         "image_shape": list(config.image_shape),
         "label_names": ["class"],
         "frame_units": FRAME_UNITS,
-        "subject_meaning": SUBJECT_MEANING,
         "package_version": __version__,
         **extra,
     }
 
 
-def open_image_store(
-    out_dir: str | os.PathLike,
+def image_store_spec(
     config: ImageStoreConfig,
     data_kind: str,
     data_source: str,
     extra_attrs: dict | None = None,
-) -> FrameStore:
-    """Create ``OUT/frames.zarr`` for images, or reopen it to append images of the same source.
+) -> StoreSpec:
+    """The store of images made as ``config`` says, for :func:`pipeline.ingest.open_store`.
 
     Parameters
     ----------
-    out_dir : str or path-like
-        The run folder (local path or fsspec URL).
     config : ImageStoreConfig
         Pixel preprocessing and split; part of the store's configuration hash.
     data_kind : str
@@ -109,16 +104,8 @@ def open_image_store(
     extra_attrs : dict, optional
         JSON-native attributes to record as well (e.g. the procedural ground truth).
 
-    Returns
-    -------
-    FrameStore
-        A writable handle; frames (n, 1, C, H, W), one label per image.
-
-    Raises
-    ------
-    InputError
-        Naming the store when it holds another kind or source of images, or was built under
-        another configuration or image shape.
+    The store opened with it holds frames (n, 1, C, H, W) and one label per image; it refuses,
+    naming the store, images of another kind or source, and a store of the older layout.
     """
     if not isinstance(config, ImageStoreConfig):
         raise InputError("config", f"expected an ImageStoreConfig, got {type(config).__name__}")
@@ -126,25 +113,37 @@ def open_image_store(
         raise InputError("data_kind", f"{data_kind!r} is not one of {IMAGE_DATA_KINDS}")
     if not isinstance(data_source, str) or not data_source:
         raise InputError("data_source", f"{data_source!r} must name the data folder or embedded set")
-    path = store_path(os.fspath(out_dir))
-    # Checked before create_or_open, which would overwrite the stored kind and source with this run's.
-    try:
-        stored = FrameStore.open(path).attrs
-    except InputError:  # no store yet, or not a frame store: create_or_open creates it or says why
-        stored = {}
-    for key, value in (("data_kind", data_kind), ("data_source", data_source)):
-        if key in stored and stored[key] != value:
-            raise InputError(
-                path,
-                f"holds images of {key} {stored[key]!r}; this run adds {value!r}; use a new --out folder",
-            )
-    return FrameStore.create_or_open(
-        path,
+    return StoreSpec(
         config_hash=config.config_hash(),
         attrs=_store_attrs(config, data_kind, data_source, dict(extra_attrs or {})),
         frame_shape=(1, *config.image_shape),
         label_width=1,
+        refuse=partial(_refuse_other_images, data_kind=data_kind, data_source=data_source),
     )
+
+
+def _refuse_other_images(path: str, data_kind: str, data_source: str) -> None:
+    try:
+        stored = FrameStore.open(path)
+    except InputError:  # no store yet, or not a frame store: create_or_open creates it or says why
+        return
+    _check_split_column(stored)
+    attrs = stored.attrs
+    for key, value in (("data_kind", data_kind), ("data_source", data_source)):
+        if key in attrs and attrs[key] != value:
+            raise InputError(
+                path,
+                f"holds images of {key} {attrs[key]!r}; this run adds {value!r}; use a new --out folder",
+            )
+
+
+def _check_split_column(store: FrameStore) -> None:
+    if not store.has_split:
+        raise InputError(
+            store.path,
+            "is an image store of an older layout (each image's split part in the subject column, "
+            "no split column); rerun into a new --out folder",
+        )
 
 
 @dataclass
@@ -199,6 +198,7 @@ def _check_image_store(store: FrameStore) -> tuple[int, int, int]:
             f"holds frames {store.frame_shape} with {store.label_width} labels; an image store holds "
             "(1, C, H, W) frames with one label",
         )
+    _check_split_column(store)
     return tuple(store.frame_shape[1:])
 
 
@@ -218,7 +218,7 @@ def ingest_image_batches(
     Parameters
     ----------
     store : FrameStore
-        A writable image store from :func:`open_image_store`.
+        A writable image store (:func:`pipeline.ingest.open_store` with :func:`image_store_spec`).
     batches : iterable of ImageBatch
         A reader's stream; every batch must carry a split and the store's image shape. Only
         one batch is held at a time.
@@ -275,10 +275,11 @@ def ingest_image_batches(
             result.n_written += store.add_trials(
                 frames=batch.images[new][:, None],
                 labels=batch.labels[new],
-                subject=batch.split[new].astype(np.int32),
+                subject=np.full(len(new), NO_SUBJECT, dtype=np.int32),
                 trial=batch.index[new],
                 source=[batch.names[p] for p in new],
                 source_sha256=[batch.source_sha256[p] for p in new],
+                split=batch.split[new],
             )
         result.taken = dict(zip(SPLIT_NAMES, taken, strict=True))
         result.n_sources = len(sources)
@@ -306,10 +307,10 @@ def image_split(store: FrameStore, caps: SplitCaps | None = None) -> Split:
     """
     _check_image_store(store)
     rows = store.committed_rows()
-    parts = store.subject
+    parts = store.split
     bad = ~np.isin(parts, (0, 1, 2))
     if bad.any():
-        raise InputError(store.path, f"rows {rows[bad][:5].tolist()} have no split part (subject 0, 1 or 2)")
+        raise InputError(store.path, f"rows {rows[bad][:5].tolist()} have no split part (split 0, 1 or 2)")
     cap_values = (caps or SplitCaps()).as_tuple()
     selected = [rows[parts == part][:cap] for part, cap in enumerate(cap_values)]
     if selected[0].size == 0:
@@ -369,56 +370,3 @@ def frames_for(
     if rows.size * frame_bytes <= memory_budget_bytes:
         return FramesInMemory(store, rows)
     return store.frames
-
-
-def encode_image_store(
-    store: FrameStore,
-    model: BetaVAE,
-    model_id: str,
-    rows: Iterable[int],
-    frames=None,
-    batch_size: int = 512,
-    progress: Progress | None = None,
-    group: str = LATENTS_GROUP,
-) -> int:
-    """Write μ and log σ² of the images of ``rows`` that this model has not encoded yet.
-
-    Latents of another model are cleared first. Written group by group, so a killed run resumes
-    where it stopped. ``group``: the store's latent group (another seed's, with ``--seeds``).
-
-    Parameters
-    ----------
-    store : FrameStore
-        A writable image store.
-    model : BetaVAE
-    model_id : str
-        Identifies the weights (e.g. ``pipeline.learn.checkpoint_model_id``).
-    rows : int array-like
-        Committed rows to encode.
-    frames : array-like, optional
-        ``store.frames`` or a :class:`FramesInMemory` holding ``rows``; the store's by default.
-    batch_size : int
-        Images per encoder pass.
-    progress : callable, optional
-        ``progress(stage, done, total)`` over the images encoded (see :mod:`pipeline.progress`).
-
-    Returns
-    -------
-    int
-        Number of images encoded now.
-    """
-    _check_image_store(store)
-    if store.latent_model_id_of(group) not in (None, model_id):
-        store.clear_latents(group)
-    todo = np.setdiff1d(_as_rows(rows), store.latent_rows(group))
-    if todo.size == 0:
-        return 0
-    done = 0
-    report(progress, "encoding (images)", done, todo.size)
-    for encoded, mu, logvar in iter_encode_frames(
-        model, store.frames if frames is None else frames, todo, batch_size
-    ):
-        store.write_latents(encoded, mu, logvar, model_id=model_id, group=group)
-        done += encoded.size
-        report(progress, "encoding (images)", done, todo.size)
-    return int(todo.size)

@@ -22,7 +22,8 @@ from pipeline.errors import InputError
 from pipeline.image_ingest import image_split
 from pipeline.learn import store_mi
 from pipeline.mi import MIEstimate, influential_factors
-from pipeline.models.vae import BetaVAE, check_keep_mask
+from pipeline.models.encoding import masked_reconstruction_mse
+from pipeline.models.vae import BetaVAE
 from pipeline.presets import ImagePreset
 from pipeline.report import ReportAssets, write_report
 from pipeline.report.figures import FIGURE_DPI, mi_variance_figure, topk_figure
@@ -63,46 +64,6 @@ def latent_decoder(model: BetaVAE) -> Callable[[np.ndarray], np.ndarray]:
             )
 
     return decode
-
-
-def masked_reconstruction_mse(
-    model: BetaVAE, images: np.ndarray, mu: np.ndarray, keep_mask: np.ndarray
-) -> float:
-    """Mean squared error per pixel of ``images`` decoded from ``mu``, factors outside ``keep_mask`` zeroed.
-
-    Equals ``model.reconstruct(images, keep_mask)`` against ``images``, without encoding again.
-
-    Parameters
-    ----------
-    model : BetaVAE
-    images : float array (n, C, H, W)
-        The targets, in [0, 1].
-    mu : float array (n, n_latents)
-        Their posterior means.
-    keep_mask : bool array (n_latents,)
-
-    Returns
-    -------
-    float
-        In squared pixel units ([0, 1] scale); multiply by C·H·W for the error per image.
-    """
-    if not isinstance(model, BetaVAE):
-        raise InputError("model", f"expected a BetaVAE, got {type(model).__name__}")
-    images = np.asarray(images, dtype=np.float32)
-    mu = np.asarray(mu, dtype=np.float32)
-    if images.ndim != 4 or images.shape[1:] != model.input_shape or images.shape[0] == 0:
-        raise InputError(
-            "images", f"shape {images.shape}; expected (n >= 1, {', '.join(map(str, model.input_shape))})"
-        )
-    if mu.shape != (images.shape[0], model.n_latents):
-        raise InputError("mu", f"shape {mu.shape}; expected ({images.shape[0]}, {model.n_latents})")
-    keep = check_keep_mask(keep_mask, model.n_latents).astype(np.float32)
-    decode = latent_decoder(model)
-    total = 0.0
-    for start in range(0, images.shape[0], _DECODE_BATCH):
-        decoded = decode(mu[start : start + _DECODE_BATCH] * keep)
-        total += float(np.sum((decoded - images[start : start + _DECODE_BATCH]) ** 2, dtype=np.float64))
-    return total / images.size
 
 
 def information_cutoff(
@@ -297,11 +258,15 @@ def build_image_report(
     if eval_rows.size == 0:
         raise InputError(store.path, "holds no test image; Î and the top-k table are computed on test images")
     estimate = store_mi(store, eval_rows, trials_per_read=_MI_READ_ROWS, group=group)
-    targets = store.read_frames(eval_rows)[:, 0]
-    mu = store.read_latents(eval_rows, group=group)[0][:, 0, :]
+    targets = store.read_frames(eval_rows)
+    stored_mu = store.read_latents(eval_rows, group=group)[0]
+    mu = stored_mu[:, 0, :]
 
     def mse_of(keep: np.ndarray) -> float:
-        return masked_reconstruction_mse(model, targets, mu, keep)
+        positions = np.arange(eval_rows.size)
+        return masked_reconstruction_mse(
+            model, targets, positions, keep, mu=stored_mu, trials_per_read=_DECODE_BATCH
+        )
 
     pixels_per_image = int(np.prod(model.input_shape))
     topk = topk_table(estimate, reconstruction_mse=mse_of)

@@ -6,7 +6,10 @@ same functions directly.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -75,30 +78,57 @@ def store_attrs(config: PreprocessConfig, data_kind: str, synthetic: dict | None
     }
 
 
-def open_deap_store(
-    out_dir: str, config: PreprocessConfig, data_kind: str, synthetic: dict | None = None
-) -> FrameStore:
-    """Create ``OUT/frames.zarr`` or reopen it for appending under the same preprocessing config.
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a run's store is made of and what may join it: :func:`open_store`'s argument.
 
-    Synthetic and recorded data never share a store: a report must be able to say which it is.
-    Nor do two synthetic data sets: ``synthetic`` (the spec's identity: scenario, seed, settings)
-    must match the one the store was made with, so a report describes one scenario.
+    ``config_hash``, ``attrs``, ``frame_shape`` and ``label_width`` are those of
+    :meth:`FrameStore.create_or_open`; ``refuse(path)`` raises InputError naming the store at
+    ``path`` when it holds data this run's may not join (another kind, source or layout), and
+    returns quietly when there is no store yet.
+    """
+
+    config_hash: str
+    attrs: dict
+    frame_shape: tuple[int, ...]
+    label_width: int
+    refuse: Callable[[str], None]
+
+
+def open_store(out_dir: str | os.PathLike, spec: StoreSpec) -> FrameStore:
+    """Create ``OUT/frames.zarr`` or reopen it for appending data made as ``spec`` says.
 
     Raises
     ------
     InputError
-        Naming the store, when it holds data of another kind, another synthetic scenario or
-        seed, or was built under another config.
+        Naming the store, when ``spec.refuse`` does, or when the store was built under another
+        configuration or frame shape.
     """
-    path = store_path(out_dir)
+    path = store_path(os.fspath(out_dir))
     # Checked before create_or_open, which would overwrite the stored kind with this run's.
-    check_store_accepts(out_dir, data_kind, synthetic)
+    spec.refuse(path)
     return FrameStore.create_or_open(
         path,
+        config_hash=spec.config_hash,
+        attrs=spec.attrs,
+        frame_shape=spec.frame_shape,
+        label_width=spec.label_width,
+    )
+
+
+def deap_store_spec(config: PreprocessConfig, data_kind: str, synthetic: dict | None = None) -> StoreSpec:
+    """The store of DEAP-shaped trials preprocessed with ``config`` (see :func:`open_store`).
+
+    Synthetic and recorded data never share a store: a report must be able to say which it is.
+    Nor do two synthetic data sets: ``synthetic`` (the spec's identity: scenario, seed, settings)
+    must match the one the store was made with, so a report describes one scenario.
+    """
+    return StoreSpec(
         config_hash=config.config_hash(),
         attrs=store_attrs(config, data_kind, synthetic),
         frame_shape=(config.n_windows, len(config.band_names), config.grid_size, config.grid_size),
         label_width=len(LABEL_NAMES),
+        refuse=partial(_refuse_other_data, data_kind=data_kind, synthetic=synthetic),
     )
 
 
@@ -108,7 +138,10 @@ def check_store_accepts(out_dir: str, data_kind: str, synthetic: dict | None = N
     Data of another kind, or synthetic data of another identity (scenario, seed or settings),
     would make one report describe two data sets.
     """
-    path = store_path(out_dir)
+    _refuse_other_data(store_path(out_dir), data_kind, synthetic)
+
+
+def _refuse_other_data(path: str, data_kind: str, synthetic: dict | None = None) -> None:
     try:
         stored_attrs = FrameStore.read_attrs(path)
     except InputError:  # no store yet, or not a frame store: create_or_open creates it or says why

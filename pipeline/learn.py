@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,23 +20,18 @@ from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.imaging import deap_imaging_operator
 from pipeline.mi import MIAccumulator, MIEstimate
+from pipeline.models.classifier import save_classifier, train_classifier
+from pipeline.models.encoding import masked_reconstruction_mse, read_frames
 from pipeline.models.sequence import evaluate_classifier
+from pipeline.models.state import can_resume_training
+from pipeline.models.training import TrainResult, train_vae
 from pipeline.models.vae import BetaVAE, VAEConfig
 from pipeline.normalise import BandNormalisation, fit_band_normalisation
-from pipeline.progress import Progress, report
+from pipeline.progress import Progress
 from pipeline.run_folder import RunFolder
 from pipeline.splits import Split, emotion_classes, split_by_subject, split_by_trial
 from pipeline.store import LATENTS_GROUP, FrameStore
-from pipeline.train import (
-    ClassifierConfig,
-    TrainConfig,
-    can_resume_training,
-    iter_encode_frames,
-    read_frames,
-    save_classifier,
-    train_classifier,
-    train_vae,
-)
+from pipeline.train import ClassifierConfig, TrainConfig
 from pipeline.validators import ConfigModel, NonNegativeInt, PositiveInt, RealNumber
 
 Normaliser = Callable[[np.ndarray], np.ndarray]
@@ -91,12 +87,23 @@ def make_split(store: FrameStore, protocol: str, seed: int, threshold: float) ->
     )
 
 
+# A store's frames never change their preprocessing, so its mask is computed once per handle.
+_FRAME_MASKS: weakref.WeakKeyDictionary[FrameStore, np.ndarray] = weakref.WeakKeyDictionary()
+
+
 def frame_mask(store: FrameStore) -> np.ndarray:
-    """Pixels that carry data: the scalp (electrodes' convex hull) for EEG, every pixel for images."""
-    attrs = store.attrs
-    if "preprocessing" in attrs:
-        return deap_imaging_operator(PreprocessConfig.model_validate(attrs["preprocessing"])).mask
-    return np.ones(store.frame_shape[-2:], dtype=bool)
+    """Pixels that carry data (read-only): the scalp (electrodes' convex hull) for EEG, every pixel
+    for images. Computed from the store's attrs on a handle's first call only."""
+    mask = _FRAME_MASKS.get(store)
+    if mask is None:
+        attrs = store.attrs
+        if "preprocessing" in attrs:
+            mask = deap_imaging_operator(PreprocessConfig.model_validate(attrs["preprocessing"])).mask
+        else:
+            mask = np.ones(store.frame_shape[-2:], dtype=bool)
+            mask.flags.writeable = False
+        _FRAME_MASKS[store] = mask
+    return mask
 
 
 PROTOCOLS: tuple[str, ...] = ("trial", "subject")
@@ -194,6 +201,44 @@ def stored_split(store: FrameStore, slot: str | None = None) -> Split:
     return Split.from_dict(attrs["split"])
 
 
+def train_split_vae(
+    frames,
+    split: Split,
+    vae: VAEConfig,
+    train: TrainConfig,
+    checkpoint_dir: str | Path,
+    *,
+    normalise: Normaliser | None = None,
+    resume: bool = False,
+    reuse: bool = False,
+    progress: Callable[[dict], None] | None = None,
+    steps: Progress | None = None,
+) -> TrainResult:
+    """The β-VAE training step of every run, EEG or images: train on the frames of ``split.train``,
+    stop early on ``split.val``, checkpoint in ``checkpoint_dir``.
+
+    ``frames`` are the store's (or those of the split's rows held in memory), ``normalise`` the
+    model-input transform (an EEG protocol's band normalisation; none for images). With
+    ``reuse``, a training state of this model on this split (finished, or killed midway) is
+    continued whatever ``resume`` says, so a finished one trains no epoch. ``progress`` gets
+    each epoch's history dict, ``steps`` the steps within an epoch.
+    """
+    if reuse and can_resume_training(checkpoint_dir, vae, train, split.train, split.val):
+        resume = True
+    return train_vae(
+        frames,
+        split.train,
+        split.val,
+        vae,
+        train,
+        checkpoint_dir,
+        normalise=normalise,
+        resume=resume,
+        progress=progress,
+        steps=steps,
+    )
+
+
 def train_store_vae(
     store: FrameStore,
     config: LearnConfig,
@@ -202,16 +247,11 @@ def train_store_vae(
     progress: Callable[[dict], None] | None = None,
     steps: Progress | None = None,
     slot: str | None = None,
-):
-    """Train the β-VAE on the frames of the training trials (validation trials for early stopping).
-
-    ``progress`` gets each epoch's history dict, ``steps`` the steps within an epoch.
-    """
-    split = stored_split(store, slot)
-    return train_vae(
+) -> TrainResult:
+    """:func:`train_split_vae` on a protocol's stored split, with its stored normalisation."""
+    return train_split_vae(
         store.frames,
-        split.train,
-        split.val,
+        stored_split(store, slot),
         config.vae,
         config.train,
         checkpoint_dir,
@@ -258,44 +298,6 @@ def checkpoint_model_id(checkpoint_dir: str | Path, which: str = "best") -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def encode_store(
-    store: FrameStore,
-    model: BetaVAE,
-    model_id: str,
-    batch_size: int = 1024,
-    progress: Progress | None = None,
-    slot: str | None = None,
-    group: str | None = None,
-) -> int:
-    """Write μ and log σ² of every frame of every committed trial not yet encoded by this model.
-
-    Written trial group by trial group, so a killed run resumes where it stopped. Latents of
-    another model (or written without a model id) are cleared first. Returns the number of
-    trials encoded: 0 when every committed trial already has this model's latents. ``progress``
-    counts the trials encoded (see :mod:`pipeline.progress`). The frames are normalised as
-    protocol ``slot``'s; the latents go to ``group`` (default: the slot's, see :func:`latent_set`;
-    another seed of the same protocol has its own, see :func:`seed_latent_set`).
-    """
-    if not isinstance(model, BetaVAE):
-        raise InputError("model", f"expected a BetaVAE, got {type(model).__name__}")
-    if not isinstance(model_id, str) or not model_id:
-        raise InputError("model_id", f"must be a non-empty str, got {model_id!r}")
-    group = latent_set(slot) if group is None else group
-    if store.latent_model_id_of(group) != model_id:
-        store.clear_latents(group)
-    todo = np.setdiff1d(store.committed_rows(), store.latent_rows(group))
-    if todo.size == 0:
-        return 0
-    normalise = store_normaliser(store, slot)
-    done = 0
-    report(progress, "encoding (trials)", done, todo.size)
-    for rows, mu, logvar in iter_encode_frames(model, store.frames, todo, batch_size, normalise):
-        store.write_latents(rows, mu, logvar, model_id=model_id, group=group)
-        done += rows.size
-        report(progress, "encoding (trials)", done, todo.size)
-    return int(todo.size)
 
 
 def store_mi(
@@ -356,23 +358,18 @@ def train_store_classifier(
 def reconstruction_mse(
     model: BetaVAE, store: FrameStore, rows: np.ndarray, keep_mask: np.ndarray, trials_per_read: int = 16
 ) -> float:
-    """Mean squared error per data pixel (normalised units) of the frames of ``rows``, decoded from μ
-    with the factors outside ``keep_mask`` set to zero. Pixels outside the scalp are not counted."""
-    rows = np.asarray(rows)
-    if rows.ndim != 1 or rows.size == 0:
-        raise InputError(f"{store.path} rows", f"shape {rows.shape}; expected a non-empty 1-D array of rows")
-    normalise = store_normaliser(store)
-    mask = torch.from_numpy(frame_mask(store).copy())  # the cached operator's mask is read-only
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(rows), trials_per_read):
-            block = read_frames(store.frames, rows[start : start + trials_per_read], normalise)
-            frames = torch.from_numpy(block.reshape(-1, *block.shape[2:])).to(device)
-            error = (model.reconstruct(frames, keep_mask).cpu() - frames.cpu()) ** 2
-            total += float(error[..., mask].sum(dtype=torch.float64))
-            count += int(error[..., mask].numel())
-    return total / count
+    """Mean squared error per scalp pixel (the main protocol's normalised units) of the frames of
+    ``rows``, decoded from μ with the factors outside ``keep_mask`` set to zero (see
+    :func:`pipeline.models.encoding.masked_reconstruction_mse`)."""
+    return masked_reconstruction_mse(
+        model,
+        store.frames,
+        rows,
+        keep_mask,
+        normalise=store_normaliser(store),
+        pixel_mask=frame_mask(store),
+        trials_per_read=trials_per_read,
+    )
 
 
 def vae_validation_scores(

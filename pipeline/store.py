@@ -5,6 +5,9 @@ Layout (a contract other stages and reports rely on)::
     frames          float32 (n_rows, *frame_shape), one chunk per trial, fill NaN
     labels          float32 (n_rows, label_width)
     subject, trial  int32 (n_rows,)
+    split           int8 (n_rows,): an image's part of its reader's split (0 train, 1 validation,
+                    2 test); -1 for EEG trials, which the learn stage splits. Stores written
+                    before this array existed lack it (see :data:`SPLIT_ARRAY`).
     source          UTF-8 string (n_rows,): the file the trial came from
     source_sha256   UTF-8 string (n_rows,): hex SHA-256 of that file
     committed       bool (n_rows,): True once every array of the row is written
@@ -50,6 +53,10 @@ from pipeline.validators import check_json_native, utc_now
 STORE_FORMAT = "eegmi-frames/1"
 MANAGED_ATTRS = ("config_hash", "package_version", "created", "updated", "store_format")
 ROW_ARRAYS = ("frames", "labels", "subject", "trial", "source", "source_sha256")
+# Per-row split part; optional, so that EEG stores written before it existed still open (their
+# rows read -1, no stored split). Image stores cannot do without it: see pipeline.image_ingest.
+SPLIT_ARRAY = "split"
+NO_SPLIT = -1
 COMMIT_ARRAY = "committed"
 LATENTS_GROUP = "latents"
 LATENT_MARKER = "encoded"
@@ -114,6 +121,15 @@ def _as_row_vector(values: Any, where: str, name: str, n_expected: int) -> np.nd
     if array.size and (array.min() < info.min or array.max() > info.max):
         raise InputError(where, f"{name} holds values outside the int32 range")
     return array.astype(np.int32)
+
+
+def _split_parts(values: Any, where: str, n_expected: int) -> np.ndarray:
+    if values is None:
+        return np.full(n_expected, NO_SPLIT, dtype=np.int8)
+    parts = _as_row_vector(values, where, "split", n_expected)
+    if not np.isin(parts, (NO_SPLIT, 0, 1, 2)).all():
+        raise InputError(where, "split holds parts other than 0 (train), 1 (validation), 2 (test) or -1")
+    return parts.astype(np.int8)
 
 
 def _per_row_names(values: str | Sequence[str], name: str, n_expected: int, where: str) -> list[str]:
@@ -282,14 +298,15 @@ class FrameStore:
         for name in (*ROW_ARRAYS, COMMIT_ARRAY):
             if name not in present:
                 raise InputError(path, f"is not a frame store: array {name!r} is missing")
+        self._row_arrays = (*ROW_ARRAYS, SPLIT_ARRAY) if SPLIT_ARRAY in present else ROW_ARRAYS
         self._load_rows()
 
     def _load_rows(self) -> None:
         """Read the arrays' current shapes and commit markers (other handles may have written since)."""
         group, path = self._group, self.path
-        self._arrays = {name: group[name] for name in (*ROW_ARRAYS, COMMIT_ARRAY)}
+        self._arrays = {name: group[name] for name in (*self._row_arrays, COMMIT_ARRAY)}
         capacity = self._arrays[COMMIT_ARRAY].shape[0]
-        for name in ROW_ARRAYS:
+        for name in self._row_arrays:
             if self._arrays[name].shape[0] < capacity:
                 raise InputError(
                     path,
@@ -487,6 +504,19 @@ class FrameStore:
         return self._read_committed("subject")
 
     @property
+    def has_split(self) -> bool:
+        """Whether the store has the per-row ``split`` array (stores written before it lack it)."""
+        return SPLIT_ARRAY in self._arrays
+
+    @property
+    def split(self) -> np.ndarray:
+        """int8 (n_committed,): each row's stored split part (0 train, 1 validation, 2 test), or -1
+        where the row has none (EEG trials, and every row of a store without the array)."""
+        if not self.has_split:
+            return np.full(int(np.count_nonzero(self._committed)), NO_SPLIT, dtype=np.int8)
+        return self._read_committed(SPLIT_ARRAY)
+
+    @property
     def trial(self) -> np.ndarray:
         """int32 (n_committed,): each trial's index within its source file."""
         return self._read_committed("trial")
@@ -532,6 +562,7 @@ class FrameStore:
         trial: np.ndarray,
         source: str | Sequence[str],
         source_sha256: str | Sequence[str],
+        split: np.ndarray | None = None,
     ) -> int:
         """Write the trials of one source file (or one file per trial) that the store does not hold yet.
 
@@ -549,6 +580,8 @@ class FrameStore:
             per file (CelebA's JPEGs) writes many files in one call.
         source_sha256 : str or sequence of k str
             64 lowercase hex digits: SHA-256 of the source file, or of each trial's file.
+        split : int array (k,), optional
+            Each row's split part (0 train, 1 validation, 2 test); -1 (no stored split) if None.
 
         Returns
         -------
@@ -577,6 +610,7 @@ class FrameStore:
         labels = _as_finite_float32(labels, where, "labels", (n_trials, self.label_width))
         subject = _as_row_vector(subject, where, "subject", n_trials)
         trial = _as_row_vector(trial, where, "trial", n_trials)
+        split = _split_parts(split, where, n_trials)
         if n_trials and trial.min() < 0:
             raise InputError(where, "trial holds negative indices")
         if len(set(zip(shas, trial.tolist(), strict=True))) != n_trials:
@@ -605,6 +639,7 @@ class FrameStore:
                 "trial": trial[new],
                 "source": np.array(sources)[new],
                 "source_sha256": np.array(shas)[new],
+                SPLIT_ARRAY: split[new],
             }
             # All before the commit marker, which makes the rows visible.
             write_rows_together([(self._arrays[name], values) for name, values in row_values.items()], rows)
@@ -750,7 +785,7 @@ class FrameStore:
         if n_grow:
             new_size = self.n_rows + n_grow
             # The marker is resized last so that it never covers rows another array lacks.
-            for name in ROW_ARRAYS:
+            for name in self._row_arrays:
                 array = self._arrays[name]
                 array.resize((new_size, *array.shape[1:]))
             self._arrays[COMMIT_ARRAY].resize((new_size,))
@@ -834,6 +869,7 @@ def _complete_layout(group: zarr.Group, frame_shape: tuple[int, ...], label_widt
         ),
         "subject": dict(shape=(0,), chunks=(ROW_CHUNK,), dtype="int32", fill_value=-1),
         "trial": dict(shape=(0,), chunks=(ROW_CHUNK,), dtype="int32", fill_value=-1),
+        SPLIT_ARRAY: dict(shape=(0,), chunks=(ROW_CHUNK,), dtype="int8", fill_value=NO_SPLIT),
         "source": dict(shape=(0,), chunks=(ROW_CHUNK,), dtype=str),
         "source_sha256": dict(shape=(0,), chunks=(ROW_CHUNK,), dtype=str),
         COMMIT_ARRAY: dict(shape=(0,), chunks=(ROW_CHUNK,), dtype="bool", fill_value=False),
@@ -842,4 +878,6 @@ def _complete_layout(group: zarr.Group, frame_shape: tuple[int, ...], label_widt
     # The marker comes last so that a store holding it holds every other array.
     for name, spec in specs.items():
         if name not in present:
-            group.create_array(name, **spec)
+            array = group.create_array(name, **spec)
+            if COMMIT_ARRAY in present:  # a store written before the array existed: its rows read -1
+                array.resize((group[COMMIT_ARRAY].shape[0], *array.shape[1:]))

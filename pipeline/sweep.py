@@ -18,9 +18,9 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.learn import store_normaliser, vae_validation_scores
 from pipeline.mi import MIAccumulator, influential_factors
+from pipeline.models.encoding import iter_encode_frames
 from pipeline.models.vae import BetaVAE
 from pipeline.store import FrameStore
-from pipeline.train import iter_encode_frames
 
 MSE_TOLERANCE = 0.10
 RULE = (

@@ -15,25 +15,28 @@ import torch
 from pipeline.config import PreprocessConfig
 from pipeline.deap_report import analyse_seed, build_deap_report
 from pipeline.factors import FactorRules
-from pipeline.ingest import ingest_trials, open_deap_store
+from pipeline.ingest import deap_store_spec, ingest_trials, open_store
 from pipeline.learn import (
     LearnConfig,
     checkpoint_model_id,
-    encode_store,
     fit_store_normalisation,
     make_split,
     seed_latent_set,
+    store_normaliser,
     train_store_classifier,
     train_store_vae,
     with_model_seed,
 )
+from pipeline.models.classifier import load_classifier
+from pipeline.models.encoding import encode_store
+from pipeline.models.state import load_vae
 from pipeline.models.vae import VAEConfig
 from pipeline.presets import deap_preset
 from pipeline.sources.synthetic import generate_subject, ground_truth
 from pipeline.sources.synthetic_spec import scenario_spec
 from pipeline.stability import consensus_factors, representative_seed
 from pipeline.store import FrameStore
-from pipeline.train import ClassifierConfig, TrainConfig, load_classifier, load_vae
+from pipeline.train import ClassifierConfig, TrainConfig
 
 LEARN = LearnConfig(
     # The presets' learned decoder variance. With a unit variance this small run is fragile: on
@@ -71,7 +74,7 @@ def run_scenario(
     try:
         spec = scenario_spec(scenario, n_subjects=n_subjects, seed=seed, n_trials=n_trials)
         config = PreprocessConfig()
-        store = open_deap_store(str(out_dir), config, "synthetic", spec.identity())
+        store = open_store(str(out_dir), deap_store_spec(config, "synthetic", spec.identity()))
         for subject in range(1, spec.n_subjects + 1):
             ingest_trials(store, generate_subject(spec, subject), config)
         store = FrameStore.open(str(out_dir / "frames.zarr"), writable=True)
@@ -87,6 +90,7 @@ def run_scenario(
                 store,
                 load_vae(checkpoints[k]),
                 checkpoint_model_id(checkpoints[k]),
+                normalise=store_normaliser(store),
                 group=seed_latent_set(k, reference),
             )
         analyses = None

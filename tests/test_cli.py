@@ -168,12 +168,12 @@ def test_synthetic_preprocess_exits_0_and_reports_the_store(prefect_harness, tmp
 
 def test_another_scenario_or_seed_is_refused_in_one_line_and_leaves_the_store(tmp_path, capsys):
     from pipeline.config import PreprocessConfig
-    from pipeline.ingest import open_deap_store
+    from pipeline.ingest import deap_store_spec, open_store
     from pipeline.sources.synthetic_spec import scenario_spec
 
     out = tmp_path / "out"
     stored = scenario_spec("planted", n_subjects=1, seed=4)
-    open_deap_store(str(out), PreprocessConfig(), "synthetic", stored.identity())
+    open_store(str(out), deap_store_spec(PreprocessConfig(), "synthetic", stored.identity()))
     path = store_path(str(out))
     before = FrameStore.open(path).attrs
 

@@ -61,8 +61,8 @@ def _pause(gate: str | None) -> None:
 def _stop_at(stage: str, nth: int, gate: str | None) -> None:
     """Make ``stage`` pause at its ``nth`` step: before a trial commit (ingest), after a checkpoint
     save (training), after a trial's latents are written (encoding), after a report file (report)."""
+    import pipeline.models.training
     import pipeline.report.writer
-    import pipeline.train
 
     calls = {"n": 0}
 
@@ -81,7 +81,8 @@ def _stop_at(stage: str, nth: int, gate: str | None) -> None:
     if stage == "ingest":
         FrameStore._commit = counted(FrameStore._commit, before=True)
     elif stage == "training":
-        pipeline.train.VAETrainer._save = counted(pipeline.train.VAETrainer._save, before=False)
+        trainer = pipeline.models.training.VAETrainer
+        trainer._save = counted(trainer._save, before=False)
     elif stage == "encoding":
         FrameStore.write_latents = counted(FrameStore.write_latents, before=False)
     elif stage == "report":

@@ -19,18 +19,16 @@ from flows.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from pipeline.errors import InputError
 from pipeline.image_report import (
     information_cutoff,
-    masked_reconstruction_mse,
     traversal_montage,
 )
 from pipeline.mi import DEFAULT_TOPK_PERCENTS, estimate_mi
-from pipeline.models.vae import VAEConfig
+from pipeline.models.state import load_vae
 from pipeline.report import ReportAssets, render_report_html
 from pipeline.report.figures import PNG_SIGNATURE
 from pipeline.sources.celeba import IMAGE_FOLDER, PARTITION_FILE
 from pipeline.sources.images import SPLIT_TEST
 from pipeline.sources.mnist import MNIST_FILES, digits_as_mnist, write_idx
 from pipeline.store import FrameStore
-from pipeline.train import load_vae
 
 CORRUPT = "000005.jpg"
 
@@ -77,8 +75,8 @@ def test_mnist_flow_writes_table_2_and_montages_and_a_rerun_adds_nothing(tmp_pat
 
     # Î, Table 2's errors and its 0 % row, recomputed from the store and the checkpoint.
     store = FrameStore.open(out / "frames.zarr")
-    test_rows = store.committed_rows()[store.subject == SPLIT_TEST]
-    assert sorted(store.source[store.subject == SPLIT_TEST]) == [MNIST_FILES["test_images"]] * 30
+    test_rows = store.committed_rows()[store.split == SPLIT_TEST]
+    assert sorted(store.source[store.split == SPLIT_TEST]) == [MNIST_FILES["test_images"]] * 30
     np.testing.assert_allclose(
         per_factor, estimate_mi(*store.read_latents(test_rows)).per_factor_nats, rtol=1e-9
     )
@@ -145,7 +143,7 @@ def test_mnist_with_two_seeds_matches_their_factors_and_reuses_a_trained_seed(
     reported = stability["reported_seed"]
     assert f"the report is seed {reported}'s" in printed
     store = FrameStore.open(out / "frames.zarr")
-    test_rows = store.committed_rows()[store.subject == SPLIT_TEST]
+    test_rows = store.committed_rows()[store.split == SPLIT_TEST]
     group = "latents" if reported == 4 else "latents_seed5"
     # The report's Î is the reported seed's, from its own latents.
     np.testing.assert_allclose(
@@ -310,19 +308,6 @@ def test_celeba_flow_names_and_skips_a_corrupt_jpeg_and_stores_the_rest(tmp_path
     html = (out / "report.html").read_text(encoding="utf-8")
     assert len(html) > 10_000 and "Influential factors and their traversals — CelebA" in html
     assert "electrode" not in html.lower() and "emotion" not in html.lower()
-
-
-def test_masked_reconstruction_mse_equals_reconstructing_with_the_mask():
-    torch.manual_seed(3)
-    model = VAEConfig((1, 28, 28), n_latents=6, likelihood="bernoulli").build().eval()
-    images = torch.rand(9, 1, 28, 28)
-    keep = np.array([True, False, True, True, False, False])
-    with torch.no_grad():
-        mu = model.encode(images)[0].numpy()
-        expected = float(((model.reconstruct(images, keep) - images) ** 2).mean())
-    assert masked_reconstruction_mse(model, images.numpy(), mu, keep) == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(InputError, match=r"mu: shape \(9, 5\)"):
-        masked_reconstruction_mse(model, images.numpy(), mu[:, :5], keep)
 
 
 def test_information_cutoff_keeps_the_fewest_factors_holding_99_percent():

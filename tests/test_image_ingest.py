@@ -1,5 +1,8 @@
 """Image batches into the frame store: keys, splits, caps, skipped JPEGs, frames in memory, latents."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,12 +12,13 @@ from pipeline.errors import InputError
 from pipeline.image_ingest import (
     FramesInMemory,
     ImageStoreConfig,
-    encode_image_store,
     frames_for,
     image_split,
+    image_store_spec,
     ingest_image_batches,
-    open_image_store,
 )
+from pipeline.ingest import open_store
+from pipeline.models.encoding import encode_store
 from pipeline.models.vae import VAEConfig
 from pipeline.presets import SplitCaps
 from pipeline.sources.celeba import IMAGE_FOLDER, iter_celeba
@@ -65,14 +69,14 @@ def _stored_by_key(store):
     rows = store.committed_rows()
     frames = store.read_frames(rows)
     return {
-        (str(source), int(index)): (frames[i, 0, 0], float(store.labels[i, 0]), int(store.subject[i]))
+        (str(source), int(index)): (frames[i, 0, 0], float(store.labels[i, 0]), int(store.split[i]))
         for i, (source, index) in enumerate(zip(store.source, store.trial, strict=True))
     }
 
 
 def test_idx_files_round_trip_through_the_store_and_a_rerun_writes_nothing(tmp_path, mnist_folder):
     folder, arrays = mnist_folder
-    store = open_image_store(tmp_path / "run", _config(seed=3), "idx", str(folder))
+    store = open_store(tmp_path / "run", image_store_spec(_config(seed=3), "idx", str(folder)))
     result = ingest_image_batches(store, iter_mnist_folder(folder, batch_size=16, seed=3))
     assert (result.n_read, result.n_written, result.n_sources) == (N_TRAIN + N_TEST, N_TRAIN + N_TEST, 2)
     stored = _stored_by_key(store)
@@ -88,8 +92,9 @@ def test_idx_files_round_trip_through_the_store_and_a_rerun_writes_nothing(tmp_p
         assert label == arrays["test_labels"][index] and part == SPLIT_TEST
     shas = set(store.source_sha256)
     assert shas == {file_sha256(folder / train_name), file_sha256(folder / test_name)}
+    assert (store.subject == -1).all()  # images have no subjects; the split has its own column
 
-    again = open_image_store(tmp_path / "run", _config(seed=3), "idx", str(folder))
+    again = open_store(tmp_path / "run", image_store_spec(_config(seed=3), "idx", str(folder)))
     rerun = ingest_image_batches(again, iter_mnist_folder(folder, batch_size=7, seed=3))
     assert rerun.n_read == N_TRAIN + N_TEST and rerun.n_written == 0
     assert len(again.committed_rows()) == N_TRAIN + N_TEST
@@ -97,7 +102,7 @@ def test_idx_files_round_trip_through_the_store_and_a_rerun_writes_nothing(tmp_p
 
 def test_caps_take_the_first_images_of_each_part_and_grow_without_duplicates(tmp_path, mnist_folder):
     folder, _ = mnist_folder
-    store = open_image_store(tmp_path / "run", _config(), "idx", str(folder))
+    store = open_store(tmp_path / "run", image_store_spec(_config(), "idx", str(folder)))
     small = ingest_image_batches(store, iter_mnist_folder(folder, batch_size=8), SplitCaps(5, 2, 3))
     assert small.taken == {"train": 5, "val": 2, "test": 3}
     assert small.n_written == 10
@@ -127,11 +132,11 @@ def test_an_interrupted_ingest_resumes_without_duplicates(tmp_path, mnist_folder
                 raise KeyboardInterrupt
             yield batch
 
-    store = open_image_store(tmp_path / "run", _config(), "idx", str(folder))
+    store = open_store(tmp_path / "run", image_store_spec(_config(), "idx", str(folder)))
     with pytest.raises(KeyboardInterrupt):
         ingest_image_batches(store, killed_after_two_batches())
     assert len(store.committed_rows()) == 18
-    resumed = open_image_store(tmp_path / "run", _config(), "idx", str(folder))
+    resumed = open_store(tmp_path / "run", image_store_spec(_config(), "idx", str(folder)))
     result = ingest_image_batches(resumed, iter_mnist_folder(folder, batch_size=9))
     assert result.n_written == N_TRAIN + N_TEST - 18
     assert len(resumed.stored_keys()) == len(resumed.committed_rows()) == N_TRAIN + N_TEST
@@ -150,7 +155,9 @@ def test_celeba_folder_with_a_corrupt_jpeg_stores_the_others_one_source_each(tmp
     corrupt = image_dir / "000003.jpg"
     corrupt.write_bytes(corrupt.read_bytes()[:200])
     skipped = []
-    store = open_image_store(tmp_path / "run", _config(shape=(3, 64, 64), dataset="celeba"), "images", "x")
+    store = open_store(
+        tmp_path / "run", image_store_spec(_config(shape=(3, 64, 64), dataset="celeba"), "images", "x")
+    )
     batches = iter_celeba(tmp_path / "celeba", batch_size=3, skipped=skipped)
     result = ingest_image_batches(store, batches, skipped=skipped)
     assert [entry["name"] for entry in result.skipped] == ["000003.jpg"]
@@ -189,14 +196,14 @@ def test_a_jpeg_folder_is_written_one_store_call_per_batch_and_resumes_after_a_k
                 raise KeyboardInterrupt
             yield batch
 
-    store = open_image_store(tmp_path / "run", config, "images", "x")
+    store = open_store(tmp_path / "run", image_store_spec(config, "images", "x"))
     with pytest.raises(KeyboardInterrupt):
         ingest_image_batches(store, killed_after_one_batch())
     assert writes == [["000001.jpg", "000002.jpg", "000003.jpg", "000004.jpg"]]
     assert len(store.committed_rows()) == 4
 
     skipped = []
-    resumed = open_image_store(tmp_path / "run", config, "images", "x")
+    resumed = open_store(tmp_path / "run", image_store_spec(config, "images", "x"))
     result = ingest_image_batches(
         resumed, iter_celeba(tmp_path / "celeba", batch_size=4, skipped=skipped), skipped=skipped
     )
@@ -214,15 +221,15 @@ def test_a_jpeg_folder_is_written_one_store_call_per_batch_and_resumes_after_a_k
 
 def test_a_store_refuses_another_source_seed_or_shape(tmp_path):
     store_dir = tmp_path / "run"
-    open_image_store(store_dir, _config(seed=0), "idx", "/data/mnist")
+    open_store(store_dir, image_store_spec(_config(seed=0), "idx", "/data/mnist"))
     with pytest.raises(InputError, match=r"data_source '/data/mnist'.*use a new --out folder"):
-        open_image_store(store_dir, _config(seed=0), "idx", "/data/fashion")
+        open_store(store_dir, image_store_spec(_config(seed=0), "idx", "/data/fashion"))
     with pytest.raises(InputError, match="data_kind 'idx'"):
-        open_image_store(store_dir, _config(seed=0), "images", "/data/mnist")
+        open_store(store_dir, image_store_spec(_config(seed=0), "images", "/data/mnist"))
     with pytest.raises(InputError, match="config"):
-        open_image_store(store_dir, _config(seed=1), "idx", "/data/mnist")
+        open_store(store_dir, image_store_spec(_config(seed=1), "idx", "/data/mnist"))
     with pytest.raises(InputError, match="data_kind"):
-        open_image_store(tmp_path / "other", _config(), "jpeg", "/data/mnist")
+        open_store(tmp_path / "other", image_store_spec(_config(), "jpeg", "/data/mnist"))
 
 
 def _batch(n=4, split=True, shape=(1, 28, 28), origin="batch-origin"):
@@ -238,7 +245,7 @@ def _batch(n=4, split=True, shape=(1, 28, 28), origin="batch-origin"):
 
 
 def test_bad_batches_are_refused_naming_their_origin(tmp_path):
-    store = open_image_store(tmp_path / "run", _config(), "idx", "x")
+    store = open_store(tmp_path / "run", image_store_spec(_config(), "idx", "x"))
     with pytest.raises(InputError, match="batch-origin: batch carries no train/val/test split"):
         ingest_image_batches(store, [_batch(split=False)])
     with pytest.raises(InputError, match=r"batch-origin: images are \(3, 64, 64\)"):
@@ -250,7 +257,7 @@ def test_bad_batches_are_refused_naming_their_origin(tmp_path):
 
 def test_frames_in_memory_match_the_store_and_encoding_writes_each_row_once(tmp_path, mnist_folder):
     folder, _ = mnist_folder
-    store = open_image_store(tmp_path / "run", _config(), "idx", str(folder))
+    store = open_store(tmp_path / "run", image_store_spec(_config(), "idx", str(folder)))
     ingest_image_batches(store, iter_mnist_folder(folder, batch_size=32))
     split = image_split(store)
     held = FramesInMemory(store, split.test)
@@ -263,24 +270,53 @@ def test_frames_in_memory_match_the_store_and_encoding_writes_each_row_once(tmp_
 
     torch.manual_seed(0)
     model = VAEConfig((1, 28, 28), n_latents=3).build().eval()
-    assert encode_image_store(store, model, "model-a", split.test, held, batch_size=5) == split.test.size
-    assert encode_image_store(store, model, "model-a", split.test, held) == 0
+    assert encode_store(store, model, "model-a", split.test, frames=held, batch_size=5) == split.test.size
+    assert encode_store(store, model, "model-a", split.test, frames=held) == 0
     mu, logvar = store.read_latents(split.test)
     with torch.no_grad():
         expected_mu, expected_logvar = model.encode(torch.from_numpy(store.read_frames(split.test)[:, 0]))
     np.testing.assert_allclose(mu[:, 0], expected_mu.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logvar[:, 0], expected_logvar.numpy(), rtol=1e-5, atol=1e-6)
     # Another model's latents replace the first model's instead of mixing with them.
-    assert encode_image_store(store, model, "model-b", split.val) == split.val.size
+    assert encode_store(store, model, "model-b", split.val) == split.val.size
     assert np.array_equal(store.latent_rows(), split.val) and store.latent_model_id == "model-b"
 
 
 def test_image_split_refuses_a_store_without_training_images(tmp_path):
-    store = open_image_store(tmp_path / "run", _config(), "idx", "x")
+    store = open_store(tmp_path / "run", image_store_spec(_config(), "idx", "x"))
     batch = _batch()
     store.add_trials(
-        frames=batch.images[:, None], labels=batch.labels, subject=np.full(4, SPLIT_VAL),
-        trial=batch.index, source="a.idx", source_sha256="ab" * 32,
+        frames=batch.images[:, None], labels=batch.labels, subject=np.full(4, -1),
+        trial=batch.index, source="a.idx", source_sha256="ab" * 32, split=np.full(4, SPLIT_VAL),
     )  # fmt: skip
     with pytest.raises(InputError, match="holds no training image"):
         image_split(store)
+
+
+# An image store written before stores had a split column (by the previous release's
+# open_image_store and ingest_image_batches): six 4x4 images, their split parts 0 0 0 1 2 2 kept
+# in the subject column.
+OLD_LAYOUT_STORE = Path(__file__).parent / "data" / "old-image-store"
+
+
+def test_an_image_store_of_the_older_layout_is_refused_with_a_line_that_says_to_rerun(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(OLD_LAYOUT_STORE, run / "frames.zarr")
+    old = FrameStore.open(run / "frames.zarr")
+    assert old.subject.tolist() == [0, 0, 0, 1, 2, 2] and not old.has_split
+    config = ImageStoreConfig(
+        dataset="mnist",
+        image_shape=(1, 4, 4),
+        preprocessing="IDX unsigned bytes / 255",
+        split_rule="fixed: 3 train, 1 validation, 2 test",
+    )
+    refusal = r"frames.zarr: is an image store of an older layout .*; rerun into a new --out folder$"
+    with pytest.raises(InputError, match=refusal) as raised:
+        open_store(run, image_store_spec(config, "idx", "/data/mnist"))
+    assert "\n" not in str(raised.value)
+    with pytest.raises(InputError, match=refusal):
+        image_split(old)
+    # Refused before anything was written: the store keeps its old layout.
+    assert not (run / "frames.zarr" / "split").exists()
+    assert not FrameStore.open(run / "frames.zarr").has_split

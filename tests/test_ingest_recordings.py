@@ -23,8 +23,10 @@ import torch
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.factors import FactorRules
-from pipeline.ingest import ingest_trials, open_deap_store, trials_to_frames
+from pipeline.ingest import deap_store_spec, ingest_trials, open_store, trials_to_frames
 from pipeline.learn import LearnConfig, checkpoint_model_id, store_normaliser
+from pipeline.models.encoding import encode_frames
+from pipeline.models.state import load_vae
 from pipeline.models.vae import VAEConfig
 from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset
 from pipeline.run_folder import store_path
@@ -33,7 +35,7 @@ from pipeline.sources.synthetic import generate_subject
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 from pipeline.sources.trials import DEAP_CHANNELS, SFREQ, file_sha256
 from pipeline.store import FrameStore
-from pipeline.train import ClassifierConfig, TrainConfig, encode_frames, load_vae
+from pipeline.train import ClassifierConfig, TrainConfig
 
 TRIALS_PER_RECORDING = 2
 TRIAL_SECONDS = 63.0
@@ -204,11 +206,11 @@ def test_recordings_join_real_data_stores_but_never_synthetic_ones(tmp_path, rec
     config = PreprocessConfig()
     assert recordings_store_kind(str(tmp_path / "new")) == ("raw", config)
 
-    open_deap_store(str(tmp_path / "deap"), config, "deap-python")
+    open_store(str(tmp_path / "deap"), deap_store_spec(config, "deap-python"))
     assert recordings_store_kind(str(tmp_path / "deap")) == ("deap-python", config)
 
     synthetic_dir = str(tmp_path / "synthetic")
-    store = open_deap_store(synthetic_dir, config, "synthetic")
+    store = open_store(synthetic_dir, deap_store_spec(config, "synthetic"))
     ingest_trials(store, generate_subject(SyntheticDeapSpec(n_subjects=1, n_trials=1), 1), config)
     with pytest.raises(InputError, match=r"frames\.zarr: holds synthetic data; recordings join only"):
         recordings_store_kind(synthetic_dir)
@@ -219,7 +221,7 @@ def test_a_synthetic_run_folder_refuses_recordings_and_keeps_its_store(prefect_h
 
     out_dir = tmp_path / "synthetic"
     config = PreprocessConfig()
-    store = open_deap_store(str(out_dir), config, "synthetic")
+    store = open_store(str(out_dir), deap_store_spec(config, "synthetic"))
     ingest_trials(store, generate_subject(SyntheticDeapSpec(n_subjects=1, n_trials=1), 1), config)
     before = file_digests(out_dir / "frames.zarr")
 

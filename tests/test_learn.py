@@ -16,15 +16,15 @@ import torch
 import zarr
 
 import pipeline.learn as learn
+import pipeline.models.encoding
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
 from pipeline.imaging import deap_imaging_operator
-from pipeline.ingest import ingest_trials, open_deap_store
+from pipeline.ingest import deap_store_spec, ingest_trials, open_store
 from pipeline.learn import (
     LearnConfig,
     checkpoint_model_id,
-    encode_store,
     fit_store_normalisation,
     make_split,
     reconstruction_mse,
@@ -35,22 +35,17 @@ from pipeline.learn import (
     train_store_vae,
 )
 from pipeline.mi import estimate_mi
+from pipeline.models.classifier import load_classifier
+from pipeline.models.encoding import encode_frames, encode_store, iter_encode_frames, read_frames
 from pipeline.models.sequence import evaluate_classifier
+from pipeline.models.state import load_vae
 from pipeline.models.vae import VAEConfig
 from pipeline.sources.synthetic import generate_subject
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 from pipeline.splits import Split, emotion_classes
 from pipeline.store import FrameStore
 from pipeline.tables import topk_table
-from pipeline.train import (
-    ClassifierConfig,
-    TrainConfig,
-    encode_frames,
-    iter_encode_frames,
-    load_classifier,
-    load_vae,
-    read_frames,
-)
+from pipeline.train import ClassifierConfig, TrainConfig
 
 N_SUBJECTS = 3
 TRIALS_PER_SUBJECT = 8
@@ -83,7 +78,7 @@ def base_store(tmp_path_factory) -> Path:
     """A store of 3 synthetic subjects × 8 trials, split by trial and normalised; tests copy it."""
     out_dir = tmp_path_factory.mktemp("learn-base")
     config = PreprocessConfig()
-    store = open_deap_store(str(out_dir), config, "synthetic")
+    store = open_store(str(out_dir), deap_store_spec(config, "synthetic"))
     spec = SyntheticDeapSpec(n_subjects=N_SUBJECTS, n_trials=TRIALS_PER_SUBJECT, seed=5)
     for subject in range(1, N_SUBJECTS + 1):
         ingest_trials(store, generate_subject(spec, subject), config)
@@ -141,7 +136,13 @@ def encoded(base_store, trained, tmp_path_factory) -> dict:
     """A copy of the clean store with every trial encoded by the trained model."""
     store = copy_store(base_store, tmp_path_factory.mktemp("learn-encoded"))
     model = load_vae(trained["checkpoint_dir"], "best")
-    encode_store(store, model, checkpoint_model_id(trained["checkpoint_dir"]), batch_size=256)
+    encode_store(
+        store,
+        model,
+        checkpoint_model_id(trained["checkpoint_dir"]),
+        normalise=store_normaliser(store),
+        batch_size=256,
+    )
     return {"store": store, "model": model, "split": stored_split(store)}
 
 
@@ -299,6 +300,27 @@ def test_a_second_protocol_keeps_its_own_split_statistics_and_latents(base_store
         stored_split(store, "subject")
 
 
+def test_the_scalp_mask_is_built_once_per_store_handle(base_store, tmp_path, monkeypatch):
+    built = []
+
+    def counting_operator(config):
+        built.append(config)
+        return deap_imaging_operator(config)
+
+    monkeypatch.setattr(learn, "deap_imaging_operator", counting_operator)
+    store = FrameStore.open(base_store)
+    normaliser = store_normaliser(store)
+    block = store.read_frames(store.committed_rows()[:2])
+    first = normaliser(block)
+    assert np.array_equal(store_normaliser(store)(block), first)
+    mask = learn.frame_mask(store)
+    assert len(built) == 1 and mask.sum() == deap_imaging_operator(PreprocessConfig()).mask.sum() < mask.size
+    assert not mask.flags.writeable  # shared by every caller: nobody may change it
+    # Another handle (another store, or the same one reopened) builds its own.
+    learn.frame_mask(FrameStore.open(base_store))
+    assert len(built) == 2
+
+
 def test_run_protocols_lists_the_main_protocol_first():
     assert learn.run_protocols("both") == ("trial", "subject")
     assert learn.run_protocols("subject") == ("subject",)
@@ -345,7 +367,7 @@ def test_encode_store_writes_every_committed_trial_once(base_store, trained, tmp
     model = load_vae(trained["checkpoint_dir"], "best")
     model_id = checkpoint_model_id(trained["checkpoint_dir"])
 
-    assert encode_store(store, model, model_id, batch_size=256) == N_TRIALS
+    assert encode_store(store, model, model_id, normalise=store_normaliser(store), batch_size=256) == N_TRIALS
     assert np.array_equal(store.latent_rows(), store.committed_rows())
     assert store.latent_model_id == model_id
     rows = store.committed_rows()
@@ -355,7 +377,7 @@ def test_encode_store_writes_every_committed_trial_once(base_store, trained, tmp
     np.testing.assert_array_equal(logvar, expected_logvar)
 
     # Same model again: nothing to do, nothing changed.
-    assert encode_store(store, model, model_id, batch_size=256) == 0
+    assert encode_store(store, model, model_id, normalise=store_normaliser(store), batch_size=256) == 0
     np.testing.assert_array_equal(store.read_latents(rows)[0], mu)
 
 
@@ -368,14 +390,17 @@ def test_encode_store_resumes_where_an_interrupted_run_stopped(base_store, train
         yield next(iter_encode_frames(*args, **kwargs))
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(learn, "iter_encode_frames", first_group_then_crash)
+    monkeypatch.setattr(pipeline.models.encoding, "iter_encode_frames", first_group_then_crash)
     with pytest.raises(RuntimeError, match="killed"):
-        encode_store(store, model, model_id, batch_size=256)
+        encode_store(store, model, model_id, normalise=store_normaliser(store), batch_size=256)
     trials_per_group = 256 // FRAMES_PER_TRIAL
     assert np.array_equal(store.latent_rows(), store.committed_rows()[:trials_per_group])
 
-    monkeypatch.setattr(learn, "iter_encode_frames", iter_encode_frames)
-    assert encode_store(store, model, model_id, batch_size=256) == N_TRIALS - trials_per_group
+    monkeypatch.setattr(pipeline.models.encoding, "iter_encode_frames", iter_encode_frames)
+    assert (
+        encode_store(store, model, model_id, normalise=store_normaliser(store), batch_size=256)
+        == N_TRIALS - trials_per_group
+    )
     rows = store.committed_rows()
     expected_mu, _ = encode_frames(model, store.frames, rows, 256, store_normaliser(store))
     np.testing.assert_array_equal(store.read_latents(rows)[0], expected_mu)
@@ -385,12 +410,15 @@ def test_encode_store_replaces_the_latents_of_another_model(base_store, trained,
     store = copy_store(base_store, tmp_path)
     rows = store.committed_rows()
     trained_model = load_vae(trained["checkpoint_dir"], "best")
-    encode_store(store, trained_model, "trained", batch_size=256)
+    encode_store(store, trained_model, "trained", normalise=store_normaliser(store), batch_size=256)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(99)
         other_model = CONFIG.vae.build().eval()
 
-    assert encode_store(store, other_model, "other", batch_size=256) == N_TRIALS
+    assert (
+        encode_store(store, other_model, "other", normalise=store_normaliser(store), batch_size=256)
+        == N_TRIALS
+    )
     assert store.latent_model_id == "other"
     other_mu, _ = encode_frames(other_model, store.frames, rows, 256, store_normaliser(store))
     trained_mu, _ = encode_frames(trained_model, store.frames, rows, 256, store_normaliser(store))
@@ -405,7 +433,9 @@ def test_encode_store_replaces_latents_written_without_a_model_id(base_store, tr
         rows[:2], np.zeros((2, FRAMES_PER_TRIAL, N_LATENTS)), np.zeros((2, FRAMES_PER_TRIAL, N_LATENTS))
     )
     model = load_vae(trained["checkpoint_dir"], "best")
-    assert encode_store(store, model, "trained", batch_size=256) == N_TRIALS
+    assert (
+        encode_store(store, model, "trained", normalise=store_normaliser(store), batch_size=256) == N_TRIALS
+    )
     expected_mu, _ = encode_frames(model, store.frames, rows, 256, store_normaliser(store))
     np.testing.assert_array_equal(store.read_latents(rows)[0], expected_mu)
 
@@ -560,7 +590,12 @@ def test_a_killed_vae_training_resumes_to_the_uninterrupted_weights_and_ranking(
     split = stored_split(store)
     estimates = []
     for checkpoint_dir in (killed_dir, fresh_dir):
-        encode_store(store, load_vae(checkpoint_dir), checkpoint_model_id(checkpoint_dir))
+        encode_store(
+            store,
+            load_vae(checkpoint_dir),
+            checkpoint_model_id(checkpoint_dir),
+            normalise=store_normaliser(store),
+        )
         estimates.append(store_mi(store, split.train))
     assert np.array_equal(estimates[0].ranking, estimates[1].ranking)
     np.testing.assert_array_equal(estimates[0].per_factor_nats, estimates[1].per_factor_nats)

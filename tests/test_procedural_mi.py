@@ -19,18 +19,20 @@ import torch
 
 from pipeline.image_ingest import (
     ImageStoreConfig,
-    encode_image_store,
     frames_for,
     image_split,
+    image_store_spec,
     ingest_image_batches,
-    open_image_store,
 )
+from pipeline.ingest import open_store
 from pipeline.learn import store_mi
 from pipeline.mi import DEFAULT_THRESHOLD_NATS, influential_factors
+from pipeline.models.encoding import encode_store
+from pipeline.models.training import train_vae
 from pipeline.models.vae import VAEConfig
 from pipeline.presets import CELEBA_IMAGE_SHAPE, image_preset
 from pipeline.sources.procedural import EMBEDDED_PROCEDURAL, ProceduralSpec, iter_procedural_images
-from pipeline.train import TrainConfig, train_vae
+from pipeline.train import TrainConfig
 
 SIZE = 32
 N_LATENTS = 10
@@ -63,13 +65,13 @@ def influential_count(
         split_rule="seeded permutation",
         split_seed=spec.seed,
     )
-    store = open_image_store(tmp_path / "run", config, "synthetic", EMBEDDED_PROCEDURAL)
+    store = open_store(tmp_path / "run", image_store_spec(config, "synthetic", EMBEDDED_PROCEDURAL))
     ingest_image_batches(store, iter_procedural_images(spec, batch_size=500))
     split = image_split(store)
     rows = store.committed_rows()
     frames = frames_for(store, rows, memory_budget_bytes=1 << 30)
     result = train_vae(frames, split.train, split.val, vae, train, tmp_path / "vae")
-    encode_image_store(store, result.model, "procedural-test", rows, frames)
+    encode_store(store, result.model, "procedural-test", rows, frames=frames, batch_size=512)
     estimate = store_mi(store, split.test)
     return int(influential_factors(estimate, DEFAULT_THRESHOLD_NATS).size), estimate.per_factor_nats
 

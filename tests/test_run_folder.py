@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.ingest import open_deap_store
+from pipeline.ingest import deap_store_spec, open_store
 from pipeline.run_folder import RunFolder, read_json_file, store_path
 from pipeline.runlock import begin_update, finish_update, pending_update, run_lock
 
@@ -52,7 +52,7 @@ def test_the_lock_the_marker_and_the_store_live_where_the_run_folder_says(tmp_pa
     finish_update(run)
     assert not run.update_marker.exists() and pending_update(run) is None
     assert run.n_stored() == 0  # no store yet
-    open_deap_store(run.location, PreprocessConfig(), "synthetic")
+    open_store(run.location, deap_store_spec(PreprocessConfig(), "synthetic"))
     assert run.open_store().path == run.store_path and run.n_stored() == 0
 
 

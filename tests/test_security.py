@@ -22,8 +22,9 @@ from test_ingest_recordings import tiny_preset, write_recording
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import InputError
 from pipeline.manifests import MANIFEST_DIR, load_manifest
+from pipeline.models.classifier import load_classifier
+from pipeline.models.state import load_vae
 from pipeline.sources.deap import read_source_file
-from pipeline.train import load_classifier, load_vae
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("pipeline", "flows")

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from pipeline.errors import InputError
+from pipeline.models.classifier import load_classifier, save_classifier, train_classifier
 from pipeline.models.sequence import EmotionLSTM, evaluate_classifier, mask_factors
-from pipeline.train import ClassifierConfig, load_classifier, save_classifier, train_classifier
+from pipeline.train import ClassifierConfig
 
 N_LATENTS, N_STEPS = 6, 63
 INFORMATIVE = [0, 1]

@@ -498,3 +498,38 @@ def test_frames_of_another_layout_are_left_to_zarr_to_encode(tmp_path):
         "two_rows", shape=(2, 4), chunks=(2, 4), dtype="float32", compressors=store_module.FRAMES_COMPRESSOR
     )
     assert store_module._encoded_frame_chunks(blosc, np.ones((2, 4), np.float32)) is None
+
+
+def test_the_split_column_holds_each_row_s_part_and_minus_one_where_none_was_given(tmp_path):
+    store = _new_store(tmp_path / "s.zarr")
+    assert store.has_split
+    store.add_trials(**_source(1, 3))
+    store.add_trials(**_source(2, 4), split=np.array([0, 2, 1, 0]))
+    by_source: dict[str, list[int]] = {}
+    for sha, part in zip(store.source_sha256, store.split, strict=True):
+        by_source.setdefault(str(sha), []).append(int(part))
+    assert store.split.dtype == np.int8
+    assert by_source == {
+        _source(1, 1)["source_sha256"]: [-1, -1, -1],
+        _source(2, 1)["source_sha256"]: [0, 2, 1, 0],
+    }
+    reopened = FrameStore.open(tmp_path / "s.zarr")
+    assert reopened.split.tolist() == store.split.tolist()
+    with pytest.raises(InputError, match="split holds parts other than"):
+        store.add_trials(**_source(3, 2), split=np.array([0, 3]))
+    with pytest.raises(InputError, match=r"split has shape \(1,\)"):
+        store.add_trials(**_source(3, 2), split=np.array([0]))
+
+
+def test_a_store_written_before_the_split_column_opens_and_gains_it_when_appended_to(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = _new_store(path)
+    store.add_trials(**_source(1, 3))
+    # The layout of a store written before the split column existed: the same arrays without it.
+    del zarr.open_group(path, mode="r+", use_consolidated=False)["split"]
+    old = FrameStore.open(path)
+    assert not old.has_split and old.split.tolist() == [-1, -1, -1]
+    appended = _new_store(path)
+    appended.add_trials(**_source(2, 2), split=np.array([1, 1]))
+    assert appended.has_split and sorted(appended.split.tolist()) == [-1, -1, -1, 1, 1]
+    assert len(appended.committed_rows()) == 5

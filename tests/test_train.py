@@ -17,17 +17,14 @@ import zarr
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import InputError
-from pipeline.models.vae import BetaVAE
-from pipeline.train import (
-    TrainConfig,
-    TrainingDiverged,
-    VAEConfig,
-    encode_frames,
-    iter_encode_frames,
-    load_vae,
-    read_frames,
-    train_vae,
-)
+from pipeline.learn import train_split_vae
+from pipeline.models.early_stopping import TrainingDiverged
+from pipeline.models.encoding import encode_frames, iter_encode_frames, read_frames
+from pipeline.models.state import load_vae
+from pipeline.models.training import train_vae
+from pipeline.models.vae import BetaVAE, VAEConfig
+from pipeline.splits import Split
+from pipeline.train import TrainConfig
 
 N_TRIALS, N_FRAMES = 10, 12
 TRAIN_ROWS, VAL_ROWS = np.arange(8), np.array([8, 9])
@@ -387,3 +384,23 @@ def test_kl_warm_up_ramps_beta_over_the_first_epochs_and_validation_scores_the_f
         )
     with pytest.raises(InputError, match="kl_warmup_epochs"):
         _config(kl_warmup_epochs=-1)
+
+
+def test_the_training_step_reuses_a_finished_state_of_the_same_split_only_when_asked(tmp_path):
+    frames = _structured_frames()
+    split = Split(train=TRAIN_ROWS, val=VAL_ROWS, test=np.zeros(0, np.int64), protocol="image", seed=0)
+    first = train_split_vae(frames, split, MODEL, _config(epochs=2), tmp_path)
+    epochs_run = []
+    again = train_split_vae(
+        frames, split, MODEL, _config(epochs=2), tmp_path, reuse=True, progress=epochs_run.append
+    )
+    assert epochs_run == [] and _without_seconds(again.history) == _without_seconds(first.history)
+    _assert_same_weights(_weights(again.model), _weights(first.model))
+    # Without reuse (and without resume), a finished state is overwritten by a fresh training.
+    train_split_vae(frames, split, MODEL, _config(epochs=2), tmp_path, progress=epochs_run.append)
+    assert [record["epoch"] for record in epochs_run] == [1, 2]
+    # Another split is another model: trained afresh, whatever reuse says.
+    epochs_run.clear()
+    other = Split(train=TRAIN_ROWS[1:], val=VAL_ROWS, test=np.zeros(0, np.int64), protocol="image", seed=0)
+    train_split_vae(frames, other, MODEL, _config(epochs=2), tmp_path, reuse=True, progress=epochs_run.append)
+    assert [record["epoch"] for record in epochs_run] == [1, 2]

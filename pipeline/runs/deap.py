@@ -22,17 +22,21 @@ from pipeline.learn import (
     LearnConfig,
     can_continue_training,
     checkpoint_model_id,
-    encode_store,
     fit_store_normalisation,
     keep_secondary_protocols,
+    latent_set,
     make_split,
     run_protocols,
     seed_latent_set,
+    store_normaliser,
     stored_split,
     train_store_classifier,
     train_store_vae,
     with_model_seed,
 )
+from pipeline.models.classifier import load_classifier
+from pipeline.models.encoding import encode_store
+from pipeline.models.state import load_vae
 from pipeline.presets import DeapPreset, deap_preset, with_beta, with_training_options
 from pipeline.run_folder import RunFolder
 from pipeline.runlock import begin_update, finish_update
@@ -42,7 +46,6 @@ from pipeline.store import FrameStore
 from pipeline.sweep import RULE as SWEEP_RULE
 from pipeline.sweep import choose_beta, score_candidate
 from pipeline.threads import thread_record
-from pipeline.train import load_classifier, load_vae
 
 LOG = logging.getLogger("eegmi")
 
@@ -166,7 +169,13 @@ def encode_frames(run: RunFolder, learn: dict, slot: str | None = None, log=LOG,
     model_id = checkpoint_model_id(checkpoints)
     store = run.open_store(writable=True)
     n_encoded = encode_store(
-        store, load_vae(checkpoints, "best"), model_id, config.encode_batch_size, progress=show, slot=slot
+        store,
+        load_vae(checkpoints, "best"),
+        model_id,
+        normalise=store_normaliser(store, slot),
+        batch_size=config.encode_batch_size,
+        progress=show,
+        group=latent_set(slot),
     )
     log.info("encoded %d trial(s) with the best VAE", n_encoded)
     return {"n_encoded": n_encoded}
@@ -234,7 +243,13 @@ def encode_seed(
     model = load_vae(checkpoints, "best")
     store = run.open_store(writable=True)
     n_encoded = encode_store(
-        store, model, checkpoint_model_id(checkpoints), config.encode_batch_size, progress=show, group=group
+        store,
+        model,
+        checkpoint_model_id(checkpoints),
+        normalise=store_normaliser(store),
+        batch_size=config.encode_batch_size,
+        progress=show,
+        group=group,
     )
     log.info("seed %d: encoded %d trial(s) into %s", model_seed, n_encoded, group)
     return {"n_encoded": n_encoded}

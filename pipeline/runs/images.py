@@ -16,14 +16,16 @@ from pathlib import Path
 
 from pipeline.image_ingest import (
     ImageStoreConfig,
-    encode_image_store,
     frames_for,
     image_split,
+    image_store_spec,
     ingest_image_batches,
-    open_image_store,
 )
 from pipeline.image_report import build_image_report, image_seed_factors
-from pipeline.learn import checkpoint_model_id, seed_latent_set
+from pipeline.ingest import open_store
+from pipeline.learn import checkpoint_model_id, seed_latent_set, train_split_vae
+from pipeline.models.encoding import encode_store
+from pipeline.models.state import load_vae
 from pipeline.presets import CELEBA_IMAGE_SHAPE, MNIST_IMAGE_SHAPE, ImagePreset, image_preset
 from pipeline.run_folder import RunFolder
 from pipeline.runlock import begin_update, finish_update
@@ -38,7 +40,6 @@ from pipeline.sources.mnist import (
 )
 from pipeline.sources.procedural import EMBEDDED_PROCEDURAL, FACTORS, ProceduralSpec, iter_procedural_images
 from pipeline.stability import SeedFactors
-from pipeline.train import can_resume_training, load_vae, train_vae
 
 MNIST_VAL_FRACTION = 0.1
 # Images read per batch, and how often the count is logged, by reader.
@@ -86,7 +87,9 @@ def ingest_mnist(run: RunFolder, data_dir: str | None, preset: dict, log=LOG) ->
     settings = ImagePreset.model_validate(preset)
     seed = settings.train.seed
     if data_dir is None:
-        store = open_image_store(run.location, mnist_store_config(True, seed), "images", EMBEDDED_DIGITS)
+        store = open_store(
+            run.location, image_store_spec(mnist_store_config(True, seed), "images", EMBEDDED_DIGITS)
+        )
         batches = [digits_as_mnist(seed)]
     else:
         # A folder may hold a subset of MNIST, so the manifest's image counts are not required;
@@ -94,7 +97,7 @@ def ingest_mnist(run: RunFolder, data_dir: str | None, preset: dict, log=LOG) ->
         for path in find_mnist_files(data_dir).values():
             read_idx_header(path)
         folder = str(Path(data_dir).resolve())
-        store = open_image_store(run.location, mnist_store_config(False, seed), "idx", folder)
+        store = open_store(run.location, image_store_spec(mnist_store_config(False, seed), "idx", folder))
         batches = iter_mnist_folder(
             data_dir, batch_size=_IDX_BATCH, val_fraction=MNIST_VAL_FRACTION, seed=seed
         )
@@ -152,15 +155,18 @@ def ingest_celeba(run: RunFolder, data_dir: str | None, preset: dict, log=LOG) -
     skipped: list[dict] = []
     if data_dir is None:
         spec = procedural_spec(settings)
-        store = open_image_store(
-            run.location, celeba_store_config(True, seed), "synthetic", EMBEDDED_PROCEDURAL,
+        store_spec = image_store_spec(
+            celeba_store_config(True, seed),
+            "synthetic",
+            EMBEDDED_PROCEDURAL,
             extra_attrs={"ground_truth": spec.ground_truth()},
-        )  # fmt: skip
+        )
+        store = open_store(run.location, store_spec)
         batches = iter_procedural_images(spec, batch_size=_PROCEDURAL_BATCH)
     else:
         check_celeba_folder(data_dir, expect_complete=False)
         folder = str(Path(data_dir).resolve())
-        store = open_image_store(run.location, celeba_store_config(False, seed), "images", folder)
+        store = open_store(run.location, image_store_spec(celeba_store_config(False, seed), "images", folder))
         side = CELEBA_IMAGE_SHAPE[1]
         batches = iter_celeba(data_dir, batch_size=_JPEG_BATCH, size=side, seed=seed, skipped=skipped)
     progress = progress_logger(log, "CelebA", _CELEBA_PROGRESS_EVERY)
@@ -242,10 +248,6 @@ def train_image_vae(
     )
     train_config = settings.train_config_for(int(split.train.size))
     checkpoints = run.seed_vae_dir(settings.train.seed, reference_seed)
-    if reference_seed is not None:
-        resume = resume or can_resume_training(
-            checkpoints, settings.vae, train_config, split.train, split.val
-        )
     trained = []
 
     def report_epoch(record: dict) -> None:
@@ -257,9 +259,9 @@ def train_image_vae(
             record["kl"], val, record["seconds"],
         )  # fmt: skip
 
-    result = train_vae(
-        frames, split.train, split.val, settings.vae, train_config, checkpoints,
-        resume=resume, progress=report_epoch, steps=show,
+    result = train_split_vae(
+        frames, split, settings.vae, train_config, checkpoints,
+        resume=resume, reuse=reference_seed is not None, progress=report_epoch, steps=show,
     )  # fmt: skip
     if reference_seed is not None and not trained:
         log.info("seed %d: reused, trained earlier (%d epochs)", settings.train.seed, len(result.history))
@@ -283,15 +285,16 @@ def encode_images(
     split = image_split(store, settings.caps)
     rows = sorted({*split.train.tolist(), *split.val.tolist(), *split.test.tolist()})
     checkpoints = run.seed_vae_dir(settings.train.seed, reference_seed)
-    n_encoded = encode_image_store(
+    n_encoded = encode_store(
         store,
         load_vae(checkpoints, "best"),
         checkpoint_model_id(checkpoints),
         rows,
-        frames_for(store, rows, settings.memory_budget_bytes),
-        settings.encode_batch_size,
+        frames=frames_for(store, rows, settings.memory_budget_bytes),
+        batch_size=settings.encode_batch_size,
         progress=show,
         group=_latent_group(settings, reference_seed),
+        unit="images",
     )
     log.info("encoded %d image(s) with the best β-VAE", n_encoded)
     return {"n_encoded": n_encoded}

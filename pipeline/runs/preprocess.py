@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError, NamedFailure
-from pipeline.ingest import ingest_trials, open_deap_store
+from pipeline.ingest import deap_store_spec, ingest_trials, open_store
 from pipeline.manifests import check_folder, load_manifest
 from pipeline.presets import DeapPreset
 from pipeline.run_folder import RunFolder
@@ -86,7 +86,7 @@ def prepare_store(run: RunFolder, source: DeapSource, preprocess: PreprocessConf
     the frame store, so that parallel writers only ever open an existing group."""
     if source.synthetic is not None:
         identity = source.synthetic.identity()
-        open_deap_store(run.location, preprocess, "synthetic", identity)
+        open_store(run.location, deap_store_spec(preprocess, "synthetic", identity))
         names = [f"synthetic://s{subject:02d}" for subject in range(1, source.synthetic.n_subjects + 1)]
         return DeapInputs("synthetic", identity, names, names)
     data_dir = str(source.data_dir)
@@ -98,7 +98,7 @@ def prepare_store(run: RunFolder, source: DeapSource, preprocess: PreprocessConf
     if check.unexpected:
         log.warning("%s: ignoring unexpected file(s): %s", data_dir, ", ".join(check.unexpected))
     data_kind = "deap-python" if check.layout == "data_preprocessed_python" else "deap-matlab"
-    open_deap_store(run.location, preprocess, data_kind)
+    open_store(run.location, deap_store_spec(preprocess, data_kind))
     return DeapInputs(
         data_kind, None, [path.name for path in check.files], [str(path) for path in check.files]
     )
@@ -108,7 +108,7 @@ def preprocess_summary(
     run: RunFolder, preprocess: PreprocessConfig, inputs: DeapInputs, results: list[dict]
 ) -> dict:
     """Consolidate the store once every source is stored, and count its trials."""
-    store = open_deap_store(run.location, preprocess, inputs.data_kind, inputs.identity)
+    store = open_store(run.location, deap_store_spec(preprocess, inputs.data_kind, inputs.identity))
     store.consolidate()
     return {
         "store": run.store_path,
@@ -130,7 +130,7 @@ def preprocess_deap(
     """
     preprocess = preprocess or PreprocessConfig()
     inputs = prepare_store(run, source, preprocess, log)
-    store = open_deap_store(run.location, preprocess, inputs.data_kind, inputs.identity)
+    store = open_store(run.location, deap_store_spec(preprocess, inputs.data_kind, inputs.identity))
     results, failures = [], {}
     for subject, (name, path) in enumerate(zip(inputs.names, inputs.sources, strict=True), start=1):
         try:

@@ -31,7 +31,7 @@ from pathlib import Path
 from pipeline.checkpoint import checkpoint_exists
 from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.ingest import ingest_trials, open_deap_store
+from pipeline.ingest import deap_store_spec, ingest_trials, open_store
 from pipeline.isolation import read_isolated
 from pipeline.learn import checkpoint_model_id, seed_latent_set, with_model_seed
 from pipeline.presets import DeapPreset, deap_preset
@@ -175,7 +175,7 @@ def store_recordings(
         stored); ``failures``: path -> why, for each file that could not be read; ``store``.
     """
     data_kind, preprocess = recordings_store_kind(run)
-    store = open_deap_store(run.location, preprocess, data_kind)
+    store = open_store(run.location, deap_store_spec(preprocess, data_kind))
     stored: dict[str, dict] = {}
     failures: dict[str, str] = {}
     for path in recordings:
@@ -187,7 +187,7 @@ def store_recordings(
                 raise
             failures[path] = err.about(path)
             log.error("%s failed: %s", path, failures[path])
-    open_deap_store(run.location, preprocess, data_kind).consolidate()
+    open_store(run.location, deap_store_spec(preprocess, data_kind)).consolidate()
     return {"store": run.store_path, "stored": stored, "failures": failures}
 
 

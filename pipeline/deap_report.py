@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import __version__
-from pipeline.blocks import sample_at_electrodes
+from pipeline.blocks import DEFAULT_TRAVERSAL_VALUES, sample_at_electrodes
 from pipeline.classification import accuracy_summary, chance_verdict
 from pipeline.config import PreprocessConfig
-from pipeline.factors import FactorRules, describe_factors, eeg_seed_factors
+from pipeline.factors import FactorRules, FactorTraversal, describe_factors, eeg_seed_factors
 from pipeline.imaging import ImagingOperator, deap_imaging_operator
 from pipeline.learn import (
     LearnConfig,
@@ -28,19 +27,12 @@ from pipeline.models.classifier import load_classifier
 from pipeline.models.sequence import EmotionLSTM, evaluate_classifier, predict_classes
 from pipeline.models.vae import BetaVAE
 from pipeline.progress import Progress
-from pipeline.report import ReportAssets, write_report
-from pipeline.report.figures import confusion_figure, mi_variance_figure, topk_figure
+from pipeline.report import assemble
+from pipeline.report.figures import confusion_figure
+from pipeline.report.traversals import eeg_factor_figures
+from pipeline.sources.trials import DEAP_CHANNELS
 from pipeline.splits import CLASS_NAMES, Split
-from pipeline.stability import (
-    BLOCK_JACCARD,
-    MATCH_THRESHOLD,
-    SeedFactors,
-    annotate_factors,
-    consensus_factors,
-    consensus_summary,
-    majority,
-    representative_seed,
-)
+from pipeline.stability import BLOCK_JACCARD, MATCH_THRESHOLD, SeedFactors
 from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.tables import topk_table
 from pipeline.validation import check_planted_blocks
@@ -55,16 +47,17 @@ def _latents_and_classes(store: FrameStore, rows: np.ndarray, threshold: float, 
 def protocol_classification(
     store: FrameStore,
     classifier: EmotionLSTM,
-    threshold: float,
-    seed: int,
+    learn: LearnConfig,
     slot: str | None = None,
     group: str | None = None,
 ) -> dict:
     """Test accuracy of one protocol's LSTM with its interval, baselines and permutation p-value.
 
     Only that protocol's own split and latents (``group``: default the slot's) are read; the
-    majority class comes from its training trials.
+    majority class comes from its training trials. Classes follow ``learn.class_threshold``;
+    the permutation test is seeded with ``learn.split_seed``.
     """
+    threshold, seed = learn.class_threshold, learn.split_seed
     split = stored_split(store, slot)
     group = latent_set(slot) if group is None else group
     test_mu, test_classes = _latents_and_classes(store, split.test, threshold, group)
@@ -79,11 +72,7 @@ def protocol_classification(
         "confusion": evaluation["confusion"],
         "n_test_trials": evaluation["n"],
         "n_test_subjects": int(np.unique(store.subject[np.searchsorted(committed, split.test)]).size),
-        "split_sizes": {
-            "train": int(split.train.size),
-            "val": int(split.val.size),
-            "test": int(split.test.size),
-        },
+        "split_sizes": assemble.split_sizes(split),
     }
 
 
@@ -127,6 +116,70 @@ def electrode_band_power(
     return np.concatenate(parts) if parts else empty
 
 
+# How the seeds of an EEG ensemble are matched, in the report's words.
+EEG_MATCH_RULE = (
+    "Hungarian assignment to the reference seed on |cosine| of the signed effect maps "
+    f"(z = +3 minus z = -3, per band at the electrodes), a match needs |cosine| >= {MATCH_THRESHOLD:g}"
+)
+EEG_BLOCK_RULES = {
+    "block_rule": "a block is found in a seed when one of its influential factors has a block of the "
+    f"same band with electrode Jaccard >= {BLOCK_JACCARD:g}",
+    "block_jaccard": BLOCK_JACCARD,
+}
+TOPK_UNITS = {
+    "mse": "mean squared error per scalp pixel of the test frames, in band-normalised units",
+    "accuracy": "test accuracy of the trained LSTM with the other factors set to zero",
+}
+
+
+def _classification(
+    out_dir: str | Path, store: FrameStore, classifier: EmotionLSTM, learn: LearnConfig, group: str
+) -> dict:
+    """report.json's ``classification``: the main protocol's, with every protocol's under
+    ``by_protocol`` when the store holds a second one (its LSTM read from ``out_dir``)."""
+    threshold = learn.class_threshold
+    classification = protocol_classification(store, classifier, learn, group=group)
+    by_protocol = {classification["protocol"]: classification}
+    for slot in secondary_protocols(store):
+        other = load_classifier(classifier_dir(out_dir, slot), "classifier")
+        by_protocol[slot] = protocol_classification(store, other, learn, slot)
+    summary = {
+        **classification,
+        "class_names": list(CLASS_NAMES),
+        "class_rule": f"high = score > {threshold:g} (valence, arousal)",
+        "test_accuracy_note": "95 % Wilson interval; majority = always the training split's most "
+        "frequent class; p from shuffling the test labels against the fixed predictions",
+    }
+    if len(by_protocol) > 1:
+        summary["by_protocol"] = by_protocol
+    return summary
+
+
+def _test_trial_mi(store: FrameStore, split: Split, group: str, factors: list[dict]) -> dict:
+    """Î on the test trials' frames (None without test trials), also set on each of ``factors``."""
+    test_estimate = store_mi(store, split.test, group=group) if split.test.size else None
+    for factor in factors:
+        factor["mi_test_nats"] = (
+            None if test_estimate is None else float(test_estimate.per_factor_nats[factor["index"]])
+        )
+    return {
+        "per_factor_test_nats": None if test_estimate is None else test_estimate.per_factor_nats.tolist(),
+        "total_test_nats": None if test_estimate is None else test_estimate.total_nats,
+    }
+
+
+def _source(store: FrameStore, source_path: str) -> dict:
+    n_trials = len(store.committed_rows())
+    return {
+        "kind": store.attrs["data_kind"],
+        "path": source_path,
+        "n_trials": n_trials,
+        "n_frames": n_trials * store.frame_shape[0],
+        # Which synthetic data set (planted, null or confound); None for recorded data.
+        "scenario": store.attrs.get("synthetic", {}).get("scenario"),
+    }
+
+
 def build_deap_report(
     out_dir: str | Path,
     store: FrameStore,
@@ -160,150 +213,89 @@ def build_deap_report(
     """
     split = stored_split(store)
     estimate: MIEstimate = store_mi(store, split.train, group=group)
-    test_estimate = store_mi(store, split.test, group=group) if split.test.size else None
-    threshold = learn.class_threshold
-    test_mu, test_classes = _latents_and_classes(store, split.test, threshold, group)
-    classification = protocol_classification(store, classifier, threshold, learn.split_seed, group=group)
-    by_protocol = {classification["protocol"]: classification}
-    for slot in secondary_protocols(store):
-        other = load_classifier(classifier_dir(out_dir, slot), "classifier")
-        by_protocol[slot] = protocol_classification(store, other, threshold, learn.split_seed, slot)
+    test_mu, test_classes = _latents_and_classes(store, split.test, learn.class_threshold, group)
+    classification = _classification(out_dir, store, classifier, learn, group)
     topk = topk_table(
         estimate,
         reconstruction_mse=lambda keep: reconstruction_mse(model, store, split.test, keep),
         accuracy=lambda keep: evaluate_classifier(classifier, test_mu, test_classes, keep)["accuracy"],
     )
-    preprocess = PreprocessConfig.model_validate(store.attrs["preprocessing"])
-    operator = deap_imaging_operator(preprocess)
-    factors, factor_figures, relevance, selection_mu = _describe_selection(
-        store, split, model, classifier, estimate, preprocess, operator, learn, rules, group, progress
-    )
-    for factor in factors:
-        factor["mi_test_nats"] = (
-            None if test_estimate is None else float(test_estimate.per_factor_nats[factor["index"]])
-        )
-    model_seed = learn.train.seed
+    analysis = _analyse_factors(store, split, model, classifier, estimate, learn, rules, group, progress)
+    factors = analysis.factors
+    test_mi = _test_trial_mi(store, split, group, factors)
     if seed_analyses is None:
-        seed_analyses = [
-            eeg_seed_factors(model, factors, selection_mu, operator, rules, model_seed, learn.split_seed)
-        ]
-    stability = seed_stability(seed_analyses, model_seed)
-    annotate_factors(factors, seed_analyses, stability.pop("consensus_records"), model_seed)
-    n_trials = len(store.committed_rows())
-    report = {
-        "dataset": "deap",
-        "source": {
-            "kind": store.attrs["data_kind"],
-            "path": source_path,
-            "n_trials": n_trials,
-            "n_frames": n_trials * store.frame_shape[0],
-            # Which synthetic data set (planted, null or confound); None for recorded data.
-            "scenario": store.attrs.get("synthetic", {}).get("scenario"),
-        },
-        "config": {
+        seed_analyses = [analysis.seed_factors(model, rules, learn)]
+    model_seed = learn.train.seed
+    stability = assemble.seed_stability(factors, seed_analyses, model_seed, EEG_MATCH_RULE, **EEG_BLOCK_RULES)
+    check = None if ground_truth is None else check_planted_blocks(factors, ground_truth)
+    report = assemble.assemble_report(
+        "deap",
+        _source(store, source_path),
+        {
             **run_config,
-            "preprocessing": preprocess.model_dump(mode="json"),
+            "preprocessing": analysis.preprocess.model_dump(mode="json"),
             "rules": rules.model_dump(mode="json"),
         },
-        "mi": {
-            **estimate.to_dict(),
-            "estimated_on": "training trials",
-            "influential_threshold_nats": rules.influential_threshold_nats,
-            "per_factor_test_nats": None if test_estimate is None else test_estimate.per_factor_nats.tolist(),
-            "total_test_nats": None if test_estimate is None else test_estimate.total_nats,
+        assemble.mi_summary(estimate, "training trials", rules.influential_threshold_nats, **test_mi),
+        topk,
+        TOPK_UNITS,
+        {
+            "influential_variance_explained": _variance_explained(model, store, split.test, estimate, rules),
+            "classification": classification,
         },
-        "topk": topk,
-        "topk_units": {
-            "mse": "mean squared error per scalp pixel of the test frames, in band-normalised units",
-            "accuracy": "test accuracy of the trained LSTM with the other factors set to zero",
-        },
-        "influential_variance_explained": _variance_explained(model, store, split.test, estimate, rules),
-        "classification": {
-            **classification,
-            "class_names": list(CLASS_NAMES),
-            "class_rule": f"high = score > {threshold:g} (valence, arousal)",
-            "test_accuracy_note": "95 % Wilson interval; majority = always the training split's most "
-            "frequent class; p from shuffling the test labels against the fixed predictions",
-        },
-        "factors": factors,
-        "stability": stability,
-        "emotion_relevance": relevance,
-        "provenance": {
-            "package_version": __version__,
-            "store": str(store.path),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "normalisation": store.attrs.get("normalisation"),
-        },
-    }
-    if len(by_protocol) > 1:
-        report["classification"]["by_protocol"] = by_protocol
-    if beta_sweep is not None:
-        report["beta_sweep"] = beta_sweep
-    if ground_truth is not None:
-        report["ground_truth"] = ground_truth
-        report["ground_truth_check"] = check_planted_blocks(factors, ground_truth)
-    assets = ReportAssets(
-        mi_variance=mi_variance_figure(
-            estimate.per_factor_nats, estimate.variance, estimate.ranking, rules.influential_threshold_nats
-        ),
-        topk=topk_figure(topk),
-        confusion=confusion_figure(classification["confusion"], CLASS_NAMES),
-        factors=factor_figures,
+        factors,
+        stability,
+        assemble.provenance(store, normalisation=store.attrs.get("normalisation")),
+        analyses={"emotion_relevance": analysis.relevance},
+        optional={"beta_sweep": beta_sweep, "ground_truth": ground_truth, "ground_truth_check": check},
     )
-    write_report(out_dir, report, assets)
-    return report
+    band_names = analysis.preprocess.band_names
+    figures = eeg_factor_figures(
+        factors, analysis.traversals, DEFAULT_TRAVERSAL_VALUES, DEAP_CHANNELS, band_names, progress
+    )
+    confusion = confusion_figure(classification["confusion"], CLASS_NAMES)
+    return assemble.write_run_report(out_dir, report, estimate, figures, confusion)
 
 
-def seed_stability(seed_analyses: list[SeedFactors], model_seed: int) -> dict:
-    """report.json's ``stability``: the consensus of the seeds (the first is the reference) and
-    which seed the report's factors, LSTM and top-k tables come from (``model_seed``).
+@dataclass(frozen=True)
+class _FactorAnalysis:
+    """The factor analysis on the training and validation trials that the report and every seed
+    of an ensemble share (:func:`describe_factors`), with what its seed comparison needs."""
 
-    ``consensus_records`` (with the effect maps) is for :func:`annotate_factors`; pop it before
-    the dict is written.
-    """
-    consensus = consensus_factors(seed_analyses)
-    chosen, scores = representative_seed(seed_analyses, consensus)
-    return {
-        "n_seeds": len(seed_analyses),
-        "seeds": [analysis.seed for analysis in seed_analyses],
-        "reference_seed": seed_analyses[0].seed,
-        "reported_seed": model_seed,
-        "most_representative_seed": chosen,
-        "similarity_to_consensus": {str(seed): round(score, 4) for seed, score in scores.items()},
-        "majority": majority(len(seed_analyses)),
-        "match_rule": f"Hungarian assignment to the reference seed on |cosine| of the signed effect maps "
-        f"(z = +3 minus z = -3, per band at the electrodes), a match needs |cosine| >= {MATCH_THRESHOLD:g}",
-        "match_threshold": MATCH_THRESHOLD,
-        "block_rule": f"a block is found in a seed when one of its influential factors has a block of the "
-        f"same band with electrode Jaccard >= {BLOCK_JACCARD:g}",
-        "block_jaccard": BLOCK_JACCARD,
-        "consensus": consensus_summary(consensus),
-        "consensus_records": consensus,
-    }
+    preprocess: PreprocessConfig
+    operator: ImagingOperator
+    factors: list[dict]
+    traversals: dict[int, FactorTraversal]
+    relevance: dict
+    selection_mu: np.ndarray
+
+    def seed_factors(self, model: BetaVAE, rules: FactorRules, learn: LearnConfig) -> SeedFactors:
+        """The influential factors with their effect maps, for the matching of the seeds."""
+        return eeg_seed_factors(
+            model, self.factors, self.selection_mu, self.operator, rules, learn.train.seed, learn.split_seed
+        )
 
 
-def _describe_selection(
+def _analyse_factors(
     store: FrameStore,
     split: Split,
     model: BetaVAE,
     classifier: EmotionLSTM | None,
     estimate: MIEstimate,
-    preprocess: PreprocessConfig,
-    operator: ImagingOperator,
     learn: LearnConfig,
     rules: FactorRules,
     group: str,
     progress: Progress | None,
-    draw: bool = True,
-) -> tuple[list[dict], dict[int, dict[str, bytes]], dict, np.ndarray]:
-    """:func:`describe_factors` on the training and validation trials of ``split``, the analysis
-    the report and every seed of an ensemble share; also returns those trials' latent means."""
+) -> _FactorAnalysis:
+    """:func:`describe_factors` on the training and validation trials of ``split``."""
+    preprocess = PreprocessConfig.model_validate(store.attrs["preprocessing"])
+    operator = deap_imaging_operator(preprocess)
     threshold = learn.class_threshold
     val_mu, val_classes = _latents_and_classes(store, split.val, threshold, group)
     train_mu, train_classes = _latents_and_classes(store, split.train, threshold, group)
     selection = np.concatenate([split.train, split.val])
     selection_mu = np.concatenate([train_mu, val_mu])
-    factors, figures, relevance = describe_factors(
+    factors, traversals, relevance = describe_factors(
         model,
         classifier,
         estimate,
@@ -318,9 +310,8 @@ def _describe_selection(
         rules,
         seed=learn.split_seed,
         progress=progress,
-        draw=draw,
     )
-    return factors, figures, relevance, selection_mu
+    return _FactorAnalysis(preprocess, operator, factors, traversals, relevance, selection_mu)
 
 
 def analyse_seed(
@@ -338,12 +329,8 @@ def analyse_seed(
     """
     split = stored_split(store)
     estimate = store_mi(store, split.train, group=group)
-    preprocess = PreprocessConfig.model_validate(store.attrs["preprocessing"])
-    operator = deap_imaging_operator(preprocess)
-    factors, _, _, selection_mu = _describe_selection(
-        store, split, model, None, estimate, preprocess, operator, learn, rules, group, progress, draw=False
-    )
-    return eeg_seed_factors(model, factors, selection_mu, operator, rules, learn.train.seed, learn.split_seed)
+    analysis = _analyse_factors(store, split, model, None, estimate, learn, rules, group, progress)
+    return analysis.seed_factors(model, rules, learn)
 
 
 def majority_linked_blocks(report: dict) -> list[dict]:

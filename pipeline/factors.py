@@ -1,4 +1,4 @@
-"""Describe the reported factors of a DEAP run: emotion relevance, electrode blocks, figures.
+"""Describe the reported factors of a DEAP run: emotion relevance and electrode blocks.
 
 Selection uses the training and validation trials only (see :mod:`pipeline.relevance`); the
 test trials are left for the accuracy figures.
@@ -6,8 +6,9 @@ test trials are left for the accuracy figures.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-import torch
 
 from pipeline.blocks import (
     DEFAULT_TRAVERSAL_VALUES,
@@ -20,18 +21,19 @@ from pipeline.blocks import (
 from pipeline.errors import InputError
 from pipeline.imaging import ImagingOperator
 from pipeline.mi import MIEstimate, influential_factors
+from pipeline.models.decoding import latent_decoder
 from pipeline.models.sequence import EmotionLSTM, evaluate_classifier
 from pipeline.models.vae import BetaVAE
 from pipeline.montage import neighbour_graph
 from pipeline.progress import Progress, counted
 from pipeline.relevance import (
     LabelInformation,
+    SubjectAwareRelevance,
     ablation_accuracy_drop,
     factor_label_information,
     linked_factors,
     subject_aware_label_information,
 )
-from pipeline.report.figures import topomap_figure, traversal_strip
 from pipeline.sources.trials import DEAP_CHANNELS
 from pipeline.stability import SeedFactors
 from pipeline.validators import ConfigModel, NonNegativeInt, NonNegativeNumber, PositiveInt, PositiveNumber
@@ -71,16 +73,6 @@ def seed_latents(selection_mu: np.ndarray, n_seeds: int, seed: int = 0) -> np.nd
     trials = rng.choice(n_trials, size=min(n_seeds, n_trials), replace=False)
     frames = rng.integers(0, n_frames, size=trials.size)
     return selection_mu[trials, frames]
-
-
-def _decoder(model: BetaVAE):
-    device = next(model.parameters()).device
-
-    def decode(latents: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model.decode(torch.from_numpy(latents).to(device)).float().cpu().numpy()
-
-    return decode
 
 
 def _not_tested() -> dict:
@@ -166,6 +158,139 @@ def check_blocks_against_data(
     return [dict(verdicts[(block["band"], tuple(block["electrodes"]))]) for block in blocks]
 
 
+@dataclass(frozen=True)
+class FactorTraversal:
+    """One traversed factor's data for its figures: ``change`` (n_bands, n_electrodes), the change
+    of the decoded band power per electrode, and ``frames`` (n_values, n_bands, H, W), the first
+    seed frame decoded at each traversal value."""
+
+    change: np.ndarray
+    frames: np.ndarray
+
+
+@dataclass(frozen=True)
+class _EmotionTests:
+    """The label-information tests of the influential factors (``relevance`` None when there are none)."""
+
+    relevance: SubjectAwareRelevance | None
+    linked: np.ndarray
+    subject_driven: np.ndarray
+
+
+def _check_selection(
+    estimate: MIEstimate, selection_mu: np.ndarray, electrode_power: np.ndarray, band_names: tuple[str, ...]
+) -> None:
+    if selection_mu.ndim != 3 or selection_mu.shape[2] != estimate.n_factors:
+        raise InputError("selection_mu", f"shape {selection_mu.shape}; expected (n, T, {estimate.n_factors})")
+    expected_power = (selection_mu.shape[0], selection_mu.shape[1], len(band_names), len(DEAP_CHANNELS))
+    if electrode_power.shape != expected_power:
+        raise InputError(
+            "selection_electrode_power", f"shape {electrode_power.shape}; expected {expected_power}"
+        )
+
+
+def _test_emotion(
+    estimate: MIEstimate,
+    influential: np.ndarray,
+    selection_mu: np.ndarray,
+    classes: np.ndarray,
+    subjects: np.ndarray,
+    rules: FactorRules,
+    seed: int,
+    progress: Progress | None,
+) -> _EmotionTests:
+    """Label information of the influential factors (the multiple-testing family: only they can be linked)."""
+    linked = np.zeros(estimate.n_factors, dtype=bool)
+    subject_driven = np.zeros(estimate.n_factors, dtype=bool)
+    if not influential.size:
+        return _EmotionTests(None, linked, subject_driven)
+    relevance = subject_aware_label_information(
+        selection_mu[:, rules.baseline_frames :],
+        classes,
+        subjects,
+        n_permutations=rules.n_permutations,
+        seed=seed,
+        summaries=rules.relevance_summaries,
+        factors=influential,
+        progress=progress,
+    )
+    linked = linked_factors(
+        estimate.per_factor_nats,
+        relevance.within.q_values,
+        rules.influential_threshold_nats,
+        rules.alpha,
+        relevance.within.relevance_nats,
+        rules.min_relevance_nats,
+    )
+    return _EmotionTests(relevance, linked, relevance.subject_driven(rules.alpha, rules.min_relevance_nats))
+
+
+def _accuracy_drops(
+    classifier: EmotionLSTM | None, val_mu: np.ndarray, val_classes: np.ndarray, n_factors: int, reported
+) -> np.ndarray:
+    """Validation accuracy lost when each reported factor is zeroed (NaN without a classifier)."""
+    drops = np.full(n_factors, np.nan)
+    if classifier is not None and val_classes.size:
+        drops[reported] = ablation_accuracy_drop(
+            lambda keep: evaluate_classifier(classifier, val_mu, val_classes, keep)["accuracy"],
+            n_factors,
+            reported,
+        )
+    return drops
+
+
+def _factor_entry(
+    index: int, rank: int, estimate: MIEstimate, tested: bool, emotion: _EmotionTests, drop: float
+) -> dict:
+    """A factor's report entry without its blocks and electrode changes."""
+    within, pooled = _not_tested(), _not_tested()
+    if tested:
+        within = _tested_values(emotion.relevance.within, index)
+        pooled = _tested_values(emotion.relevance.pooled, index)
+    return {
+        "index": index,
+        "rank": rank,
+        "mi_nats": float(estimate.per_factor_nats[index]),
+        "variance": float(estimate.variance[index]),
+        "kl_prior_nats": float(estimate.kl_prior_nats[index]),
+        "influential": tested,
+        "emotion": {
+            "tested": tested,
+            # The within-subject figures decide; the pooled ones are kept beside them.
+            **within,
+            "within_subject": within,
+            "pooled": pooled,
+            "subject_share": float(emotion.relevance.subject_share[index]) if tested else None,
+            "subject_driven": bool(emotion.subject_driven[index]),
+            "accuracy_drop": None if np.isnan(drop) else float(drop),
+            "linked": bool(emotion.linked[index]),
+        },
+    }
+
+
+def _test_blocks(
+    factors: list[dict],
+    electrode_power: np.ndarray,
+    classes: np.ndarray,
+    subjects: np.ndarray,
+    band_names: tuple[str, ...],
+    rules: FactorRules,
+    seed: int,
+) -> int:
+    """Add each block's data test to ``factors`` (only linked factors' blocks); return how many."""
+    linked_blocks = [block for factor in factors if factor["emotion"]["linked"] for block in factor["blocks"]]
+    block_tests = iter(
+        check_blocks_against_data(linked_blocks, electrode_power, classes, subjects, band_names, rules, seed)
+    )
+    for factor in factors:
+        for block in factor["blocks"]:
+            if factor["emotion"]["linked"]:
+                block.update(next(block_tests))
+            else:
+                block.update({"emotion_linked": False, "p_value": None, "q_value": None, "relevance": None})
+    return len(linked_blocks)
+
+
 def describe_factors(
     model: BetaVAE,
     classifier: EmotionLSTM | None,
@@ -181,9 +306,8 @@ def describe_factors(
     rules: FactorRules = FactorRules(),
     seed: int = 0,
     progress: Progress | None = None,
-    draw: bool = True,
-) -> tuple[list[dict], dict[int, dict[str, bytes]], dict]:
-    """The ``factors`` entries of report.json, their figures, and the relevance analysis.
+) -> tuple[list[dict], dict[int, FactorTraversal], dict]:
+    """The ``factors`` entries of report.json, the traversals to draw, and the relevance analysis.
 
     Only influential factors are tested, traversed into blocks and drawn: a factor below the
     threshold carries (almost) nothing about the frames, so any block or relevance shown for it
@@ -200,62 +324,28 @@ def describe_factors(
         Validation trials, for the classifier's accuracy drop when one factor is zeroed.
     progress : callable, optional
         ``progress(stage, done, total)`` for the permutation tests and the factors traversed
-        and drawn (see :mod:`pipeline.progress`).
-    draw : bool
-        False leaves the figures out (the other seeds of an ensemble are compared, not shown).
+        (see :mod:`pipeline.progress`).
 
     Returns
     -------
-    (factors, figures, relevance) : the report entries (rank is 1-based), PNG figures per factor
-    index, and the JSON-native label-information analysis.
+    (factors, traversals, relevance) : the report entries (rank is 1-based), the
+    :class:`FactorTraversal` of each influential factor by index (for
+    :func:`pipeline.report.traversals.eeg_factor_figures`), and the JSON-native
+    label-information analysis.
     """
-    if selection_mu.ndim != 3 or selection_mu.shape[2] != estimate.n_factors:
-        raise InputError("selection_mu", f"shape {selection_mu.shape}; expected (n, T, {estimate.n_factors})")
-    expected_power = (selection_mu.shape[0], selection_mu.shape[1], len(band_names), len(DEAP_CHANNELS))
-    if selection_electrode_power.shape != expected_power:
-        raise InputError(
-            "selection_electrode_power", f"shape {selection_electrode_power.shape}; expected {expected_power}"
-        )
+    _check_selection(estimate, selection_mu, selection_electrode_power, band_names)
     reported = reported_factors(estimate, rules)
     influential = influential_factors(estimate, rules.influential_threshold_nats)
     is_influential = np.isin(np.arange(estimate.n_factors), influential)
-    # The multiple-testing family is the influential factors: only they can be linked.
-    relevance = None
-    linked = np.zeros(estimate.n_factors, dtype=bool)
-    subject_driven = np.zeros(estimate.n_factors, dtype=bool)
-    if influential.size:
-        relevance = subject_aware_label_information(
-            selection_mu[:, rules.baseline_frames :],
-            selection_classes,
-            selection_subjects,
-            n_permutations=rules.n_permutations,
-            seed=seed,
-            summaries=rules.relevance_summaries,
-            factors=influential,
-            progress=progress,
-        )
-        linked = linked_factors(
-            estimate.per_factor_nats,
-            relevance.within.q_values,
-            rules.influential_threshold_nats,
-            rules.alpha,
-            relevance.within.relevance_nats,
-            rules.min_relevance_nats,
-        )
-        subject_driven = relevance.subject_driven(rules.alpha, rules.min_relevance_nats)
-    accuracy_drop = np.full(estimate.n_factors, np.nan)
-    if classifier is not None and val_classes.size:
-        accuracy_drop[reported] = ablation_accuracy_drop(
-            lambda keep: evaluate_classifier(classifier, val_mu, val_classes, keep)["accuracy"],
-            estimate.n_factors,
-            reported,
-        )
+    emotion = _test_emotion(
+        estimate, influential, selection_mu, selection_classes, selection_subjects, rules, seed, progress
+    )
+    accuracy_drop = _accuracy_drops(classifier, val_mu, val_classes, estimate.n_factors, reported)
     adjacency = neighbour_graph(operator.positions_2d)
     seeds = seed_latents(selection_mu, rules.n_seed_frames, seed)
-    decode = _decoder(model)
-    factors, figures = [], {}
-    stage = "traversals and figures (factors)"
-    for rank, index in enumerate(counted(reported, progress, stage, len(reported)), start=1):
+    decode = latent_decoder(model)
+    factors, traversals = [], {}
+    for rank, index in enumerate(counted(reported, progress, "traversals (factors)", len(reported)), start=1):
         tested = bool(is_influential[index])
         traversal = traverse_factor(decode, seeds, int(index), DEFAULT_TRAVERSAL_VALUES)
         change = electrode_change(traversal, operator.electrode_pixels, mask=operator.mask)
@@ -269,67 +359,19 @@ def describe_factors(
                 relative_threshold=rules.block_relative_threshold,
                 min_change=rules.block_min_change,
             )
-        drop = accuracy_drop[index]
-        within, pooled = _not_tested(), _not_tested()
-        if tested:
-            within, pooled = _tested_values(relevance.within, index), _tested_values(relevance.pooled, index)
-        factors.append(
-            {
-                "index": int(index),
-                "rank": rank,
-                "mi_nats": float(estimate.per_factor_nats[index]),
-                "variance": float(estimate.variance[index]),
-                "kl_prior_nats": float(estimate.kl_prior_nats[index]),
-                "influential": tested,
-                "emotion": {
-                    "tested": tested,
-                    # The within-subject figures decide; the pooled ones are kept beside them.
-                    **within,
-                    "within_subject": within,
-                    "pooled": pooled,
-                    "subject_share": float(relevance.subject_share[index]) if tested else None,
-                    "subject_driven": bool(subject_driven[index]),
-                    "accuracy_drop": None if np.isnan(drop) else float(drop),
-                    "linked": bool(linked[index]),
-                },
-                "blocks": [
-                    {key: block[key] for key in ("band", "electrodes", "name", "strength", "peak")}
-                    for block in blocks
-                ],
-                "change_per_electrode": np.round(change, 5).tolist(),
-            }
-        )
-        if not tested or not draw:
-            continue
-        highlight: dict[str, list[str]] = {}
-        for block in blocks:
-            highlight.setdefault(block["band"], []).extend(block["electrodes"])
-        figures[int(index)] = {
-            "topomap": topomap_figure(change, DEAP_CHANNELS, band_names, highlight=highlight),
-            "traversal": traversal_strip(traversal[:, 0], DEFAULT_TRAVERSAL_VALUES, band_names),
-        }
-
-    linked_blocks = [block for factor in factors if factor["emotion"]["linked"] for block in factor["blocks"]]
-    block_tests = iter(
-        check_blocks_against_data(
-            linked_blocks,
-            selection_electrode_power,
-            selection_classes,
-            selection_subjects,
-            band_names,
-            rules,
-            seed,
-        )
+            traversals[int(index)] = FactorTraversal(change=change, frames=traversal[:, 0])
+        entry = _factor_entry(int(index), rank, estimate, tested, emotion, accuracy_drop[index])
+        shown = ("band", "electrodes", "name", "strength", "peak")
+        entry["blocks"] = [{key: block[key] for key in shown} for block in blocks]
+        entry["change_per_electrode"] = np.round(change, 5).tolist()
+        factors.append(entry)
+    n_blocks_tested = _test_blocks(
+        factors, selection_electrode_power, selection_classes, selection_subjects, band_names, rules, seed
     )
-    for factor in factors:
-        for block in factor["blocks"]:
-            if factor["emotion"]["linked"]:
-                block.update(next(block_tests))
-            else:
-                block.update({"emotion_linked": False, "p_value": None, "q_value": None, "relevance": None})
+    relevance = emotion.relevance
     analysis = {"tested": influential.tolist(), **(relevance.to_dict() if relevance else {})}
-    analysis["blocks_tested"] = len(linked_blocks)
-    return factors, figures, analysis
+    analysis["blocks_tested"] = n_blocks_tested
+    return factors, traversals, analysis
 
 
 def eeg_seed_factors(
@@ -349,7 +391,7 @@ def eeg_seed_factors(
     """
     influential = [factor for factor in factors if factor["influential"]]
     seeds = seed_latents(selection_mu, rules.n_seed_frames, seed)
-    decode = _decoder(model)
+    decode = latent_decoder(model)
     effects = [
         sample_at_electrodes(
             signed_change(decode, seeds, int(factor["index"])), operator.electrode_pixels, operator.mask

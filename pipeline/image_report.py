@@ -7,35 +7,25 @@ from the test images: the β-VAE never saw them, and no choice of the run depend
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from matplotlib.figure import Figure
 
-from pipeline import __version__
 from pipeline.blocks import signed_change, traverse_factor
 from pipeline.errors import InputError
 from pipeline.image_ingest import image_split
 from pipeline.learn import store_mi
 from pipeline.mi import MIEstimate, influential_factors
+from pipeline.models.decoding import latent_decoder
 from pipeline.models.encoding import masked_reconstruction_mse
 from pipeline.models.vae import BetaVAE
 from pipeline.presets import ImagePreset
-from pipeline.report import ReportAssets, write_report
-from pipeline.report.figures import FIGURE_DPI, mi_variance_figure, topk_figure
-from pipeline.stability import (
-    MATCH_THRESHOLD,
-    SeedFactors,
-    annotate_factors,
-    consensus_factors,
-    consensus_summary,
-    majority,
-    representative_seed,
-)
+from pipeline.report import assemble
+from pipeline.report.traversals import traversal_montage
+from pipeline.splits import Split
+from pipeline.stability import MATCH_THRESHOLD, SeedFactors
 from pipeline.store import LATENTS_GROUP, FrameStore
 from pipeline.tables import topk_table
 
@@ -44,26 +34,18 @@ from pipeline.tables import topk_table
 # almost as well); a rise of the error above MSE_TOLERANCE is reported as a failure.
 INFORMATION_SHARE = 0.99
 MSE_TOLERANCE = 0.05
+# How the seeds of an image ensemble are matched, in the report's words.
+IMAGE_MATCH_RULE = (
+    "Hungarian assignment to the reference seed on |cosine| of the signed mean "
+    f"change images (z = +3 minus z = -3), a match needs |cosine| >= {MATCH_THRESHOLD:g}"
+)
+TOPK_UNITS = {
+    "mse": "mean squared error per pixel of the test images (pixels in [0, 1]), decoded from μ "
+    "with the other factors set to zero",
+    "sse_per_image": "the same error summed over the pixels of one image (the paper's Table 2 scale)",
+}
 _DECODE_BATCH = 256
 _MI_READ_ROWS = 4096
-
-
-def latent_decoder(model: BetaVAE) -> Callable[[np.ndarray], np.ndarray]:
-    """The mean of p(x|z) as a numpy function: float32 latents (m, n_latents) -> images (m, C, H, W).
-
-    The form :func:`pipeline.blocks.traverse_factor` takes; the output is not clipped.
-    """
-    if not isinstance(model, BetaVAE):
-        raise InputError("model", f"expected a BetaVAE, got {type(model).__name__}")
-    device = next(model.parameters()).device
-
-    def decode(latents: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return (
-                model.decode(torch.from_numpy(np.ascontiguousarray(latents)).to(device)).float().cpu().numpy()
-            )
-
-    return decode
 
 
 def information_cutoff(
@@ -117,64 +99,6 @@ def information_cutoff(
         "tolerance": float(tolerance),
         "within_tolerance": bool(relative <= tolerance),
     }
-
-
-def traversal_montage(traversal, values, row_labels: Sequence[str] | None = None) -> bytes:
-    """One factor's traversal as a grid: one row per seed image, one column per value of the factor.
-
-    Parameters
-    ----------
-    traversal : array (n_values, n_seeds, C, H, W)
-        Output of :func:`pipeline.blocks.traverse_factor`, C = 1 (grayscale) or 3 (RGB).
-        Values are clipped to [0, 1] for display (a Gaussian decoder's mean may overshoot).
-    values : array (n_values,)
-        The factor's value in each column, printed above it.
-    row_labels : sequence of n_seeds str, optional
-        Printed left of each row (e.g. the seed image's class).
-
-    Returns
-    -------
-    bytes
-        PNG of the montage, all cells on one fixed [0, 1] scale so rows compare directly.
-    """
-    frames = np.asarray(traversal, dtype=np.float64)
-    if frames.ndim != 5 or 0 in frames.shape or frames.shape[2] not in (1, 3):
-        raise InputError("traversal", f"shape {frames.shape}; expected (n_values, n_seeds, 1 or 3, H, W)")
-    if not np.isfinite(frames).all():
-        raise InputError("traversal", "contains NaN or infinite values")
-    z_values = np.asarray(values, dtype=np.float64)
-    n_values, n_seeds, n_channels, height, width = frames.shape
-    if z_values.shape != (n_values,):
-        raise InputError("values", f"has shape {z_values.shape}; the traversal has {n_values} values")
-    labels = [f"seed {i + 1}" for i in range(n_seeds)] if row_labels is None else [str(s) for s in row_labels]
-    if len(labels) != n_seeds:
-        raise InputError("row_labels", f"has {len(labels)} labels for {n_seeds} seed images")
-
-    gap = max(1, width // 10)
-    mosaic = np.ones((n_seeds * (height + gap) - gap, n_values * (width + gap) - gap, 3))
-    cells = np.clip(frames, 0.0, 1.0)
-    if n_channels == 1:
-        cells = np.repeat(cells, 3, axis=2)
-    for v in range(n_values):
-        for s in range(n_seeds):
-            top, left = s * (height + gap), v * (width + gap)
-            mosaic[top : top + height, left : left + width] = np.moveaxis(cells[v, s], 0, -1)
-    scale = 0.85 if height <= 32 else 1.1
-    fig = Figure(figsize=(0.9 + scale * n_values, 0.45 + scale * n_seeds), layout="constrained")
-    ax = fig.subplots()
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.xaxis.tick_top()
-    ax.set_xticks(
-        np.arange(n_values) * (width + gap) + (width - 1) / 2,
-        [f"{z:+.2g}" if z != 0 else "0" for z in z_values],
-        fontsize=8,
-    )
-    ax.set_yticks(np.arange(n_seeds) * (height + gap) + (height - 1) / 2, labels, fontsize=8)
-    ax.tick_params(length=0)
-    ax.spines[:].set_visible(False)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
-    return buffer.getvalue()
 
 
 def _seed_positions(labels: np.ndarray, n_seeds: int, seed: int) -> np.ndarray:
@@ -254,40 +178,103 @@ def build_image_report(
     if not isinstance(model, BetaVAE) or model.input_shape != tuple(store.frame_shape[1:]):
         raise InputError("model", f"must be a BetaVAE for the store's images {tuple(store.frame_shape[1:])}")
     split = image_split(store, preset.caps)
-    eval_rows = split.test[: preset.eval_images]
-    if eval_rows.size == 0:
-        raise InputError(store.path, "holds no test image; Î and the top-k table are computed on test images")
-    estimate = store_mi(store, eval_rows, trials_per_read=_MI_READ_ROWS, group=group)
-    targets = store.read_frames(eval_rows)
-    stored_mu = store.read_latents(eval_rows, group=group)[0]
-    mu = stored_mu[:, 0, :]
-
-    def mse_of(keep: np.ndarray) -> float:
-        positions = np.arange(eval_rows.size)
-        return masked_reconstruction_mse(
-            model, targets, positions, keep, mu=stored_mu, trials_per_read=_DECODE_BATCH
-        )
-
-    pixels_per_image = int(np.prod(model.input_shape))
-    topk = topk_table(estimate, reconstruction_mse=mse_of)
-    for row in topk:
-        row["accuracy"] = None  # no classifier on image data
-        row["sse_per_image"] = row["mse"] * pixels_per_image
-    cutoff = information_cutoff(estimate, mse_of)
-    influential = influential_factors(estimate, preset.threshold_nats)
-
+    test = _test_images(store, model, split, preset, group)
+    topk = test.topk()
+    influential = influential_factors(test.estimate, preset.threshold_nats)
     if reference_seed is None:
         reference_seed = preset.train.seed
-    committed_rows = store.committed_rows()
-    labels = store.labels[np.searchsorted(committed_rows, eval_rows), 0]
-    seeds = _seed_positions(labels, min(preset.n_seed_images, eval_rows.size), reference_seed)
+    factors, factor_figures = _traversed_factors(store, model, preset, test, reference_seed)
+    if seed_analyses is None:
+        seed_analyses = [image_seed_factors(store, model, preset, group, reference_seed)]
+    stability = assemble.seed_stability(factors, seed_analyses, preset.train.seed, IMAGE_MATCH_RULE)
+    n_images = int(store.committed_rows().size)
+    report = assemble.assemble_report(
+        preset.dataset,
+        {**source, "n_trials": n_images, "n_frames": n_images, "n_images": n_images},
+        run_config,
+        assemble.mi_summary(
+            test.estimate,
+            f"{test.rows.size} test images",
+            float(preset.threshold_nats),
+            n_influential=int(influential.size),
+            influential=[int(j) for j in influential],
+        ),
+        topk,
+        TOPK_UNITS,
+        {
+            "information_cutoff": information_cutoff(test.estimate, test.mse_of),
+            "split_sizes": assemble.split_sizes(split),
+        },
+        factors,
+        stability,
+        assemble.provenance(store, store_config_hash=store.config_hash),
+        optional={
+            "training": training,
+            "ground_truth": ground_truth,
+            "ground_truth_check": None if ground_truth is None else _count_check(ground_truth, influential),
+        },
+    )
+    return assemble.write_run_report(out_dir, report, test.estimate, factor_figures)
+
+
+@dataclass(frozen=True)
+class _TestImages:
+    """The test images a report measures on: their rows, Î, targets and posterior means."""
+
+    rows: np.ndarray
+    estimate: MIEstimate
+    targets: np.ndarray
+    mu: np.ndarray
+    model: BetaVAE
+
+    def mse_of(self, keep: np.ndarray) -> float:
+        """Reconstruction error of the test images with only the factors of ``keep``."""
+        positions = np.arange(self.rows.size)
+        return masked_reconstruction_mse(
+            self.model,
+            self.targets[:, None],
+            positions,
+            keep,
+            mu=self.mu[:, None],
+            trials_per_read=_DECODE_BATCH,
+        )
+
+    def topk(self) -> list[dict]:
+        """Table 2: Î and the reconstruction error of the top-k factors, also per image."""
+        rows = topk_table(self.estimate, reconstruction_mse=self.mse_of)
+        for row in rows:
+            row["accuracy"] = None  # no classifier on image data
+            row["sse_per_image"] = row["mse"] * int(np.prod(self.model.input_shape))
+        return rows
+
+
+def _test_images(
+    store: FrameStore, model: BetaVAE, split: Split, preset: ImagePreset, group: str
+) -> _TestImages:
+    rows = split.test[: preset.eval_images]
+    if rows.size == 0:
+        raise InputError(store.path, "holds no test image; Î and the top-k table are computed on test images")
+    estimate = store_mi(store, rows, trials_per_read=_MI_READ_ROWS, group=group)
+    targets = store.read_frames(rows)[:, 0]
+    mu = store.read_latents(rows, group=group)[0][:, 0, :]
+    return _TestImages(rows, estimate, targets, mu, model)
+
+
+def _traversed_factors(
+    store: FrameStore, model: BetaVAE, preset: ImagePreset, test: _TestImages, reference_seed: int
+) -> tuple[list[dict], dict[int, dict[str, bytes]]]:
+    """The report entries and traversal montages of the top factors by Î, each traversed from
+    the same seed test images (one per class first, chosen with ``reference_seed``)."""
+    estimate = test.estimate
+    labels = store.labels[np.searchsorted(store.committed_rows(), test.rows), 0]
+    seeds = _seed_positions(labels, min(preset.n_seed_images, test.rows.size), reference_seed)
     row_labels = [_row_label(labels[p], i) for i, p in enumerate(seeds)]
     values = np.asarray(preset.traversal_values)
     decode = latent_decoder(model)
     factors, factor_figures = [], {}
     for rank, index in enumerate(estimate.ranking[: preset.n_reported_factors], start=1):
         index = int(index)
-        traversal = traverse_factor(decode, mu[seeds], index, values)
+        traversal = traverse_factor(decode, test.mu[seeds], index, values)
         shown = np.clip(traversal, 0.0, 1.0)
         factors.append(
             {
@@ -302,76 +289,17 @@ def build_image_report(
             }
         )
         factor_figures[index] = {"traversal": traversal_montage(traversal, values, row_labels)}
+    return factors, factor_figures
 
-    if seed_analyses is None:
-        seed_analyses = [image_seed_factors(store, model, preset, group, reference_seed)]
-    consensus = consensus_factors(seed_analyses)
-    chosen, scores = representative_seed(seed_analyses, consensus)
-    annotate_factors(factors, seed_analyses, consensus, preset.train.seed)
-    n_images = int(committed_rows.size)
-    report = {
-        "dataset": preset.dataset,
-        "source": {**source, "n_trials": n_images, "n_frames": n_images, "n_images": n_images},
-        "config": run_config,
-        "mi": {
-            **estimate.to_dict(),
-            "estimated_on": f"{eval_rows.size} test images",
-            "influential_threshold_nats": float(preset.threshold_nats),
-            "n_influential": int(influential.size),
-            "influential": [int(j) for j in influential],
-        },
-        "topk": topk,
-        "topk_units": {
-            "mse": "mean squared error per pixel of the test images (pixels in [0, 1]), decoded from μ "
-            "with the other factors set to zero",
-            "sse_per_image": "the same error summed over the pixels of one image (the paper's Table 2 scale)",
-        },
-        "information_cutoff": cutoff,
-        "split_sizes": {
-            "train": int(split.train.size),
-            "val": int(split.val.size),
-            "test": int(split.test.size),
-        },
-        "factors": factors,
-        "stability": {
-            "n_seeds": len(seed_analyses),
-            "seeds": [analysis.seed for analysis in seed_analyses],
-            "reference_seed": seed_analyses[0].seed,
-            "reported_seed": preset.train.seed,
-            "most_representative_seed": chosen,
-            "similarity_to_consensus": {str(seed): round(score, 4) for seed, score in scores.items()},
-            "majority": majority(len(seed_analyses)),
-            "match_rule": "Hungarian assignment to the reference seed on |cosine| of the signed mean "
-            f"change images (z = +3 minus z = -3), a match needs |cosine| >= {MATCH_THRESHOLD:g}",
-            "match_threshold": MATCH_THRESHOLD,
-            "consensus": consensus_summary(consensus),
-        },
-        "provenance": {
-            "package_version": __version__,
-            "store": str(store.path),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "store_config_hash": store.config_hash,
-        },
+
+def _count_check(ground_truth: dict, influential: np.ndarray) -> dict:
+    """Procedural images: is the number of influential factors within one of the true number?"""
+    n_true = int(ground_truth["n_factors"])
+    return {
+        "n_true_factors": n_true,
+        "n_influential": int(influential.size),
+        "within_one": bool(abs(int(influential.size) - n_true) <= 1),
     }
-    if training is not None:
-        report["training"] = training
-    if ground_truth is not None:
-        n_true = int(ground_truth["n_factors"])
-        report["ground_truth"] = ground_truth
-        report["ground_truth_check"] = {
-            "n_true_factors": n_true,
-            "n_influential": int(influential.size),
-            "within_one": bool(abs(int(influential.size) - n_true) <= 1),
-        }
-    assets = ReportAssets(
-        mi_variance=mi_variance_figure(
-            estimate.per_factor_nats, estimate.variance, estimate.ranking, preset.threshold_nats
-        ),
-        topk=topk_figure(topk),
-        factors=factor_figures,
-    )
-    write_report(out_dir, report, assets)
-    return report
 
 
 def image_seed_factors(

@@ -38,29 +38,20 @@ BLOCK_JACCARD = 0.5
 
 @dataclass(frozen=True)
 class SeedFactors:
-    """The influential factors of one seed's β-VAE, as the matching needs them.
+    """The influential factors of one seed's β-VAE, as the matching needs them: n factors, each
+    with its index, signed effect map and Î, in this seed's ranking order."""
 
-    Attributes
-    ----------
-    seed : int
-        The model seed.
-    indices : ndarray of int, shape (n,)
-        Factor indices (in this seed's latent space), in ranking order.
-    effects : ndarray, shape (n, ...)
-        Each factor's signed effect map (any shape per factor; flattened for the matching).
-    mi_nats : ndarray, shape (n,)
-        Each factor's Î(X;Z_j).
-    linked : ndarray of bool, shape (n,), optional
-        Emotion-linked (EEG only; None for images).
-    blocks : list of list of dict, optional
-        Each factor's electrode blocks (``band``, ``electrodes``; EEG only).
-    """
-
+    # The model seed.
     seed: int
+    # int (n,): the factors' indices in this seed's latent space.
     indices: np.ndarray
+    # (n, ...): each factor's signed effect map, any shape per factor (flattened for the matching).
     effects: np.ndarray
+    # (n,): each factor's Î(X;Z_j).
     mi_nats: np.ndarray
+    # bool (n,): emotion-linked (EEG only; None for images).
     linked: np.ndarray | None = None
+    # Each factor's electrode blocks (``band``, ``electrodes``; EEG only).
     blocks: list[list[dict]] | None = None
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from pipeline.classification import wilson_interval
 from pipeline.learn import checkpoint_model_id
 from pipeline.mi import DEFAULT_TOPK_PERCENTS
 from pipeline.models.state import load_vae
-from pipeline.report.html import format_sig3
+from pipeline.report.formatting import format_sig3
 from pipeline.run_folder import store_path
 from pipeline.splits import emotion_classes
 from pipeline.store import FrameStore

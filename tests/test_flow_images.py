@@ -17,14 +17,12 @@ from PIL import Image
 import pipeline
 from flows.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from pipeline.errors import InputError
-from pipeline.image_report import (
-    information_cutoff,
-    traversal_montage,
-)
+from pipeline.image_report import information_cutoff
 from pipeline.mi import DEFAULT_TOPK_PERCENTS, estimate_mi
 from pipeline.models.state import load_vae
 from pipeline.report import ReportAssets, render_report_html
 from pipeline.report.figures import PNG_SIGNATURE
+from pipeline.report.traversals import traversal_montage
 from pipeline.sources.celeba import IMAGE_FOLDER, PARTITION_FILE
 from pipeline.sources.images import SPLIT_TEST
 from pipeline.sources.mnist import MNIST_FILES, digits_as_mnist, write_idx

@@ -32,7 +32,7 @@ from pipeline.report import (
     write_report,
 )
 from pipeline.report.figures import PNG_SIGNATURE
-from pipeline.report.html import format_sig3
+from pipeline.report.formatting import format_sig3
 from pipeline.sources.trials import DEAP_CHANNELS
 
 N_FACTORS = 16

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -19,18 +19,21 @@ from pipeline.errors import InputError
 
 FIGURE_DPI = 100
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FACTOR_FIGURES = ("topomap", "traversal")
 _INFLUENTIAL_COLOUR = "#1f5fa8"
 _BELOW_THRESHOLD_COLOUR = "#a9b4c2"
 _VARIANCE_COLOUR = "#c0703a"
 
 
-def _to_png(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
+    """The figure encoded as PNG at the report's resolution."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
     return buffer.getvalue()
 
 
-def _finite_array(values, name: str, ndim: int) -> np.ndarray:
+def finite_array(values, name: str, ndim: int) -> np.ndarray:
+    """``values`` as a non-empty float64 array of ``ndim`` dimensions, all finite, or one clear error."""
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -51,6 +54,60 @@ def _ranking_permutation(ranking, n_factors: int, name: str) -> np.ndarray:
     if not np.issubdtype(order.dtype, np.integer) or sorted(order.tolist()) != list(range(n_factors)):
         raise InputError(name, f"is not a permutation of the factor indices 0..{n_factors - 1}")
     return order
+
+
+def _check_png(data, name: str) -> None:
+    if not isinstance(data, bytes) or not data.startswith(PNG_SIGNATURE):
+        raise InputError(name, "is not PNG bytes")
+
+
+@dataclass(frozen=True)
+class ReportAssets:
+    """The figures of one report, as PNG bytes.
+
+    Attributes
+    ----------
+    mi_variance : bytes
+        Î and variance per factor (``figures.mi_variance_figure``).
+    topk : bytes, optional
+        Total Î, MSE and accuracy against the share of factors kept (``figures.topk_figure``).
+    confusion : bytes, optional
+        Test confusion matrix (``figures.confusion_figure``).
+    factors : dict int -> dict str -> bytes
+        Per reported factor index, its ``"topomap"`` and/or ``"traversal"`` figure.
+    """
+
+    mi_variance: bytes
+    topk: bytes | None = None
+    confusion: bytes | None = None
+    factors: dict[int, dict[str, bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_png(self.mi_variance, "ReportAssets.mi_variance")
+        for name in ("topk", "confusion"):
+            if getattr(self, name) is not None:
+                _check_png(getattr(self, name), f"ReportAssets.{name}")
+        for index, figures in self.factors.items():
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise InputError("ReportAssets.factors", f"key {index!r} is not a factor index")
+            unknown = set(figures) - set(FACTOR_FIGURES)
+            if unknown:
+                raise InputError(
+                    f"ReportAssets.factors[{index}]",
+                    f"has unknown figure(s) {sorted(unknown)}; expected {FACTOR_FIGURES}",
+                )
+            for kind, data in figures.items():
+                _check_png(data, f"ReportAssets.factors[{index}][{kind!r}]")
+
+    def check_matches(self, report: Mapping) -> None:
+        """Refuse figures of a factor the (JSON-native) report does not list under ``factors``."""
+        reported = {factor["index"] for factor in report.get("factors", [])}
+        stray = sorted(set(self.factors) - reported)
+        if stray:
+            raise InputError(
+                "ReportAssets.factors",
+                f"has figures for factor(s) {stray}, which the report does not list under 'factors'",
+            )
 
 
 def mi_variance_figure(per_factor_nats, variance, ranking, threshold_nats: float | None = None) -> bytes:
@@ -74,8 +131,8 @@ def mi_variance_figure(per_factor_nats, variance, ranking, threshold_nats: float
         The figure as PNG: Î bars on top, variance bars below, sharing the factor axis,
         so factors with high variance but little information stand out.
     """
-    mi = _finite_array(per_factor_nats, "per_factor_nats", ndim=1)
-    var = _finite_array(variance, "variance", ndim=1)
+    mi = finite_array(per_factor_nats, "per_factor_nats", ndim=1)
+    var = finite_array(variance, "variance", ndim=1)
     if var.shape != mi.shape:
         raise InputError("variance", f"has shape {var.shape}; per_factor_nats has {mi.shape}")
     if np.any(mi < 0) or np.any(var < 0):
@@ -120,7 +177,7 @@ def mi_variance_figure(per_factor_nats, variance, ranking, threshold_nats: float
         ax.spines[["top", "right"]].set_visible(False)
         ax.grid(axis="y", color="#e3e6ea", linewidth=0.6)
         ax.set_axisbelow(True)
-    return _to_png(fig)
+    return png_bytes(fig)
 
 
 def topk_figure(topk_rows: Sequence[Mapping]) -> bytes:
@@ -147,7 +204,7 @@ def topk_figure(topk_rows: Sequence[Mapping]) -> bytes:
         missing = [key for key in ("percent", *measures) if key not in row]
         if missing:
             raise InputError(f"topk[{i}]", f"lacks key(s) {missing}")
-    percent = _finite_array([row["percent"] for row in topk_rows], "topk percent", ndim=1)
+    percent = finite_array([row["percent"] for row in topk_rows], "topk percent", ndim=1)
     order = np.argsort(percent)
 
     panels = []
@@ -167,7 +224,7 @@ def topk_figure(topk_rows: Sequence[Mapping]) -> bytes:
         ax.set_title(label, fontsize=10, loc="left")
         ax.spines[["top", "right"]].set_visible(False)
         ax.grid(color="#e3e6ea", linewidth=0.6)
-    return _to_png(fig)
+    return png_bytes(fig)
 
 
 def confusion_figure(confusion, class_names: Sequence[str]) -> bytes:
@@ -185,7 +242,7 @@ def confusion_figure(confusion, class_names: Sequence[str]) -> bytes:
     bytes
         PNG of the row-normalised matrix, so classes with few trials read as clearly as others.
     """
-    counts = _finite_array(confusion, "confusion", ndim=2)
+    counts = finite_array(confusion, "confusion", ndim=2)
     n_classes = counts.shape[0]
     if counts.shape != (n_classes, n_classes):
         raise InputError("confusion", f"has shape {counts.shape}; expected a square matrix")
@@ -218,7 +275,7 @@ def confusion_figure(confusion, class_names: Sequence[str]) -> bytes:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of true class")
-    return _to_png(fig)
+    return png_bytes(fig)
 
 
 def topomap_figure(
@@ -250,7 +307,7 @@ def topomap_figure(
     """
     import mne  # imported here because MNE is heavy and only the topomaps need it
 
-    values = _finite_array(change, "change", ndim=2)
+    values = finite_array(change, "change", ndim=2)
     names = [str(name) for name in ch_names]
     bands = [str(band) for band in band_names]
     if values.shape != (len(bands), len(names)):
@@ -302,91 +359,4 @@ def topomap_figure(
         )
         ax.set_title(band, fontsize=10)
         fig.colorbar(image, ax=ax, shrink=0.7, orientation="horizontal", pad=0.02, format="%.2g")
-    return _to_png(fig)
-
-
-def traversal_strip(frames, values, band_names: Sequence[str] | None = None, rgb: bool = False) -> bytes:
-    """Decoded frames of one factor traversal, one column per traversal value.
-
-    Parameters
-    ----------
-    frames : array (n_values, C, H, W)
-        Decoder outputs while one latent factor sweeps ``values`` and the others stay fixed.
-    values : array (n_values,)
-        The factor's value for each frame, printed above its column.
-    band_names : sequence of C str, optional
-        Row labels (frequency bands for EEG); defaults to ``channel 0..C-1``.
-    rgb : bool
-        Draw each frame as one colour image (needs C == 3, values in [0, 1]); otherwise draw one
-        row per channel with a colour scale shared along the row (grayscale when C == 1).
-
-    Returns
-    -------
-    bytes
-        PNG of the strip.
-    """
-    images = _finite_array(frames, "frames", ndim=4)
-    z_values = _finite_array(values, "values", ndim=1)
-    n_values, n_channels = images.shape[:2]
-    if z_values.shape[0] != n_values:
-        raise InputError("values", f"has {z_values.shape[0]} entries; frames has {n_values} traversal steps")
-    if rgb:
-        if n_channels != 3:
-            raise InputError("frames", f"has {n_channels} channel(s); an RGB strip needs 3")
-        if images.min() < 0.0 or images.max() > 1.0:
-            raise InputError("frames", "RGB frames must lie in [0, 1]")
-        row_labels = [""]
-    else:
-        if band_names is None:
-            row_labels = [f"channel {c}" for c in range(n_channels)]
-        else:
-            row_labels = [str(name) for name in band_names]
-        if len(row_labels) != n_channels:
-            raise InputError(
-                "band_names", f"has {len(row_labels)} name(s); frames have {n_channels} channels"
-            )
-
-    n_rows = len(row_labels)
-    height, width = images.shape[2:]
-    gap = max(1, width // 12)
-    # One mosaic image per row (frames side by side, separated by blank gaps) draws far faster
-    # than one axes per frame and keeps the frames of a row on exactly one colour scale.
-    column_starts = np.arange(n_values) * (width + gap)
-    mosaic_width = column_starts[-1] + width
-    fig = Figure(
-        figsize=(0.22 + 1.05 * n_values * (width + gap) / width, 0.5 + 1.05 * n_rows), layout="constrained"
-    )
-    axes = fig.subplots(n_rows, 1, squeeze=False)[:, 0]
-    for row, (ax, label) in enumerate(zip(axes, row_labels, strict=True)):
-        if rgb:
-            mosaic = np.ones((height, mosaic_width, 3))
-            for k, start in enumerate(column_starts):
-                mosaic[:, start : start + width] = np.moveaxis(images[k], 0, -1)
-            ax.imshow(mosaic, interpolation="nearest")
-        else:
-            mosaic = np.full((height, mosaic_width), np.nan)
-            for k, start in enumerate(column_starts):
-                mosaic[:, start : start + width] = images[k, row]
-            cmap = matplotlib.colormaps["gray" if n_channels == 1 else "viridis"].with_extremes(bad="white")
-            shown = ax.imshow(
-                mosaic,
-                interpolation="nearest",
-                cmap=cmap,
-                vmin=float(images[:, row].min()),
-                vmax=float(images[:, row].max()),
-            )
-            fig.colorbar(shown, ax=ax, shrink=0.9, pad=0.01, format="%.2g")
-        ax.set_yticks([])
-        ax.set_ylabel(label, fontsize=9)
-        ax.spines[:].set_visible(False)
-        if row == 0:
-            ax.xaxis.tick_top()
-            ax.set_xticks(
-                column_starts + (width - 1) / 2,
-                [f"z = {z:+.2g}" if z != 0 else "z = 0" for z in z_values],
-                fontsize=8,
-            )
-            ax.tick_params(axis="x", length=0)
-        else:
-            ax.set_xticks([])
-    return _to_png(fig)
+    return png_bytes(fig)

@@ -3,18 +3,73 @@
 The schema (``report.schema.json`` beside this module; ``eegmi schema`` prints it) says which
 keys a report holds and what each holds. A few facts relate two keys (equal lengths, a
 permutation, a square matrix), which JSON Schema cannot state; :func:`validate_report` checks
-them after the schema. The writer and the renderer both call it, so every report written passes.
+them after the schema. The writer and the renderer both pass a report through
+:func:`checked_report`, so every report written passes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
+from pathlib import PurePath
+
+import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.schemas import check_against_schema, load_schema
 
 REPORT_SCHEMA_VERSION: int = load_schema("report")["properties"]["schema_version"]["const"]
+
+
+def to_json_native(value, key: str = "report"):
+    """Convert numpy scalars/arrays, tuples and paths to plain JSON types, recursively.
+
+    Non-finite floats become ``None`` (JSON has no NaN); mapping keys become strings.
+
+    Parameters
+    ----------
+    value : object
+        A report or any part of it.
+    key : str
+        Dotted location of ``value``, used in error messages.
+
+    Returns
+    -------
+    object
+        The same structure built only from dict, list, str, int, float, bool and None.
+
+    Raises
+    ------
+    InputError
+        If a value has a type JSON cannot represent.
+    """
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, PurePath):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray):
+        return [to_json_native(item, f"{key}[{i}]") for i, item in enumerate(value.tolist())]
+    if isinstance(value, Mapping):
+        return {str(name): to_json_native(item, f"{key}.{name}") for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json_native(item, f"{key}[{i}]") for i, item in enumerate(value)]
+    raise InputError(key, f"holds a {type(value).__name__}, which JSON cannot represent")
+
+
+def checked_report(report, where: str | os.PathLike = "report", key: str = "report") -> dict:
+    """``report`` in JSON-native form (:func:`to_json_native`, located as ``key`` in messages) with
+    its ``schema_version`` (:func:`with_schema_version`), checked by :func:`validate_report`."""
+    native = with_schema_version(to_json_native(report, key))
+    validate_report(native, where)
+    return native
 
 
 def with_schema_version(report):

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.report.html import ReportAssets, render_report_html, to_json_native
-from pipeline.report.schema import validate_report, with_schema_version
+from pipeline.report.figures import ReportAssets
+from pipeline.report.html import render_report_html
+from pipeline.report.schema import checked_report
 from pipeline.run_folder import FIGURES_DIR_NAME as FIGURES_DIR
 from pipeline.run_folder import REPORT_HTML_NAME as REPORT_HTML
 from pipeline.run_folder import REPORT_JSON_NAME as REPORT_JSON
@@ -67,8 +68,7 @@ def write_report(out_dir: str | os.PathLike, report: Mapping, assets: ReportAsse
     if not isinstance(assets, ReportAssets):
         raise InputError("assets", f"is a {type(assets).__name__}; expected ReportAssets")
     report_path = out / REPORT_JSON
-    native = with_schema_version(to_json_native(report, REPORT_JSON))
-    validate_report(native, report_path)
+    native = checked_report(report, report_path, REPORT_JSON)
     html = render_report_html(native, assets)
     payload = json.dumps(native, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 

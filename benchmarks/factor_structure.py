@@ -27,18 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.blocks import (
+from pipeline.analysis.blocks import (
     DEFAULT_TRAVERSAL_VALUES,
     block_jaccard,
     electrode_change,
     find_blocks,
     traverse_factor,
 )
-from pipeline.config import PreprocessConfig
-from pipeline.factors import FactorRules, seed_latents
-from pipeline.imaging import deap_imaging_operator
-from pipeline.ingest import deap_store_spec, ingest_trials, open_store
-from pipeline.learn import (
+from pipeline.analysis.factors import FactorRules, seed_latents
+from pipeline.analysis.mi import estimate_mi, influential_factors
+from pipeline.models.configs import TrainConfig
+from pipeline.models.encoding import encode_frames
+from pipeline.models.learn import (
     LearnConfig,
     fit_store_normalisation,
     make_split,
@@ -47,17 +47,17 @@ from pipeline.learn import (
     train_store_vae,
     vae_validation_scores,
 )
-from pipeline.mi import estimate_mi, influential_factors
-from pipeline.models.encoding import encode_frames
+from pipeline.models.presets import deap_preset
 from pipeline.models.vae import VAEConfig
-from pipeline.montage import neighbour_graph
-from pipeline.presets import deap_preset
-from pipeline.run_folder import RunFolder
+from pipeline.signal.config import PreprocessConfig
+from pipeline.signal.imaging import deap_imaging_operator
+from pipeline.signal.montage import neighbour_graph
 from pipeline.sources.synthetic import generate_subject, ground_truth
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec, scenario_spec
 from pipeline.sources.trials import DEAP_CHANNELS
-from pipeline.store import FrameStore
-from pipeline.train import TrainConfig
+from pipeline.store.frames import FrameStore
+from pipeline.store.ingest_eeg import deap_store_spec, ingest_trials, open_store
+from pipeline.store.run_folder import RunFolder
 
 
 def _store(work_dir: Path, spec: SyntheticDeapSpec) -> FrameStore:

@@ -112,12 +112,12 @@ def time_steps(files: list[Path], out_dir: Path) -> tuple[dict, np.ndarray]:
     Returns the step timings and the band power of every trial (n_trials, 63, 32, 3), which
     the interpolation comparison reuses.
     """
-    from pipeline.bands import band_log_power
-    from pipeline.config import PreprocessConfig
-    from pipeline.imaging import deap_imaging_operator
-    from pipeline.ingest import deap_store_spec, open_store
+    from pipeline.signal.bands import band_log_power
+    from pipeline.signal.config import PreprocessConfig
+    from pipeline.signal.imaging import deap_imaging_operator
     from pipeline.sources.deap import read_source_file
     from pipeline.sources.trials import file_sha256
+    from pipeline.store.ingest_eeg import deap_store_spec, open_store
 
     config = PreprocessConfig()
     operator = deap_imaging_operator(config)
@@ -188,8 +188,8 @@ def time_floor(files: list[Path], band_power: np.ndarray, parallel_tasks: int) -
     import scipy.fft
     from numcodecs import Blosc, blosc
 
-    from pipeline.config import PreprocessConfig
-    from pipeline.imaging import deap_imaging_operator
+    from pipeline.signal.config import PreprocessConfig
+    from pipeline.signal.imaging import deap_imaging_operator
 
     config = PreprocessConfig()
     buffer = bytearray(16 * 2**20)
@@ -377,8 +377,8 @@ def time_interpolation(band_power: np.ndarray, n_subset_frames: int) -> dict:
     """
     from scipy.interpolate import griddata
 
-    from pipeline.config import PreprocessConfig
-    from pipeline.imaging import deap_imaging_operator
+    from pipeline.signal.config import PreprocessConfig
+    from pipeline.signal.imaging import deap_imaging_operator
 
     operator = deap_imaging_operator(PreprocessConfig())
     n_trials, n_windows, n_electrodes, n_bands = band_power.shape

@@ -48,13 +48,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch  # noqa: F401  (a flow's process holds torch too; fork cost grows with the process)
 
-    from pipeline.bands import band_log_power
-    from pipeline.config import PreprocessConfig
-    from pipeline.imaging import deap_imaging_operator
-    from pipeline.ingest import deap_store_spec, open_store
+    from pipeline.signal.bands import band_log_power
+    from pipeline.signal.config import PreprocessConfig
+    from pipeline.signal.imaging import deap_imaging_operator
     from pipeline.sources.deap import read_source_file
     from pipeline.sources.synthetic_files import write_synthetic_deap
     from pipeline.sources.synthetic_spec import SyntheticDeapSpec
+    from pipeline.store.ingest_eeg import deap_store_spec, open_store
 
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="eegmi-isolation-") as work:

@@ -239,7 +239,7 @@ def cpu_options(steps: int, warmup: int, repeats: int) -> dict:
 
 def resident_training(epochs: int, device: torch.device, n_frames: int = FULL_DEAP_FRAMES) -> dict:
     """The paper preset's training loop with every frame already on ``device``."""
-    from pipeline.presets import deap_preset
+    from pipeline.models.presets import deap_preset
 
     preset = deap_preset("paper").learn
     batch_size = preset.train.batch_size
@@ -284,9 +284,9 @@ def resident_training(epochs: int, device: torch.device, n_frames: int = FULL_DE
 
 def pipeline_trainer_epochs(epochs: int, device: torch.device, n_frames: int = FULL_DEAP_FRAMES) -> dict:
     """The pipeline's VAETrainer on host frames (n_trials, 63, 3, 32, 32): streaming included."""
+    from pipeline.models.configs import TrainConfig
+    from pipeline.models.presets import deap_preset
     from pipeline.models.training import train_vae
-    from pipeline.presets import deap_preset
-    from pipeline.train import TrainConfig
 
     preset = deap_preset("paper").learn
     n_trials = n_frames // 63
@@ -340,11 +340,11 @@ def demo_estimate(n_subjects: int, vae_epochs: int, classifier_epochs: int) -> d
     factor figures and is not scaled. Prefect's server start (once per ``eegmi`` call) is not
     included.
     """
-    from pipeline.presets import deap_preset
-    from pipeline.run_folder import RunFolder
+    from pipeline.models.presets import deap_preset
     from pipeline.runs.deap import PLAIN_STEPS, run_deap
     from pipeline.runs.preprocess import DeapSource
     from pipeline.sources.synthetic_spec import SyntheticDeapSpec
+    from pipeline.store.run_folder import RunFolder
 
     preset = deap_preset("demo")
     spec = SyntheticDeapSpec(n_subjects=n_subjects)

@@ -34,7 +34,7 @@ class _NamedErrorsWithoutTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         from pipeline.errors import InputError, NamedFailure
-        from pipeline.runlock import OUTPUT_ERRNOS
+        from pipeline.store.runlock import OUTPUT_ERRNOS
 
         error = record.exc_info[1] if record.exc_info else None
         refused_write = isinstance(error, OSError) and error.errno in OUTPUT_ERRNOS

@@ -20,7 +20,7 @@ def check_out_folder(args: argparse.Namespace) -> None:
     """Refuse an unusable --out (an over-long path, a URL without its filesystem, a read-only
     folder) in one line before a Prefect server starts: inside the flow, Prefect would log the
     refusal with its traceback. Called after the inputs are checked, since it creates the folder."""
-    from pipeline.runlock import check_run_folder
+    from pipeline.store.runlock import check_run_folder
 
     # Training, checkpoints and the report need a local folder; a frame store alone may be a URL.
     check_run_folder(args.out, local_only=args.command != "preprocess")
@@ -31,8 +31,8 @@ def synthetic_spec(args: argparse.Namespace, n_subjects: int | None):
 
     Refusals come here, in one line, before a Prefect server starts for the flow.
     """
-    from pipeline.ingest import check_store_accepts
     from pipeline.sources.synthetic_spec import scenario_spec
+    from pipeline.store.ingest_eeg import check_store_accepts
 
     settings = {"seed": args.seed} if n_subjects is None else {"seed": args.seed, "n_subjects": n_subjects}
     spec = scenario_spec(args.synthetic_scenario, **settings)
@@ -42,7 +42,7 @@ def synthetic_spec(args: argparse.Namespace, n_subjects: int | None):
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
-    from pipeline.manifests import check_folder
+    from pipeline.sources.manifests import check_folder
 
     synthetic = None
     # Bad input is reported here, in one line, before a Prefect server starts for the flow.
@@ -81,7 +81,7 @@ def run_deap(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         check_out_folder(args)  # the flow checks the data folder against its manifest
     else:
-        from pipeline.presets import deap_preset
+        from pipeline.models.presets import deap_preset
 
         synthetic_spec(args, args.subjects or deap_preset(args.preset).synthetic_subjects)
     from flows.deap import SourceFilesFailed, deap

@@ -13,11 +13,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.task_runners import TaskRunner
 
 from flows.runners import cluster_safe, collect_mapped, exclusive_run, logged_step, preprocess_task_runner
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.ingest import deap_store_spec, ingest_trials, open_store
-from pipeline.run_folder import RunFolder
-from pipeline.runlock import output_errors
 from pipeline.runs import deap as deap_run
 from pipeline.runs.deap import DeapSteps, check_seed_options, deap_settings, run_deap
 from pipeline.runs.preprocess import (
@@ -27,9 +23,13 @@ from pipeline.runs.preprocess import (
     prepare_store,
     preprocess_summary,
 )
+from pipeline.signal.config import PreprocessConfig
 from pipeline.sources.deap import read_source_file
 from pipeline.sources.synthetic import generate_subject
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec
+from pipeline.store.ingest_eeg import deap_store_spec, ingest_trials, open_store
+from pipeline.store.run_folder import RunFolder
+from pipeline.store.runlock import output_errors
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:

@@ -8,7 +8,7 @@ Two deployments of the ``ingest-inbox`` flow watch one inbox folder and one run 
 ``weekly-retrain`` (default 03:00 on Sundays)
     The same, then fits split, normalisation, β-VAE and LSTM again on everything stored.
 
-Both hold the run folder while they run (:func:`pipeline.runlock.run_lock`), so when they
+Both hold the run folder while they run (:func:`pipeline.store.runlock.run_lock`), so when they
 overlap the later one waits. Declaring the deployments (:func:`deployment_specs`) starts
 nothing and needs no Prefect server; :func:`serve_deployments` registers them with the Prefect
 API (``PREFECT_API_URL``, or a temporary local server) and runs each scheduled run in a

@@ -7,9 +7,9 @@ from prefect import Flow, flow, get_run_logger, task
 
 from flows.deap import choose_reported_seed
 from flows.runners import exclusive_run, logged_step
-from pipeline.run_folder import RunFolder
 from pipeline.runs import images as images_run
 from pipeline.runs.images import IMAGE_DATASETS, ImageSteps, run_images
+from pipeline.store.run_folder import RunFolder
 
 
 @task

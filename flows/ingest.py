@@ -6,7 +6,7 @@ store, then encodes them with its models and refreshes its report, or retrains
 recordings that appeared in a folder since its last run. The recordings are stored one task per
 file (on threads or a Dask cluster); each learning step is a task. Each run holds its run folder
 from start to end (:func:`flows.runners.exclusive_run`), and a run killed at any point is
-finished by the next one (:mod:`pipeline.runlock`).
+finished by the next one (:mod:`pipeline.store.runlock`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from prefect.task_runners import TaskRunner
 
 from flows.deap import TASK_STEPS, _retry_unless_bad_input
 from flows.runners import cluster_safe, collect_mapped, exclusive_run, preprocess_task_runner
-from pipeline.config import PreprocessConfig
-from pipeline.ingest import deap_store_spec, open_store
-from pipeline.run_folder import RunFolder
-from pipeline.runlock import output_errors
 from pipeline.runs import inbox as inbox_run
 from pipeline.runs import recordings as recordings_run
 from pipeline.runs.recordings import recordings_store_kind
+from pipeline.signal.config import PreprocessConfig
+from pipeline.store.ingest_eeg import deap_store_spec, open_store
+from pipeline.store.run_folder import RunFolder
+from pipeline.store.runlock import output_errors
 
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)

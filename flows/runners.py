@@ -23,8 +23,8 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.progress import progress_display
 from pipeline.errors import InputError
-from pipeline.runlock import OutputLocationError, check_run_folder, output_errors, run_lock
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.runlock import OutputLocationError, check_run_folder, output_errors, run_lock
 from pipeline.threads import choose_thread_policy
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -117,7 +117,7 @@ def exclusive_run(*, local_only: bool = False) -> Callable[[F], F]:
 
     The folder is checked first (created, writable; with ``local_only`` a URL is refused), a
     second run on the same folder waits for the first, and a write the file system refuses
-    (full, read-only) ends the run with one :class:`~pipeline.runlock.OutputLocationError`.
+    (full, read-only) ends the run with one :class:`~pipeline.store.runlock.OutputLocationError`.
     Put it below ``@flow`` so Prefect sees the function's own signature.
     """
 

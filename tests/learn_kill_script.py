@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-from pipeline.learn import LearnConfig, train_store_vae
-from pipeline.store import FrameStore
+from pipeline.models.learn import LearnConfig, train_store_vae
+from pipeline.store.frames import FrameStore
 
 
 def main(argv: list[str]) -> int:

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import PreprocessConfig
-from pipeline.deap_report import analyse_seed, build_deap_report
-from pipeline.factors import FactorRules
-from pipeline.ingest import deap_store_spec, ingest_trials, open_store
-from pipeline.learn import (
+from pipeline.analysis.factors import FactorRules
+from pipeline.analysis.stability import consensus_factors, representative_seed
+from pipeline.models.classifier import load_classifier
+from pipeline.models.configs import ClassifierConfig, TrainConfig
+from pipeline.models.encoding import encode_store
+from pipeline.models.learn import (
     LearnConfig,
     checkpoint_model_id,
     fit_store_normalisation,
@@ -27,16 +28,15 @@ from pipeline.learn import (
     train_store_vae,
     with_model_seed,
 )
-from pipeline.models.classifier import load_classifier
-from pipeline.models.encoding import encode_store
+from pipeline.models.presets import deap_preset
 from pipeline.models.state import load_vae
 from pipeline.models.vae import VAEConfig
-from pipeline.presets import deap_preset
+from pipeline.report.deap import analyse_seed, build_deap_report
+from pipeline.signal.config import PreprocessConfig
 from pipeline.sources.synthetic import generate_subject, ground_truth
 from pipeline.sources.synthetic_spec import scenario_spec
-from pipeline.stability import consensus_factors, representative_seed
-from pipeline.store import FrameStore
-from pipeline.train import ClassifierConfig, TrainConfig
+from pipeline.store.frames import FrameStore
+from pipeline.store.ingest_eeg import deap_store_spec, ingest_trials, open_store
 
 LEARN = LearnConfig(
     # The presets' learned decoder variance. With a unit variance this small run is fragile: on

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.factors import FactorRules
-from pipeline.learn import LearnConfig
+from pipeline.analysis.factors import FactorRules
+from pipeline.models.configs import ClassifierConfig, TrainConfig
+from pipeline.models.learn import LearnConfig
+from pipeline.models.presets import DEAP_FRAME_SHAPE, DeapPreset, with_betas
 from pipeline.models.vae import VAEConfig
-from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset, with_betas
 from pipeline.sources.synthetic_spec import scenario_spec
-from pipeline.train import ClassifierConfig, TrainConfig
 
 N_SUBJECTS = 3
 TRIALS_PER_SUBJECT = 8

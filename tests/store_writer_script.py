@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
 
 FRAME_SHAPE = (6, 3, 16, 16)
 CONFIG_HASH = "0123456789abcdef"

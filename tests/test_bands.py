@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.bands import LOG_POWER_FLOOR, band_log_power
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
+from pipeline.signal.bands import LOG_POWER_FLOOR, band_log_power
+from pipeline.signal.config import PreprocessConfig
 
 CONFIG = PreprocessConfig()
 N_CHANNELS = 32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.blocks import block_jaccard, electrode_change, find_blocks, traverse_factor
+from pipeline.analysis.blocks import block_jaccard, electrode_change, find_blocks, traverse_factor
 from pipeline.errors import InputError
 
 GRID = 32

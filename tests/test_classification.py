@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.classification import (
+from pipeline.analysis.classification import (
     accuracy_summary,
     chance_verdict,
     majority_accuracy,

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from flows.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
-from pipeline.run_folder import store_path
 from pipeline.sources.deap import read_deap_dat
 from pipeline.sources.synthetic import generate_subject
 from pipeline.sources.synthetic_files import write_synthetic_deap
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.run_folder import store_path
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +167,9 @@ def test_synthetic_preprocess_exits_0_and_reports_the_store(prefect_harness, tmp
 
 
 def test_another_scenario_or_seed_is_refused_in_one_line_and_leaves_the_store(tmp_path, capsys):
-    from pipeline.config import PreprocessConfig
-    from pipeline.ingest import deap_store_spec, open_store
+    from pipeline.signal.config import PreprocessConfig
     from pipeline.sources.synthetic_spec import scenario_spec
+    from pipeline.store.ingest_eeg import deap_store_spec, open_store
 
     out = tmp_path / "out"
     stored = scenario_spec("planted", n_subjects=1, seed=4)
@@ -231,8 +231,8 @@ def test_schema_prints_the_shipped_report_and_manifest_schemas(capsys):
     import jsonschema
 
     import pipeline
-    from pipeline.manifests import load_manifest
     from pipeline.report import REPORT_SCHEMA_VERSION
+    from pipeline.sources.manifests import load_manifest
 
     assert main(["schema"]) == EXIT_OK
     printed = capsys.readouterr().out

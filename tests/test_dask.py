@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.run_folder import store_path
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.run_folder import store_path
 
 SYNTHETIC = {"n_subjects": 2, "n_trials": 3, "seed": 7}
 N_TRIALS = SYNTHETIC["n_subjects"] * SYNTHETIC["n_trials"]

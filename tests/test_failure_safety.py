@@ -39,10 +39,10 @@ from test_ingest_recordings import (
 )
 
 from pipeline.errors import InputError
-from pipeline.learn import checkpoint_model_id
-from pipeline.run_folder import store_path
-from pipeline.runlock import OutputLocationError, RunFolderBusy, pending_update, run_lock
-from pipeline.store import FrameStore
+from pipeline.models.learn import checkpoint_model_id
+from pipeline.store.frames import FrameStore
+from pipeline.store.run_folder import store_path
+from pipeline.store.runlock import OutputLocationError, RunFolderBusy, pending_update, run_lock
 
 CHILD_TIMEOUT_S = 300
 
@@ -255,7 +255,7 @@ def test_the_deap_flows_wait_for_a_run_holding_the_folder(prefect_harness, tmp_p
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom pipeline.runlock import run_lock\n"
+            "import sys, time\nfrom pipeline.store.runlock import run_lock\n"
             "with run_lock(sys.argv[1], flow='other'):\n"
             "    print('held', flush=True)\n    time.sleep(3)\n"
             # The margin keeps file times (from a coarser clock) of later writes above the mark.
@@ -448,7 +448,7 @@ def test_the_run_lock_is_reentrant_and_a_busy_folder_times_out_clearly(tmp_path)
             [
                 sys.executable,
                 "-c",
-                "import sys; from pipeline.runlock import run_lock\n"
+                "import sys; from pipeline.store.runlock import run_lock\n"
                 "try:\n    with run_lock(sys.argv[1], timeout=0.3): pass\n"
                 "except Exception as err: print(type(err).__name__, err)",
                 str(out_dir),
@@ -466,7 +466,7 @@ def test_the_run_lock_is_reentrant_and_a_busy_folder_times_out_clearly(tmp_path)
 
 
 def test_output_errors_name_the_folder_and_leave_input_errors_alone(tmp_path):
-    from pipeline.runlock import output_errors
+    from pipeline.store.runlock import output_errors
 
     out_dir = tmp_path / "run"
     with pytest.raises(OutputLocationError, match="No space left on device"), output_errors(out_dir):

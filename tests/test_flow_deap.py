@@ -13,15 +13,15 @@ import pytest
 from small_deap_run import N_LATENTS, N_SUBJECTS, SEED, TRIALS_PER_SUBJECT, tiny_preset
 
 import pipeline
-from pipeline.classification import wilson_interval
-from pipeline.learn import checkpoint_model_id
-from pipeline.mi import DEFAULT_TOPK_PERCENTS
+from pipeline.analysis.classification import wilson_interval
+from pipeline.analysis.mi import DEFAULT_TOPK_PERCENTS
+from pipeline.analysis.splits import emotion_classes
+from pipeline.analysis.sweep import choose_beta
+from pipeline.models.learn import checkpoint_model_id
 from pipeline.models.state import load_vae
 from pipeline.report.formatting import format_sig3
-from pipeline.run_folder import store_path
-from pipeline.splits import emotion_classes
-from pipeline.store import FrameStore
-from pipeline.sweep import choose_beta
+from pipeline.store.frames import FrameStore
+from pipeline.store.run_folder import store_path
 
 FRAMES_PER_TRIAL = 63
 

@@ -16,17 +16,17 @@ from PIL import Image
 
 import pipeline
 from flows.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from pipeline.analysis.mi import DEFAULT_TOPK_PERCENTS, estimate_mi
 from pipeline.errors import InputError
-from pipeline.image_report import information_cutoff
-from pipeline.mi import DEFAULT_TOPK_PERCENTS, estimate_mi
 from pipeline.models.state import load_vae
 from pipeline.report import ReportAssets, render_report_html
 from pipeline.report.figures import PNG_SIGNATURE
+from pipeline.report.images import information_cutoff
 from pipeline.report.traversals import traversal_montage
 from pipeline.sources.celeba import IMAGE_FOLDER, PARTITION_FILE
 from pipeline.sources.images import SPLIT_TEST
 from pipeline.sources.mnist import MNIST_FILES, digits_as_mnist, write_idx
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
 
 CORRUPT = "000005.jpg"
 
@@ -175,7 +175,7 @@ def _try_the_folder(out) -> list[str]:
         [
             sys.executable,
             "-c",
-            "import sys; from pipeline.runlock import run_lock\n"
+            "import sys; from pipeline.store.runlock import run_lock\n"
             "try:\n    with run_lock(sys.argv[1], timeout=0.3): print('free')\n"
             "except Exception as err: print(type(err).__name__, err)",
             str(out),
@@ -195,8 +195,8 @@ def test_an_image_run_holds_its_folder_and_marks_its_update_until_the_report(
     update marker says "training" while the β-VAE trains and "report" while the report is written,
     and is gone once the report is."""
     import flows.images
-    from pipeline.runlock import pending_update
     from pipeline.runs import images as images_run
+    from pipeline.store.runlock import pending_update
 
     out = tmp_path / "run"
     seen = {}
@@ -238,8 +238,8 @@ def test_an_image_run_holds_its_folder_and_marks_its_update_until_the_report(
 def test_an_image_run_killed_before_its_report_leaves_the_marker(tmp_path, digits_idx_folder):
     """The Prefect-free image run: a failure in training leaves the marker at "training" with the
     run's settings, and writes no report."""
-    from pipeline.runlock import pending_update
     from pipeline.runs import images as images_run
+    from pipeline.store.runlock import pending_update
 
     out = tmp_path / "run"
 

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 
 from pipeline import __version__
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.imaging import deap_imaging_operator
-from pipeline.ingest import trials_to_frames
-from pipeline.run_folder import store_path
+from pipeline.signal.config import PreprocessConfig
+from pipeline.signal.imaging import deap_imaging_operator
 from pipeline.sources.deap import read_deap_dat
 from pipeline.sources.synthetic_files import write_synthetic_deap
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 from pipeline.sources.trials import DEAP_CHANNELS, N_SAMPLES, file_sha256
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.ingest_eeg import trials_to_frames
+from pipeline.store.run_folder import store_path
 
 N_TRIALS = 2
 N_POOL_SUBJECTS = 4

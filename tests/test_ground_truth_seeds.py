@@ -9,7 +9,7 @@ found in 2 or more. That the headline never names the distractor is a known defe
 kernels (see its test).
 
 A block counts in a seed when any influential factor of that seed has a block of its band with
-Jaccard ≥ 0.5 (pipeline.stability.block_seeds_found). The factors themselves need not come back
+Jaccard ≥ 0.5 (pipeline.analysis.stability.block_seeds_found). The factors themselves need not come back
 one to one: with this small model one seed may spread an emotion block over near-duplicate
 factors, which is what the factors' own counts report.
 """
@@ -17,8 +17,8 @@ factors, which is what the factors' own counts report.
 import pytest
 from scenario_runs import run_scenario
 
-from pipeline.blocks import block_jaccard
-from pipeline.deap_report import majority_linked_blocks
+from pipeline.analysis.blocks import block_jaccard
+from pipeline.report.deap import majority_linked_blocks
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 

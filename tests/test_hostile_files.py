@@ -31,14 +31,14 @@ from test_failure_safety import _child_env
 from test_sources_deap import _python2_deap_pickle
 
 from pipeline.errors import InputError
-from pipeline.run_folder import store_path
 from pipeline.sources.array_pickle import load_array_dict
 from pipeline.sources.celeba import decode_face
 from pipeline.sources.deap import read_deap_dat, read_deap_mat, read_source_file, write_deap_dat
 from pipeline.sources.mnist import read_idx, write_idx
 from pipeline.sources.pickle_machine import MAX_DEPTH, PickleRefused
 from pipeline.sources.trials import N_SAMPLES
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.run_folder import store_path
 
 EEGMI = Path(sys.executable).with_name("eegmi")
 

@@ -9,7 +9,16 @@ import torch
 from PIL import Image
 
 from pipeline.errors import InputError
-from pipeline.image_ingest import (
+from pipeline.models.encoding import encode_store
+from pipeline.models.presets import SplitCaps
+from pipeline.models.vae import VAEConfig
+from pipeline.sources.celeba import IMAGE_FOLDER, iter_celeba
+from pipeline.sources.images import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, ImageBatch, seeded_split
+from pipeline.sources.mnist import MNIST_FILES, iter_mnist_folder, write_idx
+from pipeline.sources.trials import file_sha256
+from pipeline.store.frames import FrameStore
+from pipeline.store.ingest_eeg import open_store
+from pipeline.store.ingest_images import (
     FramesInMemory,
     ImageStoreConfig,
     frames_for,
@@ -17,15 +26,6 @@ from pipeline.image_ingest import (
     image_store_spec,
     ingest_image_batches,
 )
-from pipeline.ingest import open_store
-from pipeline.models.encoding import encode_store
-from pipeline.models.vae import VAEConfig
-from pipeline.presets import SplitCaps
-from pipeline.sources.celeba import IMAGE_FOLDER, iter_celeba
-from pipeline.sources.images import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, ImageBatch, seeded_split
-from pipeline.sources.mnist import MNIST_FILES, iter_mnist_folder, write_idx
-from pipeline.sources.trials import file_sha256
-from pipeline.store import FrameStore
 
 N_TRAIN, N_TEST = 40, 12
 

@@ -20,22 +20,22 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import PreprocessConfig
+from pipeline.analysis.factors import FactorRules
 from pipeline.errors import InputError
-from pipeline.factors import FactorRules
-from pipeline.ingest import deap_store_spec, ingest_trials, open_store, trials_to_frames
-from pipeline.learn import LearnConfig, checkpoint_model_id, store_normaliser
+from pipeline.models.configs import ClassifierConfig, TrainConfig
 from pipeline.models.encoding import encode_frames
+from pipeline.models.learn import LearnConfig, checkpoint_model_id, store_normaliser
+from pipeline.models.presets import DEAP_FRAME_SHAPE, DeapPreset
 from pipeline.models.state import load_vae
 from pipeline.models.vae import VAEConfig
-from pipeline.presets import DEAP_FRAME_SHAPE, DeapPreset
-from pipeline.run_folder import store_path
+from pipeline.signal.config import PreprocessConfig
 from pipeline.sources.raw import read_recording
 from pipeline.sources.synthetic import generate_subject
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec
 from pipeline.sources.trials import DEAP_CHANNELS, SFREQ, file_sha256
-from pipeline.store import FrameStore
-from pipeline.train import ClassifierConfig, TrainConfig
+from pipeline.store.frames import FrameStore
+from pipeline.store.ingest_eeg import deap_store_spec, ingest_trials, open_store, trials_to_frames
+from pipeline.store.run_folder import store_path
 
 TRIALS_PER_RECORDING = 2
 TRIAL_SECONDS = 63.0
@@ -337,7 +337,7 @@ def _stage_in_inbox(inbox: Path, recording: Path, name: str | None = None) -> Pa
 def test_the_inbox_flow_picks_up_each_new_file_once(prefect_harness, tmp_path, recordings):
     import pipeline.runs.inbox
     from flows.ingest import ingest_inbox
-    from pipeline.run_folder import INBOX_LEDGER_NAME
+    from pipeline.store.run_folder import INBOX_LEDGER_NAME
 
     inbox, out_dir = tmp_path / "inbox", tmp_path / "run"
     inbox.mkdir()

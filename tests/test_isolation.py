@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from test_sources_deap import N_TRIALS
 
-import pipeline.isolation
 import pipeline.sources.deap
+import pipeline.sources.isolation
 from pipeline.errors import InputError
-from pipeline.isolation import IsolatedRun, ReadLimits, read_isolated
 from pipeline.sources.deap import read_source_file, write_deap_dat
+from pipeline.sources.isolation import IsolatedRun, ReadLimits, read_isolated
 from pipeline.sources.trials import N_SAMPLES
 
 
@@ -115,7 +115,7 @@ def test_limits_grow_with_the_file_and_can_be_fixed_from_the_environment(monkeyp
 
 def _without_fork_server(monkeypatch):
     """Children forked from this process, so that what a test patches here applies in them."""
-    monkeypatch.setattr(pipeline.isolation, "_start_from_fork_server", lambda run, work: False)
+    monkeypatch.setattr(pipeline.sources.isolation, "_start_from_fork_server", lambda run, work: False)
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,17 @@ import pytest
 import torch
 import zarr
 
-import pipeline.learn as learn
 import pipeline.models.encoding
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.config import PreprocessConfig
+import pipeline.models.learn as learn
+from pipeline.analysis.mi import estimate_mi
+from pipeline.analysis.splits import Split, emotion_classes
+from pipeline.analysis.tables import topk_table
 from pipeline.errors import InputError
-from pipeline.imaging import deap_imaging_operator
-from pipeline.ingest import deap_store_spec, ingest_trials, open_store
-from pipeline.learn import (
+from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.models.classifier import load_classifier
+from pipeline.models.configs import ClassifierConfig, TrainConfig
+from pipeline.models.encoding import encode_frames, encode_store, iter_encode_frames, read_frames
+from pipeline.models.learn import (
     LearnConfig,
     checkpoint_model_id,
     fit_store_normalisation,
@@ -34,18 +37,15 @@ from pipeline.learn import (
     train_store_classifier,
     train_store_vae,
 )
-from pipeline.mi import estimate_mi
-from pipeline.models.classifier import load_classifier
-from pipeline.models.encoding import encode_frames, encode_store, iter_encode_frames, read_frames
 from pipeline.models.sequence import evaluate_classifier
 from pipeline.models.state import load_vae
 from pipeline.models.vae import VAEConfig
+from pipeline.signal.config import PreprocessConfig
+from pipeline.signal.imaging import deap_imaging_operator
 from pipeline.sources.synthetic import generate_subject
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec
-from pipeline.splits import Split, emotion_classes
-from pipeline.store import FrameStore
-from pipeline.tables import topk_table
-from pipeline.train import ClassifierConfig, TrainConfig
+from pipeline.store.frames import FrameStore
+from pipeline.store.ingest_eeg import deap_store_spec, ingest_trials, open_store
 
 N_SUBJECTS = 3
 TRIALS_PER_SUBJECT = 8

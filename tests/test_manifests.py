@@ -12,8 +12,8 @@ import yaml
 
 import pipeline
 from pipeline.errors import InputError
-from pipeline.manifests import FolderCheck, check_folder, load_manifest
 from pipeline.sources.deap import N_DEAP_CHANNELS, PERIPHERAL_CHANNELS
+from pipeline.sources.manifests import FolderCheck, check_folder, load_manifest
 from pipeline.sources.synthetic import ground_truth
 from pipeline.sources.synthetic_files import GROUND_TRUTH_FILE
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec

@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.mi import (
+from pipeline.analysis.mi import (
     LOGVAR_MAX,
     MIAccumulator,
     MIEstimate,
@@ -18,6 +17,7 @@ from pipeline.mi import (
     topk_factor_counts,
     topk_mask,
 )
+from pipeline.errors import InputError
 
 
 def random_encoder(rng: np.random.Generator, n: int, h: int) -> tuple[np.ndarray, np.ndarray]:

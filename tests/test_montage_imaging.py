@@ -11,10 +11,10 @@ from scipy.interpolate import CloughTocher2DInterpolator, griddata
 from scipy.ndimage import map_coordinates
 from scipy.spatial import ConvexHull
 
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.imaging import build_imaging_operator, deap_imaging_operator
-from pipeline.montage import azimuthal_equidistant, electrode_positions_3d, neighbour_graph
+from pipeline.signal.config import PreprocessConfig
+from pipeline.signal.imaging import build_imaging_operator, deap_imaging_operator
+from pipeline.signal.montage import azimuthal_equidistant, electrode_positions_3d, neighbour_graph
 from pipeline.sources.trials import DEAP_CHANNELS
 
 GRID = 32

@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from pipeline.errors import InputError
-from pipeline.normalise import BandNormalisation, fit_band_normalisation
+from pipeline.signal.normalise import BandNormalisation, fit_band_normalisation
 
 N_TRIALS, N_WINDOWS, N_BANDS, SIZE = 6, 5, 3, 8
 FITTED_ON = {"split": "train", "protocol": "trial", "seed": 0}

@@ -11,10 +11,10 @@ import pytest
 from test_failure_safety import _child_env
 from test_ingest_recordings import write_recording
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import InputError
+from pipeline.models.checkpoint import load_checkpoint
 from pipeline.models.vae import VAEConfig
-from pipeline.runlock import OutputLocationError, check_run_folder
+from pipeline.store.runlock import OutputLocationError, check_run_folder
 
 
 def _error_lines(captured_err: str) -> list[str]:

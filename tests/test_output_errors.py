@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from test_failure_safety import _cli_error_lines
 
-from pipeline.ingest import ingest_trials
-from pipeline.run_folder import store_path
 from pipeline.sources.deap import write_deap_dat
 from pipeline.sources.trials import N_SAMPLES
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.ingest_eeg import ingest_trials
+from pipeline.store.run_folder import store_path
 
 
 def _disk_full_for_chunks(monkeypatch, out_dir: Path) -> None:
@@ -110,7 +110,7 @@ def test_a_full_or_read_only_disk_during_training_is_the_folders_error_and_not_r
     the β-VAE writes its first checkpoint; the write carries no file name, as a failed write()."""
     from small_deap_run import N_SUBJECTS, TRIALS_PER_SUBJECT, tiny_preset
 
-    import pipeline.checkpoint
+    import pipeline.models.checkpoint
     import pipeline.runs.deap
     import pipeline.runs.preprocess
     from flows.cli import EXIT_BAD_INPUT, main
@@ -122,7 +122,7 @@ def test_a_full_or_read_only_disk_during_training_is_the_folders_error_and_not_r
         pipeline.runs.preprocess, "scenario_spec", partial(scenario_spec, n_trials=TRIALS_PER_SUBJECT)
     )
     monkeypatch.setattr("flows.cli.configure_threads", lambda args: None)  # keep the test's threads
-    write = pipeline.checkpoint.atomic_write_bytes
+    write = pipeline.models.checkpoint.atomic_write_bytes
     checkpoint_writes = []
 
     def disk_fills(path, data):
@@ -131,7 +131,7 @@ def test_a_full_or_read_only_disk_during_training_is_the_folders_error_and_not_r
             raise OSError(refusal, os.strerror(refusal))
         return write(path, data)
 
-    monkeypatch.setattr(pipeline.checkpoint, "atomic_write_bytes", disk_fills)
+    monkeypatch.setattr(pipeline.models.checkpoint, "atomic_write_bytes", disk_fills)
     trainings = []
     train = pipeline.runs.deap.train_store_vae
 

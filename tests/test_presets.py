@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.presets import deap_preset
+from pipeline.models.presets import deap_preset
 from pipeline.runs.recordings import preset_from_dict
 
 

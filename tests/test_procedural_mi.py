@@ -6,7 +6,7 @@ images).
 The k = 4 check (x, y, radius, hue) runs the demo's own settings on its 64x64 images, on each
 seed of the demo's calibration: 4 factors above 0.05 nats on seeds 0, 1 and 2, the fourth at
 1.66 nats or more and the fifth at 0.007 or less (the numbers and the settings that failed are
-in ``pipeline.presets``). It is marked slow; seeds 1 and 2 are also marked calibration
+in ``pipeline.models.presets``). It is marked slow; seeds 1 and 2 are also marked calibration
 and run only with ``-m calibration``.
 
 The fast check (about 20 s on one core) runs k = 1, the background grey level, at 32x32 (the
@@ -17,26 +17,26 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.image_ingest import (
+from pipeline.analysis.mi import DEFAULT_THRESHOLD_NATS, influential_factors
+from pipeline.models.configs import TrainConfig
+from pipeline.models.encoding import encode_store
+from pipeline.models.learn import store_mi
+from pipeline.models.presets import CELEBA_IMAGE_SHAPE, image_preset
+from pipeline.models.training import train_vae
+from pipeline.models.vae import VAEConfig
+from pipeline.sources.procedural import EMBEDDED_PROCEDURAL, ProceduralSpec, iter_procedural_images
+from pipeline.store.ingest_eeg import open_store
+from pipeline.store.ingest_images import (
     ImageStoreConfig,
     frames_for,
     image_split,
     image_store_spec,
     ingest_image_batches,
 )
-from pipeline.ingest import open_store
-from pipeline.learn import store_mi
-from pipeline.mi import DEFAULT_THRESHOLD_NATS, influential_factors
-from pipeline.models.encoding import encode_store
-from pipeline.models.training import train_vae
-from pipeline.models.vae import VAEConfig
-from pipeline.presets import CELEBA_IMAGE_SHAPE, image_preset
-from pipeline.sources.procedural import EMBEDDED_PROCEDURAL, ProceduralSpec, iter_procedural_images
-from pipeline.train import TrainConfig
 
 SIZE = 32
 N_LATENTS = 10
-# The seeds of the demo's calibration (pipeline.presets); the claim must hold for each.
+# The seeds of the demo's calibration (pipeline.models.presets); the claim must hold for each.
 # Seed 0 runs with the suite; the other calibration seeds take about 2 minutes each and run on
 # request (``pytest -m calibration``), to keep the suite within 10 minutes on 2 cores.
 CALIBRATION_SEEDS = (

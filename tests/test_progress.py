@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from flows.progress import LogProgress, epoch_progress, progress_display
+from pipeline.analysis.relevance import factor_label_information
+from pipeline.models.configs import TrainConfig
 from pipeline.models.training import train_vae
 from pipeline.models.vae import VAEConfig
 from pipeline.progress import counted
-from pipeline.relevance import factor_label_information
-from pipeline.train import TrainConfig
 
 
 class FakeClock:

@@ -7,8 +7,7 @@ import pytest
 from scipy.integrate import quad
 from scipy.stats import norm
 
-from pipeline.errors import InputError
-from pipeline.relevance import (
+from pipeline.analysis.relevance import (
     ablation_accuracy_drop,
     benjamini_hochberg,
     factor_label_information,
@@ -16,6 +15,7 @@ from pipeline.relevance import (
     subject_aware_label_information,
     subject_share,
 )
+from pipeline.errors import InputError
 
 N_FRAMES = 63
 

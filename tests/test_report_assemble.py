@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.analysis.splits import Split
+from pipeline.analysis.stability import MATCH_THRESHOLD, SeedFactors
 from pipeline.errors import InputError
 from pipeline.models.decoding import latent_decoder
 from pipeline.models.vae import BetaVAE
@@ -13,8 +15,6 @@ from pipeline.report.assemble import assemble_report, seed_stability, split_size
 from pipeline.report.figures import PNG_SIGNATURE
 from pipeline.report.traversals import eeg_factor_figures
 from pipeline.sources.trials import DEAP_CHANNELS
-from pipeline.splits import Split
-from pipeline.stability import MATCH_THRESHOLD, SeedFactors
 
 BANDS = ("alpha", "beta", "gamma")
 

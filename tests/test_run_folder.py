@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.ingest import deap_store_spec, open_store
-from pipeline.run_folder import RunFolder, read_json_file, store_path
-from pipeline.runlock import begin_update, finish_update, pending_update, run_lock
+from pipeline.signal.config import PreprocessConfig
+from pipeline.store.ingest_eeg import deap_store_spec, open_store
+from pipeline.store.run_folder import RunFolder, read_json_file, store_path
+from pipeline.store.runlock import begin_update, finish_update, pending_update, run_lock
 
 
 def test_every_path_of_a_run_folder(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flows._watchdog import _start_time, descendants
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 EEGMI = Path(sys.executable).with_name("eegmi")

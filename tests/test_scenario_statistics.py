@@ -15,16 +15,16 @@ from functools import cache
 import numpy as np
 import pytest
 
-from pipeline.blocks import sample_at_electrodes
-from pipeline.config import PreprocessConfig
-from pipeline.factors import FactorRules, block_band_power, check_blocks_against_data
-from pipeline.imaging import deap_imaging_operator
-from pipeline.ingest import trials_to_frames
-from pipeline.relevance import subject_aware_label_information
+from pipeline.analysis.blocks import sample_at_electrodes
+from pipeline.analysis.factors import FactorRules, block_band_power, check_blocks_against_data
+from pipeline.analysis.relevance import subject_aware_label_information
+from pipeline.analysis.splits import emotion_classes
+from pipeline.signal.config import PreprocessConfig
+from pipeline.signal.imaging import deap_imaging_operator
 from pipeline.sources.synthetic import ground_truth
 from pipeline.sources.synthetic_spec import scenario_spec
 from pipeline.sources.trials import DEAP_CHANNELS
-from pipeline.splits import emotion_classes
+from pipeline.store.ingest_eeg import trials_to_frames
 
 BANDS = ("alpha", "beta", "gamma")
 RULES = FactorRules(n_permutations=1000)

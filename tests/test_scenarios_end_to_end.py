@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from scenario_runs import DEMO_LEARN, RULES, run_scenario
 
-from pipeline.blocks import block_jaccard
+from pipeline.analysis.blocks import block_jaccard
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,12 @@ import torch
 import yaml
 from test_ingest_recordings import tiny_preset, write_recording
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import InputError
-from pipeline.manifests import MANIFEST_DIR, load_manifest
+from pipeline.models.checkpoint import load_checkpoint
 from pipeline.models.classifier import load_classifier
 from pipeline.models.state import load_vae
 from pipeline.sources.deap import read_source_file
+from pipeline.sources.manifests import MANIFEST_DIR, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("pipeline", "flows")

@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 from small_deap_run import SEED, run_small_deap_flow, tiny_preset
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.learn import (
+from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.models.learn import (
     can_continue_training,
     checkpoint_model_id,
     seed_latent_set,
     train_store_vae,
     with_model_seed,
 )
-from pipeline.run_folder import store_path
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.run_folder import store_path
 
 
 def _state(directory):

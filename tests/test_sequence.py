@@ -6,8 +6,8 @@ import torch
 
 from pipeline.errors import InputError
 from pipeline.models.classifier import load_classifier, save_classifier, train_classifier
+from pipeline.models.configs import ClassifierConfig
 from pipeline.models.sequence import EmotionLSTM, evaluate_classifier, mask_factors
-from pipeline.train import ClassifierConfig
 
 N_LATENTS, N_STEPS = 6, 63
 INFORMATIVE = [0, 1]

@@ -9,13 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.image_ingest import ImageStoreConfig
-from pipeline.learn import LearnConfig
+from pipeline.models.configs import ClassifierConfig, TrainConfig
+from pipeline.models.learn import LearnConfig
+from pipeline.models.presets import DeapPreset, ImagePreset, deap_preset, image_preset
 from pipeline.models.vae import VAEConfig
-from pipeline.presets import DeapPreset, ImagePreset, deap_preset, image_preset
-from pipeline.train import ClassifierConfig, TrainConfig
+from pipeline.signal.config import PreprocessConfig
+from pipeline.store.ingest_images import ImageStoreConfig
 
 
 def _hash_as_before(values: dict) -> str:

@@ -1,12 +1,11 @@
-"""Matching factors across seeds by their signed effect maps (pipeline.stability)."""
+"""Matching factors across seeds by their signed effect maps (pipeline.analysis.stability)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.stability import (
+from pipeline.analysis.stability import (
     MATCH_THRESHOLD,
     SeedFactors,
     absolute_cosine,
@@ -17,6 +16,7 @@ from pipeline.stability import (
     match_factors,
     representative_seed,
 )
+from pipeline.errors import InputError
 
 N_BANDS, N_ELECTRODES = 3, 32
 

@@ -15,9 +15,9 @@ import pytest
 import zarr
 
 import pipeline
-from pipeline import store as store_module
 from pipeline.errors import InputError
-from pipeline.store import FrameStore
+from pipeline.store import frames as store_module
+from pipeline.store.frames import FrameStore
 
 WRITER_SCRIPT = Path(__file__).with_name("store_writer_script.py")
 SMALL_SHAPE = (4, 3, 8, 8)
@@ -420,7 +420,7 @@ def test_two_processes_ingesting_at_once_store_each_trial_once(tmp_path):
 
 
 def test_row_runs_read_and_write_in_the_order_given(tmp_path):
-    from pipeline.store import read_rows, write_rows
+    from pipeline.store.frames import read_rows, write_rows
 
     array = zarr.create_array(
         tmp_path / "a.zarr", shape=(12, 3), chunks=(1, 3), dtype="float32", fill_value=np.nan
@@ -438,7 +438,7 @@ def test_row_runs_read_and_write_in_the_order_given(tmp_path):
 
 
 def test_rows_of_several_arrays_written_together_land_where_one_by_one_would(tmp_path):
-    from pipeline.store import write_rows, write_rows_together
+    from pipeline.store.frames import write_rows, write_rows_together
 
     def arrays(name):
         group = zarr.open_group(tmp_path / name, mode="w")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from pipeline.analysis.splits import emotion_classes
 from pipeline.errors import InputError
 from pipeline.sources.deap import read_deap_dat, read_deap_mat
 from pipeline.sources.synthetic import generate_subject, generate_synthetic_deap, ground_truth
@@ -25,7 +26,6 @@ from pipeline.sources.synthetic_spec import (
     scenario_spec,
 )
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, N_SAMPLES, SFREQ
-from pipeline.splits import emotion_classes
 
 BANDS_HZ = {"alpha": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 45.0)}
 BASELINE_SAMPLES = 3 * 128

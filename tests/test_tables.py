@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from pipeline.analysis.mi import estimate_mi
+from pipeline.analysis.tables import topk_table
 from pipeline.errors import InputError
-from pipeline.mi import estimate_mi
-from pipeline.tables import topk_table
 
 
 def _linear_encoder(n=4000, seed=0):

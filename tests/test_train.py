@@ -15,16 +15,16 @@ import safetensors.torch
 import torch
 import zarr
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.analysis.splits import Split
 from pipeline.errors import InputError
-from pipeline.learn import train_split_vae
+from pipeline.models.checkpoint import load_checkpoint
+from pipeline.models.configs import TrainConfig
 from pipeline.models.early_stopping import TrainingDiverged
 from pipeline.models.encoding import encode_frames, iter_encode_frames, read_frames
+from pipeline.models.learn import train_split_vae
 from pipeline.models.state import load_vae
 from pipeline.models.training import train_vae
 from pipeline.models.vae import BetaVAE, VAEConfig
-from pipeline.splits import Split
-from pipeline.train import TrainConfig
 
 N_TRIALS, N_FRAMES = 10, 12
 TRAIN_ROWS, VAL_ROWS = np.arange(8), np.array([8, 9])

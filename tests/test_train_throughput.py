@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pipeline.errors import InputError
+from pipeline.models.configs import TrainConfig
 from pipeline.models.state import load_vae
 from pipeline.models.training import VAETrainer, train_vae
 from pipeline.models.vae import VAEConfig
-from pipeline.train import TrainConfig
 
 MODEL = VAEConfig((3, 32, 32), n_latents=4)
 

@@ -1,4 +1,4 @@
-from pipeline.validation import check_planted_blocks
+from pipeline.analysis.validation import check_planted_blocks
 
 TRUTH = {
     "effects": [

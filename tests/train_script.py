@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import torch
 
+from pipeline.models.configs import TrainConfig
 from pipeline.models.training import train_vae
 from pipeline.models.vae import VAEConfig
-from pipeline.train import TrainConfig
 
 
 def main(frames_path: str, checkpoint_dir: str, settings_path: str) -> None:

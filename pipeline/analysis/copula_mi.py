@@ -1,4 +1,4 @@
-"""The estimator behind :mod:`pipeline.relevance`: Gaussian-copula information about a class.
+"""The estimator behind :mod:`pipeline.analysis.relevance`: Gaussian-copula information about a class.
 
 Each trial is summarised per factor by statistics of its latent means ``mu_j`` over the
 trial's frames (by default the trial mean and the trial standard deviation: a factor may
@@ -15,7 +15,7 @@ which is the mutual information between a Gaussian with class-dependent mean and
 class. It needs only class sums, so all factors and all label permutations are evaluated
 in one batched matrix product.
 
-Arrays in, arrays out; the inputs are checked by the callers in :mod:`pipeline.relevance`.
+Arrays in, arrays out; the inputs are checked by the callers in :mod:`pipeline.analysis.relevance`.
 """
 
 from __future__ import annotations

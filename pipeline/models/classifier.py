@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.errors import InputError
+from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.models.configs import ClassifierConfig
 from pipeline.models.early_stopping import (
     TRAIN_STREAM,
     BestSoFar,
@@ -26,7 +27,6 @@ from pipeline.models.early_stopping import (
 from pipeline.models.sequence import N_CLASSES, EmotionLSTM, check_sequences
 from pipeline.models.state import load_module_state, prefixed, select_device
 from pipeline.threads import keep_fair_share
-from pipeline.train import ClassifierConfig
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pipeline.models.vae import BetaVAE
 def latent_decoder(model: BetaVAE) -> Callable[[np.ndarray], np.ndarray]:
     """The mean of p(x|z) as a numpy function: float32 latents (m, n_latents) -> outputs (m, C, H, W).
 
-    The form :func:`pipeline.blocks.traverse_factor` takes; the output is not clipped. EEG
+    The form :func:`pipeline.analysis.blocks.traverse_factor` takes; the output is not clipped. EEG
     models return band-power images (C = bands), image models pixels.
     """
     if not isinstance(model, BetaVAE):

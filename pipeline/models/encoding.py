@@ -15,7 +15,7 @@ import torch
 from pipeline.errors import InputError
 from pipeline.models.vae import BetaVAE, check_keep_mask
 from pipeline.progress import Progress, report
-from pipeline.store import LATENTS_GROUP, FrameStore
+from pipeline.store.frames import LATENTS_GROUP, FrameStore
 from pipeline.threads import keep_fair_share
 from pipeline.validators import check_positive_int
 
@@ -172,7 +172,7 @@ def encode_store(
         A writable store (EEG trials or images).
     model : BetaVAE
     model_id : str
-        Identifies the weights (``pipeline.learn.checkpoint_model_id``).
+        Identifies the weights (``pipeline.models.learn.checkpoint_model_id``).
     rows : int array-like, optional
         Committed rows to encode; every committed row if None.
     frames : array-like, optional
@@ -184,7 +184,7 @@ def encode_store(
     progress : callable, optional
         ``progress(stage, done, total)`` over the trials encoded (see :mod:`pipeline.progress`).
     group : str
-        The store's latent group (a protocol's or another seed's; see ``pipeline.learn.latent_set``).
+        The store's latent group (a protocol's or another seed's; see ``pipeline.models.learn.latent_set``).
     unit : str
         What a row is, for the progress display (``"trials"``, ``"images"``).
 

@@ -1,5 +1,5 @@
 """Model and optimiser state as flat named tensors: what a checkpoint (see
-:mod:`pipeline.checkpoint`) stores, checked before anything is loaded into a model.
+:mod:`pipeline.models.checkpoint`) stores, checked before anything is loaded into a model.
 
 A checkpoint keeps each module's weights under a prefix (``model.``, ``best_model.``) and
 Adam's state as ``optimizer.<parameter index>.<name>`` beside its JSON-native parameter groups.
@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.checkpoint import checkpoint_exists, load_checkpoint
 from pipeline.errors import InputError
+from pipeline.models.checkpoint import checkpoint_exists, load_checkpoint
+from pipeline.models.configs import TrainConfig, _check_device_name
 from pipeline.models.vae import BetaVAE, VAEConfig
-from pipeline.train import TrainConfig, _check_device_name
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -11,7 +11,7 @@ noise) is drawn from generators seeded by ``(seed, e)``, and the model is initia
 ``seed``. A run resumed from the checkpoint written after epoch ``e`` therefore continues
 exactly as the uninterrupted run would have; on CPU the results are bitwise equal.
 
-Checkpoints (see :mod:`pipeline.checkpoint`) are written after every epoch:
+Checkpoints (see :mod:`pipeline.models.checkpoint`) are written after every epoch:
 
 - ``last``: model and Adam state, the best weights so far, history and early-stopping state;
 - ``best``: the weights with the lowest monitored loss (validation loss, or the training loss
@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from pipeline.errors import InputError
+from pipeline.models.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from pipeline.models.configs import TrainConfig
 from pipeline.models.early_stopping import (
     TRAIN_STREAM,
     VALIDATION_STREAM,
@@ -54,7 +55,6 @@ from pipeline.models.state import (
 from pipeline.models.vae import BetaVAE, VAEConfig
 from pipeline.progress import Progress
 from pipeline.threads import keep_fair_share
-from pipeline.train import TrainConfig
 
 
 @dataclass

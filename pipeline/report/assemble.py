@@ -1,7 +1,7 @@
 """The skeleton every run's report shares: its key order, Î, split sizes, seed stability,
 provenance, and the figures every page shows (Î and variance per factor, the top-k table).
 
-The DEAP and image report builders (:mod:`pipeline.deap_report`, :mod:`pipeline.image_report`)
+The DEAP and image report builders (:mod:`pipeline.report.deap`, :mod:`pipeline.report.images`)
 compute what differs (classification and electrode blocks; the information cut-off and
 traversal montages) and hand it to :func:`assemble_report` and :func:`write_run_report`.
 """
@@ -13,11 +13,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from pipeline import __version__
-from pipeline.mi import MIEstimate
-from pipeline.report.figures import ReportAssets, mi_variance_figure, topk_figure
-from pipeline.report.writer import write_report
-from pipeline.splits import Split
-from pipeline.stability import (
+from pipeline.analysis.mi import MIEstimate
+from pipeline.analysis.splits import Split
+from pipeline.analysis.stability import (
     MATCH_THRESHOLD,
     SeedFactors,
     annotate_factors,
@@ -26,7 +24,9 @@ from pipeline.stability import (
     majority,
     representative_seed,
 )
-from pipeline.store import FrameStore
+from pipeline.report.figures import ReportAssets, mi_variance_figure, topk_figure
+from pipeline.report.writer import write_report
+from pipeline.store.frames import FrameStore
 
 
 def mi_summary(estimate: MIEstimate, estimated_on: str, threshold_nats: float, **extra) -> dict:
@@ -56,7 +56,7 @@ def seed_stability(
 
     The consensus of the seeds (the first is the reference), which seed the report's factors
     come from (``reported_seed``), how factors are matched (``match_rule``, the data set's words
-    for :data:`~pipeline.stability.MATCH_THRESHOLD`) and any further ``rules`` (EEG blocks).
+    for :data:`~pipeline.analysis.stability.MATCH_THRESHOLD`) and any further ``rules`` (EEG blocks).
     """
     consensus = consensus_factors(seed_analyses)
     chosen, scores = representative_seed(seed_analyses, consensus)

@@ -131,7 +131,7 @@ def eeg_factor_figures(
     traversals : mapping int -> traversal
         Per factor index to draw, an object with ``change`` (n_bands, n_electrodes), the change
         per electrode, and ``frames`` (n_values, n_bands, H, W), one seed frame's decoded traversal
-        (:class:`pipeline.factors.FactorTraversal`).
+        (:class:`pipeline.analysis.factors.FactorTraversal`).
     values : array (n_values,)
         The traversal's values of the factor.
     progress : callable, optional
@@ -158,7 +158,7 @@ def traversal_montage(traversal, values, row_labels: Sequence[str] | None = None
     Parameters
     ----------
     traversal : array (n_values, n_seeds, C, H, W)
-        Output of :func:`pipeline.blocks.traverse_factor`, C = 1 (grayscale) or 3 (RGB).
+        Output of :func:`pipeline.analysis.blocks.traverse_factor`, C = 1 (grayscale) or 3 (RGB).
         Values are clipped to [0, 1] for display (a Gaussian decoder's mean may overshoot).
     values : array (n_values,)
         The factor's value in each column, printed above it.

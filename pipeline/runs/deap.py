@@ -14,11 +14,15 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.deap_report import analyse_seed, build_deap_report, majority_linked_blocks
+from pipeline.analysis.factors import FactorRules
+from pipeline.analysis.stability import SeedFactors, consensus_factors, representative_seed
+from pipeline.analysis.sweep import RULE as SWEEP_RULE
+from pipeline.analysis.sweep import choose_beta, score_candidate
 from pipeline.errors import InputError
-from pipeline.factors import FactorRules
-from pipeline.learn import (
+from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.models.classifier import load_classifier
+from pipeline.models.encoding import encode_store
+from pipeline.models.learn import (
     LearnConfig,
     can_continue_training,
     checkpoint_model_id,
@@ -34,17 +38,13 @@ from pipeline.learn import (
     train_store_vae,
     with_model_seed,
 )
-from pipeline.models.classifier import load_classifier
-from pipeline.models.encoding import encode_store
+from pipeline.models.presets import DeapPreset, deap_preset, with_beta, with_training_options
 from pipeline.models.state import load_vae
-from pipeline.presets import DeapPreset, deap_preset, with_beta, with_training_options
-from pipeline.run_folder import RunFolder
-from pipeline.runlock import begin_update, finish_update
+from pipeline.report.deap import analyse_seed, build_deap_report, majority_linked_blocks
 from pipeline.runs.preprocess import DeapSource, preprocess_deap
-from pipeline.stability import SeedFactors, consensus_factors, representative_seed
-from pipeline.store import FrameStore
-from pipeline.sweep import RULE as SWEEP_RULE
-from pipeline.sweep import choose_beta, score_candidate
+from pipeline.store.frames import FrameStore
+from pipeline.store.run_folder import RunFolder
+from pipeline.store.runlock import begin_update, finish_update
 from pipeline.threads import thread_record
 
 LOG = logging.getLogger("eegmi")

@@ -3,7 +3,7 @@
 Each data set has its own ingest (IDX files or scikit-learn's digits; aligned JPEGs or procedural
 images); the learning and report steps are shared. Each step is a plain function of the run
 folder and JSON-native settings that opens the frame store once; :func:`run_images` sequences
-them, holding the update marker (:mod:`pipeline.runlock`) from the training to the report as the
+them, holding the update marker (:mod:`pipeline.store.runlock`) from the training to the report as the
 DEAP run does. The ``mnist`` and ``celeba`` flows pass the same steps wrapped as Prefect tasks
 (:class:`ImageSteps`).
 """
@@ -14,21 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.image_ingest import (
-    ImageStoreConfig,
-    frames_for,
-    image_split,
-    image_store_spec,
-    ingest_image_batches,
-)
-from pipeline.image_report import build_image_report, image_seed_factors
-from pipeline.ingest import open_store
-from pipeline.learn import checkpoint_model_id, seed_latent_set, train_split_vae
+from pipeline.analysis.stability import SeedFactors
 from pipeline.models.encoding import encode_store
+from pipeline.models.learn import checkpoint_model_id, seed_latent_set, train_split_vae
+from pipeline.models.presets import CELEBA_IMAGE_SHAPE, MNIST_IMAGE_SHAPE, ImagePreset, image_preset
 from pipeline.models.state import load_vae
-from pipeline.presets import CELEBA_IMAGE_SHAPE, MNIST_IMAGE_SHAPE, ImagePreset, image_preset
-from pipeline.run_folder import RunFolder
-from pipeline.runlock import begin_update, finish_update
+from pipeline.report.images import build_image_report, image_seed_factors
 from pipeline.runs.deap import LOG, choose_reported_seed
 from pipeline.sources.celeba import ALIGNED_CROP, PARTITION_FILE, check_celeba_folder, iter_celeba
 from pipeline.sources.mnist import (
@@ -39,7 +30,16 @@ from pipeline.sources.mnist import (
     read_idx_header,
 )
 from pipeline.sources.procedural import EMBEDDED_PROCEDURAL, FACTORS, ProceduralSpec, iter_procedural_images
-from pipeline.stability import SeedFactors
+from pipeline.store.ingest_eeg import open_store
+from pipeline.store.ingest_images import (
+    ImageStoreConfig,
+    frames_for,
+    image_split,
+    image_store_spec,
+    ingest_image_batches,
+)
+from pipeline.store.run_folder import RunFolder
+from pipeline.store.runlock import begin_update, finish_update
 
 MNIST_VAL_FRACTION = 0.1
 # Images read per batch, and how often the count is logged, by reader.

@@ -16,10 +16,8 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.checkpoint import atomic_write_bytes
 from pipeline.errors import InputError
-from pipeline.run_folder import RunFolder, read_json_file
-from pipeline.runlock import output_errors
+from pipeline.models.checkpoint import atomic_write_bytes
 from pipeline.runs.deap import PLAIN_STEPS, DeapSteps
 from pipeline.runs.recordings import (
     LOG,
@@ -34,6 +32,8 @@ from pipeline.runs.recordings import (
 )
 from pipeline.sources.raw import recording_suffix
 from pipeline.sources.trials import file_sha256
+from pipeline.store.run_folder import RunFolder, read_json_file
+from pipeline.store.runlock import output_errors
 
 LEDGER_FORMAT = "eegmi-inbox/1"
 

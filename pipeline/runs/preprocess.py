@@ -10,16 +10,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError, NamedFailure
-from pipeline.ingest import deap_store_spec, ingest_trials, open_store
-from pipeline.manifests import check_folder, load_manifest
-from pipeline.presets import DeapPreset
-from pipeline.run_folder import RunFolder
+from pipeline.models.presets import DeapPreset
+from pipeline.signal.config import PreprocessConfig
 from pipeline.sources.deap import read_source_file
+from pipeline.sources.manifests import check_folder, load_manifest
 from pipeline.sources.synthetic import generate_subject
 from pipeline.sources.synthetic import ground_truth as synthetic_ground_truth
 from pipeline.sources.synthetic_spec import SyntheticDeapSpec, scenario_spec
+from pipeline.store.ingest_eeg import deap_store_spec, ingest_trials, open_store
+from pipeline.store.run_folder import RunFolder
 
 LOG = logging.getLogger("eegmi")
 

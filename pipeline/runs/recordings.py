@@ -17,7 +17,7 @@ folder since its last run.
 
 Recordings join a store of real data (kinds ``deap-python``, ``deap-matlab``, ``raw``), which
 keeps its kind, never a synthetic one; a new store has kind ``raw``. A run killed at any point
-is finished by the next one (:mod:`pipeline.runlock`). The ``ingest-recordings`` and
+is finished by the next one (:mod:`pipeline.store.runlock`). The ``ingest-recordings`` and
 ``ingest-inbox`` flows wrap :func:`ingest_recordings` and
 :func:`pipeline.runs.inbox.ingest_inbox`.
 """
@@ -28,19 +28,25 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.checkpoint import checkpoint_exists
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.ingest import deap_store_spec, ingest_trials, open_store
-from pipeline.isolation import read_isolated
-from pipeline.learn import checkpoint_model_id, seed_latent_set, with_model_seed
-from pipeline.presets import DeapPreset, deap_preset
-from pipeline.run_folder import RunFolder, read_json_file
-from pipeline.runlock import OutputLocationError, begin_update, finish_update, output_errors, pending_update
+from pipeline.models.checkpoint import checkpoint_exists
+from pipeline.models.learn import checkpoint_model_id, seed_latent_set, with_model_seed
+from pipeline.models.presets import DeapPreset, deap_preset
 from pipeline.runs.deap import LOG, PLAIN_STEPS, DeapSteps, seed_ensemble
 from pipeline.runs.preprocess import SourceFilesFailed
+from pipeline.signal.config import PreprocessConfig
+from pipeline.sources.isolation import read_isolated
 from pipeline.sources.raw import read_recording
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.ingest_eeg import deap_store_spec, ingest_trials, open_store
+from pipeline.store.run_folder import RunFolder, read_json_file
+from pipeline.store.runlock import (
+    OutputLocationError,
+    begin_update,
+    finish_update,
+    output_errors,
+    pending_update,
+)
 
 RECORDINGS_KIND = "raw"
 REAL_DATA_KINDS = ("deap-python", "deap-matlab", "raw")
@@ -255,7 +261,7 @@ def update_models(
 ) -> dict:
     """Bring the models, latents and report of ``run`` up to date with its store.
 
-    Finishes first what a killed run left undone (see :func:`pipeline.runlock.pending_update`).
+    Finishes first what a killed run left undone (see :func:`pipeline.store.runlock.pending_update`).
     A seed ensemble (``eegmi deap --seeds N``) is encoded with, and retrained as, every seed.
 
     Returns

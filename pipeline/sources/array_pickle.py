@@ -12,7 +12,7 @@ numeric arrays, each rebuilt from one byte string of a plain numeric dtype throu
 
 and says where each array's bytes lie (:class:`ArraySpec`). :func:`build_arrays` then makes the
 arrays with :func:`numpy.frombuffer`, checking every offset and size again, so the two halves
-can run in different processes (the first in a bounded child, see :mod:`pipeline.isolation`).
+can run in different processes (the first in a bounded child, see :mod:`pipeline.sources.isolation`).
 
 The machine bounds nesting, memo, stack and opcode count, and each array's shape times its item
 size must equal the length of its bytes, so a crafted file cannot crash the process, hang it or make
@@ -248,7 +248,7 @@ def describe_array_dict(buffer: bytes | memoryview) -> dict[str, ArraySpec]:
     """Where each array of the pickled dict lies in ``buffer``, found without running the pickle.
 
     This is the part that reads the untrusted opcodes; it allocates little and returns plain
-    data, so it can run in a bounded child process (:func:`pipeline.isolation.run_isolated`).
+    data, so it can run in a bounded child process (:func:`pipeline.sources.isolation.run_isolated`).
 
     Raises
     ------

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.analysis.splits import DEFAULT_FRACTIONS
 from pipeline.errors import InputError
 from pipeline.sources.images import (
     NO_LABEL,
@@ -36,7 +37,6 @@ from pipeline.sources.images import (
     manifest_entry,
     split_by_name_hash,
 )
-from pipeline.splits import DEFAULT_FRACTIONS
 
 logger = logging.getLogger(__name__)
 

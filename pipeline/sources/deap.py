@@ -30,8 +30,8 @@ import numpy as np
 import scipy.io
 
 from pipeline.errors import InputError
-from pipeline.isolation import IsolatedRun, read_isolated
 from pipeline.sources.array_pickle import ArraySpec, build_arrays, describe_array_dict
+from pipeline.sources.isolation import IsolatedRun, read_isolated
 from pipeline.sources.pickle_machine import PickleRefused
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, N_SAMPLES, Trials, file_sha256
 
@@ -123,7 +123,7 @@ def read_deap_dat(path: str | os.PathLike, subject: int | None = None, isolate: 
         Subject id; by default taken from the file name (``s01.dat`` -> 1).
     isolate : bool
         Parse the pickle's opcodes in a child process bounded in time and memory
-        (:func:`pipeline.isolation.run_isolated`), as the preprocessing flows do; the arrays
+        (:func:`pipeline.sources.isolation.run_isolated`), as the preprocessing flows do; the arrays
         are then built here from the bytes already read, so nothing large is copied back.
 
     Returns
@@ -288,7 +288,7 @@ def read_deap_mat(path: str | os.PathLike, subject: int | None = None) -> Trials
         contents = scipy.io.loadmat(path, variable_names=list(_REQUIRED_KEYS))
     except NotImplementedError as err:
         raise InputError(path, f"unsupported MAT file version ({err}); save it as MATLAB v5 or v7") from None
-    except MemoryError:  # the isolated read's memory bound, which pipeline.isolation reports
+    except MemoryError:  # the isolated read's memory bound, which pipeline.sources.isolation reports
         raise
     # scipy's parser lets a corrupt file surface as whatever its internals hit first (a bad
     # deflate stream as zlib.error, a tag past the end as IndexError, a half-built variable as
@@ -305,7 +305,7 @@ def read_source_file(path: str | os.PathLike, subject: int | None = None, isolat
     """Read a DEAP file with the reader its suffix calls for (``.dat`` or ``.mat``).
 
     With ``isolate`` the file's untrusted content is parsed in a child process bounded in time
-    and memory (:mod:`pipeline.isolation`), so that even an unknown reader bug fails this file
+    and memory (:mod:`pipeline.sources.isolation`), so that even an unknown reader bug fails this file
     alone, with an :class:`InputError` naming it.
 
     Raises

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.analysis.splits import DEFAULT_FRACTIONS
 from pipeline.errors import InputError
-from pipeline.splits import DEFAULT_FRACTIONS
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST = 0, 1, 2

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.ndimage
 from sklearn.datasets import load_digits
 
+from pipeline.analysis.splits import DEFAULT_FRACTIONS
 from pipeline.errors import InputError
 from pipeline.sources.images import (
     SPLIT_TEST,
@@ -40,7 +41,6 @@ from pipeline.sources.images import (
     seeded_split,
 )
 from pipeline.sources.trials import file_sha256
-from pipeline.splits import DEFAULT_FRACTIONS
 
 IDX_UBYTE = 0x08
 MNIST_IMAGES_MAGIC = 0x0803  # 2051

@@ -15,7 +15,7 @@ overlap and change gradually; moved over half the frame, a small β-VAE spread x
 latents and left radius and hue unused. The hue spans one sector of the HSV circle (red to
 yellow), along which the colour moves on a straight line in RGB; a range around the circle
 draws a loop in RGB, which a VAE tends to encode with two latents. The calibration runs are
-listed in ``pipeline.presets``.
+listed in ``pipeline.models.presets``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.analysis.splits import DEFAULT_FRACTIONS
 from pipeline.errors import InputError
 from pipeline.sources.images import (
     NO_LABEL,
@@ -37,7 +38,6 @@ from pipeline.sources.images import (
     concatenate_batches,
     seeded_split,
 )
-from pipeline.splits import DEFAULT_FRACTIONS
 
 EMBEDDED_PROCEDURAL = "embedded://procedural"
 SHAPE_SATURATION = 0.85

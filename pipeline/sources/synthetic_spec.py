@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import BAND_NAMES, PreprocessConfig
 from pipeline.errors import InputError
+from pipeline.signal.config import BAND_NAMES, PreprocessConfig
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES
 
 BAND_EDGES_HZ: dict[str, tuple[float, float]] = dict(

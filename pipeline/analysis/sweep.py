@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.analysis.mi import MIAccumulator, influential_factors
 from pipeline.errors import InputError
-from pipeline.learn import store_normaliser, vae_validation_scores
-from pipeline.mi import MIAccumulator, influential_factors
 from pipeline.models.encoding import iter_encode_frames
+from pipeline.models.learn import store_normaliser, vae_validation_scores
 from pipeline.models.vae import BetaVAE
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
 
 MSE_TOLERANCE = 0.10
 RULE = (
@@ -35,7 +35,7 @@ def score_candidate(
     """One sweep row for a candidate model (the store's main normalisation; nothing is written).
 
     Returns ``beta``, ``n_influential``, ``total_mi_nats`` (training trials) and the
-    validation scores of :func:`pipeline.learn.vae_validation_scores` (``val_mse``,
+    validation scores of :func:`pipeline.models.learn.vae_validation_scores` (``val_mse``,
     ``val_negative_elbo``).
     """
     accumulator = MIAccumulator()

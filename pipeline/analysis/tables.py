@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pipeline.analysis.mi import DEFAULT_TOPK_PERCENTS, MIEstimate, topk_factor_counts, topk_mask
 from pipeline.errors import InputError
-from pipeline.mi import DEFAULT_TOPK_PERCENTS, MIEstimate, topk_factor_counts, topk_mask
 
 MaskMetric = Callable[[np.ndarray], float]
 

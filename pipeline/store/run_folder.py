@@ -10,10 +10,10 @@ Layout::
         sweep/beta-<β>/               the candidates of a β sweep
         classifier.*                  the LSTM of the main protocol
         <slot>/vae/, <slot>/classifier.*   those of another protocol (``--protocol both``)
-        update-in-progress.json       the update marker (:mod:`pipeline.runlock`)
+        update-in-progress.json       the update marker (:mod:`pipeline.store.runlock`)
       report.json, report.html, figures/
       inbox.json                      the inbox ledger (:mod:`pipeline.runs.recordings`)
-      .eegmi-run.lock                 the run lock (:func:`pipeline.runlock.run_lock`)
+      .eegmi-run.lock                 the run lock (:func:`pipeline.store.runlock.run_lock`)
 
 Only the frame store may live at an fsspec URL (``eegmi preprocess``); everything else needs a
 local folder.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
 
 FRAMES_STORE_NAME = "frames.zarr"
 CHECKPOINTS_DIR_NAME = "checkpoints"

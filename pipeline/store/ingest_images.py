@@ -1,6 +1,6 @@
 """Image batches into the frame store, and the image store read back: split, frames, latents.
 
-An image store is a frame store (:mod:`pipeline.store`) whose rows are single images:
+An image store is a frame store (:mod:`pipeline.store.frames`) whose rows are single images:
 ``frames`` (n, 1, C, H, W) in [0, 1], ``labels`` (n, 1) the class or -1, ``source`` the file an
 image came from (one IDX file holds many images, a JPEG one) and ``trial`` the image's position
 in it, so a row's key ``(source_sha256, trial)`` names one image and re-running an ingest never
@@ -25,13 +25,13 @@ import zarr
 from pydantic import Field
 
 from pipeline import __version__
+from pipeline.analysis.splits import Split
 from pipeline.errors import InputError
-from pipeline.ingest import StoreSpec
-from pipeline.presets import IMAGE_DATASETS, SplitCaps
+from pipeline.models.presets import IMAGE_DATASETS, SplitCaps
 from pipeline.sources.celeba import SkippedImage
 from pipeline.sources.images import SPLIT_NAMES, ImageBatch
-from pipeline.splits import Split
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.ingest_eeg import StoreSpec
 from pipeline.validators import ConfigModel, NonNegativeInt, PositiveInt
 
 IMAGE_DATA_KINDS: tuple[str, ...] = ("idx", "images", "synthetic")
@@ -90,7 +90,7 @@ def image_store_spec(
     data_source: str,
     extra_attrs: dict | None = None,
 ) -> StoreSpec:
-    """The store of images made as ``config`` says, for :func:`pipeline.ingest.open_store`.
+    """The store of images made as ``config`` says, for :func:`pipeline.store.ingest_eeg.open_store`.
 
     Parameters
     ----------
@@ -218,7 +218,7 @@ def ingest_image_batches(
     Parameters
     ----------
     store : FrameStore
-        A writable image store (:func:`pipeline.ingest.open_store` with :func:`image_store_spec`).
+        A writable image store (:func:`pipeline.store.ingest_eeg.open_store` with :func:`image_store_spec`).
     batches : iterable of ImageBatch
         A reader's stream; every batch must carry a split and the store's image shape. Only
         one batch is held at a time.

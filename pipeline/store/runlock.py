@@ -34,7 +34,7 @@ from typing import IO, Any
 import fsspec
 
 from pipeline.errors import InputError
-from pipeline.run_folder import RunFolder, read_json_file
+from pipeline.store.run_folder import RunFolder, read_json_file
 from pipeline.validators import atomic_write_bytes, check_json_native, utc_now
 
 UPDATE_STAGES = ("training", "report")

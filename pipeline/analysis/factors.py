@@ -1,6 +1,6 @@
 """Describe the reported factors of a DEAP run: emotion relevance and electrode blocks.
 
-Selection uses the training and validation trials only (see :mod:`pipeline.relevance`); the
+Selection uses the training and validation trials only (see :mod:`pipeline.analysis.relevance`); the
 test trials are left for the accuracy figures.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.blocks import (
+from pipeline.analysis.blocks import (
     DEFAULT_TRAVERSAL_VALUES,
     electrode_change,
     find_blocks,
@@ -18,15 +18,8 @@ from pipeline.blocks import (
     signed_change,
     traverse_factor,
 )
-from pipeline.errors import InputError
-from pipeline.imaging import ImagingOperator
-from pipeline.mi import MIEstimate, influential_factors
-from pipeline.models.decoding import latent_decoder
-from pipeline.models.sequence import EmotionLSTM, evaluate_classifier
-from pipeline.models.vae import BetaVAE
-from pipeline.montage import neighbour_graph
-from pipeline.progress import Progress, counted
-from pipeline.relevance import (
+from pipeline.analysis.mi import MIEstimate, influential_factors
+from pipeline.analysis.relevance import (
     LabelInformation,
     SubjectAwareRelevance,
     ablation_accuracy_drop,
@@ -34,8 +27,15 @@ from pipeline.relevance import (
     linked_factors,
     subject_aware_label_information,
 )
+from pipeline.analysis.stability import SeedFactors
+from pipeline.errors import InputError
+from pipeline.models.decoding import latent_decoder
+from pipeline.models.sequence import EmotionLSTM, evaluate_classifier
+from pipeline.models.vae import BetaVAE
+from pipeline.progress import Progress, counted
+from pipeline.signal.imaging import ImagingOperator
+from pipeline.signal.montage import neighbour_graph
 from pipeline.sources.trials import DEAP_CHANNELS
-from pipeline.stability import SeedFactors
 from pipeline.validators import ConfigModel, NonNegativeInt, NonNegativeNumber, PositiveInt, PositiveNumber
 
 

@@ -17,7 +17,7 @@ When nothing emotional was planted (the ``null`` scenario), no factor may be lin
 
 from __future__ import annotations
 
-from pipeline.blocks import block_jaccard
+from pipeline.analysis.blocks import block_jaccard
 
 DEFAULT_MIN_JACCARD = 0.5
 

@@ -21,8 +21,8 @@ import os
 import numpy as np
 import scipy.fft
 
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
+from pipeline.signal.config import PreprocessConfig
 
 # Far below any real EEG band power (see module docstring), so only flat channels reach it.
 LOG_POWER_FLOOR = 1e-10

@@ -48,14 +48,14 @@ from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
-from pipeline.blocks import DEFAULT_TRAVERSAL_VALUES
+from pipeline.analysis.blocks import DEFAULT_TRAVERSAL_VALUES
+from pipeline.analysis.factors import FactorRules
+from pipeline.analysis.mi import DEFAULT_THRESHOLD_NATS
 from pipeline.errors import InputError
-from pipeline.factors import FactorRules
-from pipeline.learn import RUN_PROTOCOLS, LearnConfig
-from pipeline.mi import DEFAULT_THRESHOLD_NATS
+from pipeline.models.configs import ClassifierConfig, TrainConfig
+from pipeline.models.learn import RUN_PROTOCOLS, LearnConfig
 from pipeline.models.vae import VAEConfig
 from pipeline.sources.images import check_whole_number
-from pipeline.train import ClassifierConfig, TrainConfig
 from pipeline.validators import (
     ConfigModel,
     NonNegativeInt,
@@ -86,7 +86,7 @@ class DeapPreset(ConfigModel):
 
     ``protocol`` is ``trial``, ``subject`` or ``both`` (each protocol with its own split,
     normalisation and models). ``betas`` lists the β values of a sweep: with more than one,
-    one β-VAE is trained per value and :func:`pipeline.sweep.choose_beta` keeps one
+    one β-VAE is trained per value and :func:`pipeline.analysis.sweep.choose_beta` keeps one
     (``learn.vae.beta`` is then the chosen value only after the sweep); left empty, it is
     the model's β.
     """
@@ -146,7 +146,7 @@ class ImagePreset(ConfigModel):
     traversal_values : tuple of float
         Values a factor sweeps in a traversal, in prior standard deviations.
     threshold_nats : float
-        Î above which a factor counts as influential (``pipeline.mi.DEFAULT_THRESHOLD_NATS``).
+        Î above which a factor counts as influential (``pipeline.analysis.mi.DEFAULT_THRESHOLD_NATS``).
     encode_batch_size : int
         Images per encoder pass.
     memory_budget_bytes : int

@@ -19,9 +19,9 @@ import numpy as np
 from scipy.interpolate import CloughTocher2DInterpolator
 from scipy.spatial import QhullError
 
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.montage import azimuthal_equidistant, electrode_positions_3d
+from pipeline.signal.config import PreprocessConfig
+from pipeline.signal.montage import azimuthal_equidistant, electrode_positions_3d
 from pipeline.sources.trials import DEAP_CHANNELS
 
 _PROJECTIONS = ("azimuthal-equidistant",)
@@ -74,7 +74,7 @@ class ImagingOperator:
         ----------
         band_power : float array (n_trials, n_windows, n_electrodes, n_bands)
             Values at the electrodes (e.g. the output of
-            :func:`pipeline.bands.band_log_power`), electrodes in the operator's order.
+            :func:`pipeline.signal.bands.band_log_power`), electrodes in the operator's order.
         where : str
             Name of the array (or its source file) used in error messages.
 
@@ -118,7 +118,7 @@ def build_imaging_operator(positions_2d: np.ndarray, grid_size: int = 32) -> Ima
     Parameters
     ----------
     positions_2d : float array (n_electrodes, 2)
-        Projected positions, e.g. from :func:`pipeline.montage.azimuthal_equidistant`.
+        Projected positions, e.g. from :func:`pipeline.signal.montage.azimuthal_equidistant`.
     grid_size : int
         Pixels per side, at least 2.
 

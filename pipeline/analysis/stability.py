@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.blocks import block_jaccard
+from pipeline.analysis.blocks import block_jaccard
 from pipeline.errors import InputError
 
 # |cos| ≥ 0.7: the matched effect's projection carries at least half (0.7² = 0.49) of its

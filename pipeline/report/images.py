@@ -1,6 +1,6 @@
 """Assemble an image run's report.json and report.html: Î per factor, Table 2, traversal montages.
 
-The image counterpart of :mod:`pipeline.deap_report`, without classifier, emotion or electrode
+The image counterpart of :mod:`pipeline.report.deap`, without classifier, emotion or electrode
 blocks. As in the paper (appendix A.1, A.2), Î, the top-k table and the traversal seeds come
 from the test images: the β-VAE never saw them, and no choice of the run depends on them.
 """
@@ -13,21 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.blocks import signed_change, traverse_factor
+from pipeline.analysis.blocks import signed_change, traverse_factor
+from pipeline.analysis.mi import MIEstimate, influential_factors
+from pipeline.analysis.splits import Split
+from pipeline.analysis.stability import MATCH_THRESHOLD, SeedFactors
+from pipeline.analysis.tables import topk_table
 from pipeline.errors import InputError
-from pipeline.image_ingest import image_split
-from pipeline.learn import store_mi
-from pipeline.mi import MIEstimate, influential_factors
 from pipeline.models.decoding import latent_decoder
 from pipeline.models.encoding import masked_reconstruction_mse
+from pipeline.models.learn import store_mi
+from pipeline.models.presets import ImagePreset
 from pipeline.models.vae import BetaVAE
-from pipeline.presets import ImagePreset
 from pipeline.report import assemble
 from pipeline.report.traversals import traversal_montage
-from pipeline.splits import Split
-from pipeline.stability import MATCH_THRESHOLD, SeedFactors
-from pipeline.store import LATENTS_GROUP, FrameStore
-from pipeline.tables import topk_table
+from pipeline.store.frames import LATENTS_GROUP, FrameStore
+from pipeline.store.ingest_images import image_split
 
 # The smallest top-k holding this share of the total Î should reconstruct about as well as all
 # factors (the paper's Table 2: the top factors hold almost all information and reconstruct

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.blocks import DEFAULT_TRAVERSAL_VALUES, sample_at_electrodes
-from pipeline.classification import accuracy_summary, chance_verdict
-from pipeline.config import PreprocessConfig
-from pipeline.factors import FactorRules, FactorTraversal, describe_factors, eeg_seed_factors
-from pipeline.imaging import ImagingOperator, deap_imaging_operator
-from pipeline.learn import (
+from pipeline.analysis.blocks import DEFAULT_TRAVERSAL_VALUES, sample_at_electrodes
+from pipeline.analysis.classification import accuracy_summary, chance_verdict
+from pipeline.analysis.factors import FactorRules, FactorTraversal, describe_factors, eeg_seed_factors
+from pipeline.analysis.mi import MIEstimate, influential_factors
+from pipeline.analysis.splits import CLASS_NAMES, Split
+from pipeline.analysis.stability import BLOCK_JACCARD, MATCH_THRESHOLD, SeedFactors
+from pipeline.analysis.tables import topk_table
+from pipeline.analysis.validation import check_planted_blocks
+from pipeline.models.classifier import load_classifier
+from pipeline.models.learn import (
     LearnConfig,
     classifier_dir,
     latent_set,
@@ -22,20 +26,16 @@ from pipeline.learn import (
     store_mi,
     stored_split,
 )
-from pipeline.mi import MIEstimate, influential_factors
-from pipeline.models.classifier import load_classifier
 from pipeline.models.sequence import EmotionLSTM, evaluate_classifier, predict_classes
 from pipeline.models.vae import BetaVAE
 from pipeline.progress import Progress
 from pipeline.report import assemble
 from pipeline.report.figures import confusion_figure
 from pipeline.report.traversals import eeg_factor_figures
+from pipeline.signal.config import PreprocessConfig
+from pipeline.signal.imaging import ImagingOperator, deap_imaging_operator
 from pipeline.sources.trials import DEAP_CHANNELS
-from pipeline.splits import CLASS_NAMES, Split
-from pipeline.stability import BLOCK_JACCARD, MATCH_THRESHOLD, SeedFactors
-from pipeline.store import LATENTS_GROUP, FrameStore
-from pipeline.tables import topk_table
-from pipeline.validation import check_planted_blocks
+from pipeline.store.frames import LATENTS_GROUP, FrameStore
 
 
 def _latents_and_classes(store: FrameStore, rows: np.ndarray, threshold: float, group: str = "latents"):

@@ -14,13 +14,13 @@ from functools import partial
 import numpy as np
 
 from pipeline import __version__
-from pipeline.bands import band_log_power
-from pipeline.config import PreprocessConfig
 from pipeline.errors import InputError
-from pipeline.imaging import ImagingOperator, deap_imaging_operator
-from pipeline.run_folder import store_path
+from pipeline.signal.bands import band_log_power
+from pipeline.signal.config import PreprocessConfig
+from pipeline.signal.imaging import ImagingOperator, deap_imaging_operator
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, Trials
-from pipeline.store import FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.run_folder import store_path
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import yaml
 from pipeline.errors import InputError
 from pipeline.schemas import check_against_schema
 
-MANIFEST_DIR = Path(__file__).resolve().parents[1] / "data_manifests"
+MANIFEST_DIR = Path(__file__).resolve().parents[2] / "data_manifests"
 _MANIFEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _RANGE_PATTERN = re.compile(r"(?P<prefix>[^{}]*)\{(?P<first>\d+)\.\.(?P<last>\d+)\}(?P<suffix>[^{}]*)")
 

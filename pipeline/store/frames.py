@@ -54,7 +54,7 @@ STORE_FORMAT = "eegmi-frames/1"
 MANAGED_ATTRS = ("config_hash", "package_version", "created", "updated", "store_format")
 ROW_ARRAYS = ("frames", "labels", "subject", "trial", "source", "source_sha256")
 # Per-row split part; optional, so that EEG stores written before it existed still open (their
-# rows read -1, no stored split). Image stores cannot do without it: see pipeline.image_ingest.
+# rows read -1, no stored split). Image stores cannot do without it: see pipeline.store.ingest_images.
 SPLIT_ARRAY = "split"
 NO_SPLIT = -1
 COMMIT_ARRAY = "committed"

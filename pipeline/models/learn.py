@@ -15,23 +15,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.config import PreprocessConfig
+from pipeline.analysis.mi import MIAccumulator, MIEstimate
+from pipeline.analysis.splits import Split, emotion_classes, split_by_subject, split_by_trial
 from pipeline.errors import InputError
-from pipeline.imaging import deap_imaging_operator
-from pipeline.mi import MIAccumulator, MIEstimate
+from pipeline.models.checkpoint import load_checkpoint
 from pipeline.models.classifier import save_classifier, train_classifier
+from pipeline.models.configs import ClassifierConfig, TrainConfig
 from pipeline.models.encoding import masked_reconstruction_mse, read_frames
 from pipeline.models.sequence import evaluate_classifier
 from pipeline.models.state import can_resume_training
 from pipeline.models.training import TrainResult, train_vae
 from pipeline.models.vae import BetaVAE, VAEConfig
-from pipeline.normalise import BandNormalisation, fit_band_normalisation
 from pipeline.progress import Progress
-from pipeline.run_folder import RunFolder
-from pipeline.splits import Split, emotion_classes, split_by_subject, split_by_trial
-from pipeline.store import LATENTS_GROUP, FrameStore
-from pipeline.train import ClassifierConfig, TrainConfig
+from pipeline.signal.config import PreprocessConfig
+from pipeline.signal.imaging import deap_imaging_operator
+from pipeline.signal.normalise import BandNormalisation, fit_band_normalisation
+from pipeline.store.frames import LATENTS_GROUP, FrameStore
+from pipeline.store.run_folder import RunFolder
 from pipeline.validators import ConfigModel, NonNegativeInt, PositiveInt, RealNumber
 
 Normaliser = Callable[[np.ndarray], np.ndarray]

@@ -16,7 +16,8 @@ import zarr
 
 import pipeline
 from pipeline.errors import InputError
-from pipeline.store import frames as store_module
+from pipeline.store import layout as store_layout
+from pipeline.store import rows as store_rows
 from pipeline.store.frames import FrameStore
 
 WRITER_SCRIPT = Path(__file__).with_name("store_writer_script.py")
@@ -420,7 +421,7 @@ def test_two_processes_ingesting_at_once_store_each_trial_once(tmp_path):
 
 
 def test_row_runs_read_and_write_in_the_order_given(tmp_path):
-    from pipeline.store.frames import read_rows, write_rows
+    from pipeline.store.rows import read_rows, write_rows
 
     array = zarr.create_array(
         tmp_path / "a.zarr", shape=(12, 3), chunks=(1, 3), dtype="float32", fill_value=np.nan
@@ -438,7 +439,7 @@ def test_row_runs_read_and_write_in_the_order_given(tmp_path):
 
 
 def test_rows_of_several_arrays_written_together_land_where_one_by_one_would(tmp_path):
-    from pipeline.store.frames import write_rows, write_rows_together
+    from pipeline.store.rows import write_rows, write_rows_together
 
     def arrays(name):
         group = zarr.open_group(tmp_path / name, mode="w")
@@ -475,12 +476,12 @@ def test_a_store_s_attrs_are_read_without_its_rows_and_only_from_a_store(tmp_pat
 def test_frames_compressed_before_the_lock_are_the_bytes_zarr_itself_writes(tmp_path):
     store = _new_store(tmp_path / "f.zarr")
     data = _source(5, 3)
-    assert len(store_module._encoded_frame_chunks(store.frames, data["frames"])) == 3
+    assert len(store_rows.encoded_frame_chunks(store.frames, data["frames"])) == 3
     assert store.add_trials(**data) == 3
     # The same frames written through zarr's own encoder, into an array of the same layout.
     twin = zarr.open_group(tmp_path / "twin.zarr", mode="w").create_array(
         "frames", shape=(3, *SMALL_SHAPE), chunks=(1, *SMALL_SHAPE), dtype="float32",
-        fill_value=np.nan, compressors=store_module.FRAMES_COMPRESSOR,
+        fill_value=np.nan, compressors=store_layout.FRAMES_COMPRESSOR,
     )  # fmt: skip
     twin[:] = data["frames"]
     for row in range(3):
@@ -493,11 +494,11 @@ def test_frames_compressed_before_the_lock_are_the_bytes_zarr_itself_writes(tmp_
 def test_frames_of_another_layout_are_left_to_zarr_to_encode(tmp_path):
     group = zarr.open_group(tmp_path / "other.zarr", mode="w")
     zstd = group.create_array("frames", shape=(2, 4), chunks=(1, 4), dtype="float32")
-    assert store_module._encoded_frame_chunks(zstd, np.ones((2, 4), np.float32)) is None
+    assert store_rows.encoded_frame_chunks(zstd, np.ones((2, 4), np.float32)) is None
     blosc = group.create_array(
-        "two_rows", shape=(2, 4), chunks=(2, 4), dtype="float32", compressors=store_module.FRAMES_COMPRESSOR
+        "two_rows", shape=(2, 4), chunks=(2, 4), dtype="float32", compressors=store_layout.FRAMES_COMPRESSOR
     )
-    assert store_module._encoded_frame_chunks(blosc, np.ones((2, 4), np.float32)) is None
+    assert store_rows.encoded_frame_chunks(blosc, np.ones((2, 4), np.float32)) is None
 
 
 def test_the_split_column_holds_each_row_s_part_and_minus_one_where_none_was_given(tmp_path):

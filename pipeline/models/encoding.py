@@ -15,7 +15,8 @@ import torch
 from pipeline.errors import InputError
 from pipeline.models.vae import BetaVAE, check_keep_mask
 from pipeline.progress import Progress, report
-from pipeline.store.frames import LATENTS_GROUP, FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.layout import LATENTS_GROUP
 from pipeline.threads import keep_fair_share
 from pipeline.validators import check_positive_int
 

@@ -30,7 +30,8 @@ from pipeline.progress import Progress
 from pipeline.signal.config import PreprocessConfig
 from pipeline.signal.imaging import deap_imaging_operator
 from pipeline.signal.normalise import BandNormalisation, fit_band_normalisation
-from pipeline.store.frames import LATENTS_GROUP, FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.layout import LATENTS_GROUP
 from pipeline.store.run_folder import RunFolder
 from pipeline.validators import ConfigModel, NonNegativeInt, PositiveInt, RealNumber
 

@@ -35,7 +35,8 @@ from pipeline.report.traversals import eeg_factor_figures
 from pipeline.signal.config import PreprocessConfig
 from pipeline.signal.imaging import ImagingOperator, deap_imaging_operator
 from pipeline.sources.trials import DEAP_CHANNELS
-from pipeline.store.frames import LATENTS_GROUP, FrameStore
+from pipeline.store.frames import FrameStore
+from pipeline.store.layout import LATENTS_GROUP
 
 
 def _latents_and_classes(store: FrameStore, rows: np.ndarray, threshold: float, group: str = "latents"):

@@ -26,8 +26,9 @@ from pipeline.models.presets import ImagePreset
 from pipeline.models.vae import BetaVAE
 from pipeline.report import assemble
 from pipeline.report.traversals import traversal_montage
-from pipeline.store.frames import LATENTS_GROUP, FrameStore
+from pipeline.store.frames import FrameStore
 from pipeline.store.ingest_images import image_split
+from pipeline.store.layout import LATENTS_GROUP
 
 # The smallest top-k holding this share of the total Î should reconstruct about as well as all
 # factors (the paper's Table 2: the top factors hold almost all information and reconstruct

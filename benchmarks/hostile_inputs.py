@@ -109,6 +109,7 @@ def _recording_cases(work: Path, env: dict[str, str]) -> list[dict]:
     )
 
     from pipeline.sources.raw import default_labels_path
+    from pipeline.store.run_folder import RunFolder
 
     def ingest(case: str, recordings: list[Path], out: Path) -> dict:
         command = [str(EEGMI), "ingest", *map(str, recordings), "--out", str(out)]
@@ -147,16 +148,19 @@ def _recording_cases(work: Path, env: dict[str, str]) -> list[dict]:
     rows.append(ingest("labels sidecar with a bad value on line 3", [recording], folder / "run"))
 
     nested = "[" * 100_000 + "]" * 100_000
-    for crafted in ("report.json", "checkpoints/vae/best.json"):
-        folder = work / f"nested-{Path(crafted).parent.name or 'report'}"
+    for kind in ("report", "checkpoint"):
+        folder = work / f"nested-{kind}"
         first, second = (write_recording(folder / "inbox", f"sub-0{s}_eeg.fif", seed=s) for s in (1, 2))
-        out = folder / "run"
-        _run([str(EEGMI), "ingest", str(first), "--out", str(out)], env)
-        if crafted.startswith("checkpoints/"):
-            (out / "checkpoints" / "vae").mkdir(parents=True)
-            (out / "checkpoints" / "classifier.json").write_text("{}")
-        (out / crafted).write_text(nested)
-        rows.append(ingest(f"{crafted} nested 100,000 deep", [second], out))
+        run = RunFolder(folder / "run")
+        _run([str(EEGMI), "ingest", str(first), "--out", str(run)], env)
+        if kind == "report":
+            target = run.report_json
+        else:  # a checkpoint pointer, beside a classifier so that the run gets as far as reading it
+            run.vae_dir().mkdir(parents=True)
+            (run.classifier_dir() / "classifier.json").write_text("{}")
+            target = run.vae_dir() / "best.json"
+        target.write_text(nested)
+        rows.append(ingest(f"{target.relative_to(run.path)} nested 100,000 deep", [second], run.path))
     return rows
 
 

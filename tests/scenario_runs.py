@@ -35,8 +35,8 @@ from pipeline.report.deap import analyse_seed, build_deap_report
 from pipeline.signal.config import PreprocessConfig
 from pipeline.sources.synthetic import generate_subject, ground_truth
 from pipeline.sources.synthetic_spec import scenario_spec
-from pipeline.store.frames import FrameStore
 from pipeline.store.ingest_eeg import deap_store_spec, ingest_trials, open_store
+from pipeline.store.run_folder import RunFolder
 
 LEARN = LearnConfig(
     # The presets' learned decoder variance. With a unit variance this small run is fragile: on
@@ -77,13 +77,11 @@ def run_scenario(
         store = open_store(str(out_dir), deap_store_spec(config, "synthetic", spec.identity()))
         for subject in range(1, spec.n_subjects + 1):
             ingest_trials(store, generate_subject(spec, subject), config)
-        store = FrameStore.open(str(out_dir / "frames.zarr"), writable=True)
+        store = RunFolder(out_dir).open_store(writable=True)
         fit_store_normalisation(store, make_split(store, "trial", 0, learn.class_threshold))
         reference = learn.train.seed
         seeds = list(range(reference, reference + n_seeds))
-        checkpoints = {
-            k: out_dir / "checkpoints" / ("vae" if k == reference else f"vae_seed{k}") for k in seeds
-        }
+        checkpoints = {k: RunFolder(out_dir).seed_vae_dir(k, reference) for k in seeds}
         for k in seeds:
             train_store_vae(store, with_model_seed(learn, k), checkpoints[k])
             encode_store(
@@ -113,7 +111,7 @@ def run_scenario(
             out_dir,
             store,
             load_vae(checkpoints[reported]),
-            load_classifier(out_dir / "checkpoints"),
+            load_classifier(RunFolder(out_dir).checkpoints),
             with_model_seed(learn, reported),
             RULES,
             {"scenario": scenario, "seed": seed},

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import false_discovery_control
@@ -291,32 +292,25 @@ class SubjectAwareRelevance:
 
 
 def subject_aware_label_information(
-    mu: np.ndarray,
-    classes: np.ndarray,
-    subjects: np.ndarray,
-    n_permutations: int = 2000,
-    seed: int = 0,
-    summaries: Sequence[str] = SUMMARIES,
-    factors: Sequence[int] | None = None,
-    progress: Progress | None = None,
+    mu: np.ndarray, classes: np.ndarray, subjects: np.ndarray, **test: Any
 ) -> SubjectAwareRelevance:
     """:func:`factor_label_information` pooled and within subject, with each factor's subject share.
 
-    Both analyses use the same permutation count, seed, summaries and testing family; with a
-    single subject the within-subject analysis is the pooled one. ``progress`` follows the
-    labelings of each analysis in turn.
+    ``test`` holds :func:`factor_label_information`'s keyword parameters (``n_permutations``,
+    ``seed``, ``summaries``, ``factors``, ``progress``), shared by both analyses, so they use the
+    same permutation count, seed, summaries and testing family; with a single subject the
+    within-subject analysis is the pooled one. ``progress`` follows the labelings of each
+    analysis in turn.
     """
-    pooled = factor_label_information(
-        mu, classes, n_permutations, seed, summaries, factors, progress=progress
-    )
+    pooled = factor_label_information(mu, classes, **test)
     groups = _subject_codes(subjects, pooled.n_trials)
     within = pooled
     if groups.max() > 0:
-        within = factor_label_information(
-            mu, classes, n_permutations, seed, summaries, factors, subjects, progress=progress
-        )
+        within = factor_label_information(mu, classes, subjects=subjects, **test)
     return SubjectAwareRelevance(
-        pooled=pooled, within=within, subject_share=subject_share(mu, subjects, summaries)
+        pooled=pooled,
+        within=within,
+        subject_share=subject_share(mu, subjects, test.get("summaries", SUMMARIES)),
     )
 
 

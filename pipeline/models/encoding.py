@@ -132,20 +132,16 @@ def iter_encode_frames(
         model.train(was_training)
 
 
-def encode_frames(
-    model: BetaVAE,
-    frames: Any,
-    rows: Any,
-    batch_size: int = 256,
-    normalise: Normaliser | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior means and log-variances of every frame of trials ``rows``.
+def encode_frames(*encode_args: Any, **encode_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior means and log-variances of every frame of trials ``rows``, all at once.
+
+    The arguments are :func:`iter_encode_frames`'s.
 
     Returns
     -------
     (mu, logvar) : float32 arrays (len(rows), n_frames, n_latents), in the order of ``rows``.
     """
-    parts = list(iter_encode_frames(model, frames, rows, batch_size, normalise))
+    parts = list(iter_encode_frames(*encode_args, **encode_kwargs))
     return np.concatenate([mu for _, mu, _ in parts]), np.concatenate([logvar for _, _, logvar in parts])
 
 

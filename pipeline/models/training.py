@@ -406,20 +406,7 @@ class VAETrainer:
         )
 
 
-def train_vae(
-    frames: Any,
-    train_rows: Any,
-    val_rows: Any,
-    model_config: VAEConfig,
-    train_config: TrainConfig,
-    checkpoint_dir: str | os.PathLike,
-    normalise: Normaliser | None = None,
-    resume: bool = False,
-    progress: Callable[[dict], None] | None = None,
-    steps: Progress | None = None,
-) -> TrainResult:
-    """Train a β-VAE; see :class:`VAETrainer` for the parameters and :meth:`VAETrainer.fit` for resuming."""
-    trainer = VAETrainer(
-        frames, train_rows, val_rows, model_config, train_config, checkpoint_dir, normalise, progress, steps
-    )
-    return trainer.fit(resume=resume)
+def train_vae(*trainer_args: Any, resume: bool = False, **trainer_kwargs: Any) -> TrainResult:
+    """Train a β-VAE in one call: the arguments are :class:`VAETrainer`'s, ``resume`` is
+    :meth:`VAETrainer.fit`'s."""
+    return VAETrainer(*trainer_args, **trainer_kwargs).fit(resume=resume)

@@ -129,61 +129,36 @@ class PlantedRhythm:
             raise InputError(where, "a label-free rhythm follows no rating; leave follows at 'trial'")
 
 
+# Each rhythm's fields in four groups: where it is (label, band, electrodes), its spectrum
+# (Hz), its power (log10) and that power's variability.
+# fmt: off
 AROUSAL_GAMMA = PlantedRhythm(
-    label="arousal",
-    band="gamma",
-    electrodes=("C4", "T8", "P4", "P8"),
-    peak_hz=38.0,
-    bandwidth_hz=2.5,
-    power_ratio_log10=0.4,
-    log10_power_per_label_unit=0.12,
-    trial_sd_log10=0.05,
-    within_trial_sd_log10=0.1,
-    modulation_hz=0.1,
-    peak_jitter_hz=1.5,
+    label="arousal", band="gamma", electrodes=("C4", "T8", "P4", "P8"),
+    peak_hz=38.0, bandwidth_hz=2.5, peak_jitter_hz=1.5,
+    power_ratio_log10=0.4, log10_power_per_label_unit=0.12,
+    trial_sd_log10=0.05, within_trial_sd_log10=0.1, modulation_hz=0.1,
 )
 VALENCE_ALPHA = PlantedRhythm(
-    label="valence",
-    band="alpha",
-    electrodes=("Fp1", "AF3", "F3", "F7"),
-    peak_hz=10.0,
-    bandwidth_hz=0.8,
-    power_ratio_log10=0.3,
-    log10_power_per_label_unit=0.12,
-    trial_sd_log10=0.05,
-    within_trial_sd_log10=0.1,
-    modulation_hz=0.1,
-    peak_jitter_hz=0.6,
+    label="valence", band="alpha", electrodes=("Fp1", "AF3", "F3", "F7"),
+    peak_hz=10.0, bandwidth_hz=0.8, peak_jitter_hz=0.6,
+    power_ratio_log10=0.3, log10_power_per_label_unit=0.12,
+    trial_sd_log10=0.05, within_trial_sd_log10=0.1, modulation_hz=0.1,
 )
 OCCIPITAL_BETA_DISTRACTOR = PlantedRhythm(
-    label="none",
-    band="beta",
-    electrodes=("PO3", "O1", "Oz", "O2", "PO4"),
-    peak_hz=20.0,
-    bandwidth_hz=2.0,
-    power_ratio_log10=0.7,
-    log10_power_per_label_unit=0.0,
-    trial_sd_log10=0.3,
-    within_trial_sd_log10=0.3,
-    modulation_hz=0.5,
-    peak_jitter_hz=1.5,
+    label="none", band="beta", electrodes=("PO3", "O1", "Oz", "O2", "PO4"),
+    peak_hz=20.0, bandwidth_hz=2.0, peak_jitter_hz=1.5,
+    power_ratio_log10=0.7, log10_power_per_label_unit=0.0,
+    trial_sd_log10=0.3, within_trial_sd_log10=0.3, modulation_hz=0.5,
 )
 DEFAULT_RHYTHMS: tuple[PlantedRhythm, ...] = (AROUSAL_GAMMA, VALENCE_ALPHA, OCCIPITAL_BETA_DISTRACTOR)
 # The confound scenario's two label rhythms (module docstring).
 SUBJECT_HABIT_BETA = PlantedRhythm(
-    label="arousal",
-    band="beta",
-    electrodes=("F4", "F8", "FC6", "T8"),
-    peak_hz=22.0,
-    bandwidth_hz=2.0,
-    power_ratio_log10=0.5,
-    log10_power_per_label_unit=0.15,
-    trial_sd_log10=0.1,
-    within_trial_sd_log10=0.15,
-    modulation_hz=0.1,
-    peak_jitter_hz=1.5,
-    follows="subject",
+    label="arousal", band="beta", electrodes=("F4", "F8", "FC6", "T8"), follows="subject",
+    peak_hz=22.0, bandwidth_hz=2.0, peak_jitter_hz=1.5,
+    power_ratio_log10=0.5, log10_power_per_label_unit=0.15,
+    trial_sd_log10=0.1, within_trial_sd_log10=0.15, modulation_hz=0.1,
 )
+# fmt: on
 # The other: the planted valence alpha moved to a parietal block, at under half its gain and
 # twice its trial-to-trial noise.
 PARIETAL_VALENCE_ALPHA = replace(

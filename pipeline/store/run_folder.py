@@ -46,6 +46,15 @@ def is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
+def _entry(name: str, *, in_checkpoints: bool = False) -> property:
+    """A run folder's fixed file or folder ``name``, in the run folder or in its ``checkpoints/``."""
+
+    def located(run: RunFolder) -> Path:
+        return (run.checkpoints if in_checkpoints else run.path) / name
+
+    return property(located, doc=f"``{'checkpoints/' if in_checkpoints else ''}{name}`` of the run folder")
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The paths of one run folder. Small and immutable, so it travels as a Prefect task parameter.
@@ -98,9 +107,7 @@ class RunFolder:
 
     # Checkpoints -----------------------------------------------------------------------------
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS_DIR_NAME
+    checkpoints = _entry(CHECKPOINTS_DIR_NAME)
 
     def classifier_dir(self, slot: str | None = None) -> Path:
         """Where a protocol slot's LSTM is saved: ``checkpoints/`` or ``checkpoints/<slot>/``."""
@@ -123,29 +130,12 @@ class RunFolder:
 
     # Report, ledger, marker, lock ------------------------------------------------------------
 
-    @property
-    def report_json(self) -> Path:
-        return self.path / REPORT_JSON_NAME
-
-    @property
-    def report_html(self) -> Path:
-        return self.path / REPORT_HTML_NAME
-
-    @property
-    def figures(self) -> Path:
-        return self.path / FIGURES_DIR_NAME
-
-    @property
-    def inbox_ledger(self) -> Path:
-        return self.path / INBOX_LEDGER_NAME
-
-    @property
-    def update_marker(self) -> Path:
-        return self.checkpoints / UPDATE_MARKER_NAME
-
-    @property
-    def lock_file(self) -> Path:
-        return self.path / RUN_LOCK_NAME
+    report_json = _entry(REPORT_JSON_NAME)
+    report_html = _entry(REPORT_HTML_NAME)
+    figures = _entry(FIGURES_DIR_NAME)
+    inbox_ledger = _entry(INBOX_LEDGER_NAME)
+    update_marker = _entry(UPDATE_MARKER_NAME, in_checkpoints=True)
+    lock_file = _entry(RUN_LOCK_NAME)
 
 
 def store_path(out_dir: str | os.PathLike) -> str:

@@ -12,10 +12,9 @@ from dataclasses import replace
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.task_runners import TaskRunner
 
-from flows.runners import cluster_safe, collect_mapped, exclusive_run, logged_step, preprocess_task_runner
+from flows.runners import as_tasks, cluster_safe, collect_mapped, exclusive_run, preprocess_task_runner
 from pipeline.errors import InputError
-from pipeline.runs import deap as deap_run
-from pipeline.runs.deap import DeapSteps, check_seed_options, deap_settings, run_deap
+from pipeline.runs.deap import PLAIN_STEPS, check_seed_options, deap_settings, run_deap
 from pipeline.runs.preprocess import (
     DeapSource,
     SourceFilesFailed,
@@ -100,96 +99,8 @@ def preprocess_deap(
     return summary
 
 
-@task
-def keep_protocol_slots(run: RunFolder, slots: list[str]) -> None:
-    deap_run.keep_protocol_slots(run, slots, log=get_run_logger())
-
-
-@task
-def split_and_normalise(run: RunFolder, learn: dict, slot: str | None = None) -> dict:
-    return deap_run.split_and_normalise(run, learn, slot, log=get_run_logger())
-
-
-@task
-def train_frame_vae(run: RunFolder, learn: dict, resume: bool, slot: str | None = None) -> dict:
-    return logged_step(deap_run.train_frame_vae, run, learn, resume, slot)
-
-
-@task
-def sweep_frame_vae(
-    run: RunFolder, learn: dict, betas: list[float], resume: bool, threshold_nats: float
-) -> dict:
-    return logged_step(deap_run.sweep_frame_vae, run, learn, betas, resume, threshold_nats)
-
-
-@task
-def encode_frames_task(run: RunFolder, learn: dict, slot: str | None = None) -> dict:
-    return logged_step(deap_run.encode_frames, run, learn, slot)
-
-
-@task
-def train_emotion_lstm(
-    run: RunFolder, learn: dict, slot: str | None = None, group: str | None = None
-) -> dict:
-    return logged_step(deap_run.train_emotion_lstm, run, learn, slot, group)
-
-
-@task
-def train_seed_vae(run: RunFolder, learn: dict, model_seed: int, reference_seed: int, reuse: bool) -> dict:
-    return logged_step(deap_run.train_seed_vae, run, learn, model_seed, reference_seed, reuse)
-
-
-@task
-def encode_seed_task(run: RunFolder, learn: dict, model_seed: int, reference_seed: int) -> dict:
-    return logged_step(deap_run.encode_seed, run, learn, model_seed, reference_seed)
-
-
-@task
-def analyse_seed_task(run: RunFolder, learn: dict, rules: dict, model_seed: int, reference_seed: int) -> dict:
-    return logged_step(deap_run.analyse_one_seed, run, learn, rules, model_seed, reference_seed)
-
-
-@task
-def choose_reported_seed(analyses: list[dict]) -> int:
-    return deap_run.choose_reported_seed(analyses, log=get_run_logger())
-
-
-@task
-def write_deap_report(
-    run: RunFolder,
-    preset: dict,
-    run_config: dict,
-    source_path: str,
-    ground_truth: dict | None,
-    reported_seed: int | None = None,
-    seed_analyses: list[dict] | None = None,
-) -> dict:
-    return logged_step(
-        deap_run.write_deap_report,
-        run,
-        preset,
-        run_config,
-        source_path,
-        ground_truth,
-        reported_seed,
-        seed_analyses,
-    )
-
-
 # The steps of a DEAP run as tasks; the preprocessing (a flow of its own) is added per run.
-TASK_STEPS = DeapSteps(
-    keep_protocol_slots=keep_protocol_slots,
-    split_and_normalise=split_and_normalise,
-    train_vae=train_frame_vae,
-    sweep_vae=sweep_frame_vae,
-    encode=encode_frames_task,
-    train_lstm=train_emotion_lstm,
-    train_seed_vae=train_seed_vae,
-    encode_seed=encode_seed_task,
-    analyse_seed=analyse_seed_task,
-    choose_reported_seed=choose_reported_seed,
-    write_report=write_deap_report,
-)
+TASK_STEPS = as_tasks(PLAIN_STEPS, keep=("preprocess",))
 
 
 def _preprocess_flow_on(runner: TaskRunner):

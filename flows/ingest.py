@@ -18,7 +18,7 @@ from flows.deap import TASK_STEPS, _retry_unless_bad_input
 from flows.runners import cluster_safe, collect_mapped, exclusive_run, preprocess_task_runner
 from pipeline.runs import inbox as inbox_run
 from pipeline.runs import recordings as recordings_run
-from pipeline.runs.recordings import recordings_store_kind
+from pipeline.runs.recordings import IngestSettings, recordings_store_kind
 from pipeline.signal.config import PreprocessConfig
 from pipeline.store.ingest_eeg import deap_store_spec, open_store
 from pipeline.store.run_folder import RunFolder
@@ -113,10 +113,10 @@ def ingest_recordings(
         After everything else is done, naming each recording that could not be read.
     """
     store = _store_flow_on(preprocess_task_runner(dask_address, dask_workers))
-    return recordings_run.ingest_recordings(
-        out_dir, recordings, retrain, interpolate_missing, preset, seed,
-        store=store, steps=TASK_STEPS, log=get_run_logger(),
-    )  # fmt: skip
+    settings = IngestSettings(
+        retrain, interpolate_missing, preset, seed, store=store, steps=TASK_STEPS, log=get_run_logger()
+    )
+    return recordings_run.ingest_recordings(out_dir, recordings, settings)
 
 
 @flow(name="ingest-inbox")
@@ -146,7 +146,7 @@ def ingest_inbox(
         As :func:`ingest_recordings`, plus ``n_skipped`` (files stored by earlier runs).
     """
     store = _store_flow_on(preprocess_task_runner(dask_address, dask_workers))
-    return inbox_run.ingest_inbox(
-        out_dir, inbox_dir, retrain, interpolate_missing, settle_seconds, preset, seed,
-        store=store, steps=TASK_STEPS, log=get_run_logger(),
-    )  # fmt: skip
+    settings = IngestSettings(
+        retrain, interpolate_missing, preset, seed, store=store, steps=TASK_STEPS, log=get_run_logger()
+    )
+    return inbox_run.ingest_inbox(out_dir, inbox_dir, settle_seconds, settings)

@@ -1,4 +1,5 @@
-"""How flows run: where their tasks execute (threads or a Dask cluster) and one run per folder at a time.
+"""How flows run: where their tasks execute (threads or a Dask cluster), one run per folder at a time,
+and the steps of :mod:`pipeline.runs` as tasks (:func:`step_task`).
 
 Preprocessing is one task per source file. By default the tasks run on threads of the flow's
 process (:class:`~prefect.task_runners.ThreadPoolTaskRunner`); the band-power and imaging
@@ -14,9 +15,10 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import fields, replace
 from typing import Any, TypeVar
 
-from prefect import get_run_logger
+from prefect import Task, get_run_logger, task
 from prefect.exceptions import MissingContextError
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -28,6 +30,7 @@ from pipeline.store.runlock import OutputLocationError, check_run_folder, output
 from pipeline.threads import choose_thread_policy
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")
 _DASK_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
 
 
@@ -188,9 +191,32 @@ def collect_mapped(
     return results, failures
 
 
-def logged_step(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a step of :mod:`pipeline.runs` inside a task: its log lines go to the run's logger, its
-    progress to bars on a terminal or to log lines."""
-    logger = get_run_logger()
-    with progress_display(logger.info) as show:
-        return step(*args, log=logger, show=show, **kwargs)
+def step_task(step: Callable[..., Any], name: str | None = None) -> Task:
+    """A step of :mod:`pipeline.runs` as a Prefect task (named ``name``, else after the step) with
+    the step's own parameters: its log lines go to the run's logger and, where it reports
+    progress (a ``show`` parameter), its progress to bars on a terminal or to log lines."""
+    signature = inspect.signature(step)
+    shows_progress = "show" in signature.parameters
+
+    @functools.wraps(step)
+    def run_step(*args: Any, **kwargs: Any) -> Any:
+        logger = get_run_logger()
+        if not shows_progress:
+            return step(*args, log=logger, **kwargs)
+        with progress_display(logger.info) as show:
+            return step(*args, log=logger, show=show, **kwargs)
+
+    # Prefect reads a task's parameters from its signature: the logger and the progress
+    # callback are the task's own, not parameters a flow passes.
+    parameters = [p for p in signature.parameters.values() if p.name not in ("log", "show")]
+    run_step.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return task(name=name or step.__name__)(run_step)
+
+
+def as_tasks(steps: S, *, keep: tuple[str, ...] = ()) -> S:
+    """``steps`` (a dataclass of steps of :mod:`pipeline.runs`) with each step a :func:`step_task`;
+    the steps named in ``keep`` stay as they are."""
+    tasks = {
+        field.name: step_task(getattr(steps, field.name)) for field in fields(steps) if field.name not in keep
+    }
+    return replace(steps, **tasks)

@@ -18,17 +18,14 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.models.checkpoint import atomic_write_bytes
-from pipeline.runs.deap import PLAIN_STEPS, DeapSteps
 from pipeline.runs.recordings import (
-    LOG,
-    StoreRecordings,
+    PLAIN_INGEST,
+    IngestSettings,
     default_source_path,
     nothing_stored,
     previous_report,
     recordings_store_kind,
-    store_recordings,
     stored_then_updated,
-    update_models,
 )
 from pipeline.sources.raw import recording_suffix
 from pipeline.sources.trials import file_sha256
@@ -145,21 +142,15 @@ def with_stored_files(ledger: dict[str, dict], digests: dict[str, str], stored: 
 def ingest_inbox(
     run: RunFolder | str,
     inbox_dir: str,
-    retrain: bool = False,
-    interpolate_missing: bool = False,
     settle_seconds: float = 0.0,
-    preset: str | dict | None = None,
-    seed: int = 0,
-    *,
-    store: StoreRecordings = store_recordings,
-    steps: DeapSteps = PLAIN_STEPS,
-    log=LOG,
+    settings: IngestSettings = PLAIN_INGEST,
 ) -> dict:
     """Store the inbox's new recordings in the run, then encode and report (or retrain).
 
     Each file is recognised by the SHA-256 of its bytes and stored once; the ledger gains a
     file only after its trials are committed, so a killed run picks it up again (the store
-    skips what it already holds). Returns what :func:`ingest_recordings` returns, plus
+    skips what it already holds). Files changed less than ``settle_seconds`` ago are left for
+    the next run. Returns what :func:`pipeline.runs.recordings.ingest_recordings` returns, plus
     ``n_skipped`` (files stored by earlier runs).
     """
     run = RunFolder(run)
@@ -169,15 +160,11 @@ def ingest_inbox(
     candidates = inbox_recordings(inbox, settle_seconds)
     digests = file_digests(candidates, ledger)
     new = [path for path, digest in digests.items() if digest not in ledger]
-    log.info("%s: %d new recording(s), %d already stored", inbox, len(new), len(candidates) - len(new))
+    n_skipped = len(candidates) - len(new)
+    settings.log.info("%s: %d new recording(s), %d already stored", inbox, len(new), n_skipped)
     stored = nothing_stored(run)
     if new:
-        stored = store(run, new, interpolate_missing)
+        stored = settings.store(run, new, settings.interpolate_missing)
         write_ledger(run, with_stored_files(ledger, digests, stored["stored"]))
     source_path = default_source_path(previous_report(run), inbox)
-
-    def update(note: dict) -> dict:
-        return update_models(run, retrain, preset, seed, source_path, note, steps, log)
-
-    n_skipped = len(candidates) - len(new)
-    return stored_then_updated(run, stored, update, "ingest-inbox", new, n_skipped=n_skipped)
+    return stored_then_updated(run, stored, settings, source_path, "ingest-inbox", new, n_skipped=n_skipped)

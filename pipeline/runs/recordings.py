@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import InputError
 from pipeline.models.checkpoint import checkpoint_exists
@@ -332,18 +334,42 @@ def _check_path_list(values: list[str], name: str) -> list[str]:
     return [os.path.abspath(os.fspath(value)) for value in values]
 
 
+@dataclass(frozen=True)
+class IngestSettings:
+    """How an ingest run stores new recordings and brings the run up to date after them.
+
+    ``retrain``, ``interpolate_missing``, ``preset`` and ``seed`` as for the ``ingest-recordings``
+    flow; ``store`` stores the files (by default one after another), ``steps`` are the learning
+    steps and ``log`` takes the run's log lines.
+    """
+
+    retrain: bool = False
+    interpolate_missing: bool = False
+    preset: str | dict | None = None
+    seed: int = 0
+    store: StoreRecordings = store_recordings
+    steps: DeapSteps = PLAIN_STEPS
+    log: Any = LOG
+
+
+PLAIN_INGEST = IngestSettings()
+
+
 def stored_then_updated(
     run: RunFolder,
     stored: dict,
-    update: Callable[[dict], dict],
+    settings: IngestSettings,
+    source_path: str,
     flow: str,
     recordings: list[str],
     **counts: int,
 ) -> dict:
-    """Update the models with ``update(note)`` after storing; then name the recordings that failed."""
+    """Update the models (:func:`update_models`) after storing; then name the recordings that failed."""
     n_new = sum(result["n_written"] for result in stored["stored"].values())
-    names = [Path(path).name for path in recordings]
-    updated = update({"flow": flow, "recordings": names, "n_trials_new": n_new})
+    note = {"flow": flow, "recordings": [Path(path).name for path in recordings], "n_trials_new": n_new}
+    updated = update_models(
+        run, settings.retrain, settings.preset, settings.seed, source_path, note, settings.steps, settings.log
+    )
     if stored["failures"]:
         raise SourceFilesFailed(stored["failures"], n_stored_files=len(stored["stored"]))
     return {
@@ -357,21 +383,9 @@ def stored_then_updated(
 
 
 def ingest_recordings(
-    run: RunFolder | str,
-    recordings: list[str],
-    retrain: bool = False,
-    interpolate_missing: bool = False,
-    preset: str | dict | None = None,
-    seed: int = 0,
-    *,
-    store: StoreRecordings = store_recordings,
-    steps: DeapSteps = PLAIN_STEPS,
-    log=LOG,
+    run: RunFolder | str, recordings: list[str], settings: IngestSettings = PLAIN_INGEST
 ) -> dict:
     """Add ``recordings`` to the run; encode and report with its models, or retrain.
-
-    Parameters as for the ``ingest-recordings`` flow; ``store`` stores the files (by default one
-    after another), ``steps`` are the learning steps.
 
     Raises
     ------
@@ -383,13 +397,9 @@ def ingest_recordings(
     recordings_store_kind(run)  # a synthetic run is refused before any work
     report = previous_report(run)
     common = os.path.commonpath([os.path.dirname(path) for path in paths]) if paths else run.store_path
-    stored = store(run, paths, interpolate_missing) if paths else nothing_stored(run)
+    stored = settings.store(run, paths, settings.interpolate_missing) if paths else nothing_stored(run)
     source_path = default_source_path(report, common)
-
-    def update(note: dict) -> dict:
-        return update_models(run, retrain, preset, seed, source_path, note, steps, log)
-
-    return stored_then_updated(run, stored, update, "ingest-recordings", paths)
+    return stored_then_updated(run, stored, settings, source_path, "ingest-recordings", paths)
 
 
 def nothing_stored(run: RunFolder) -> dict:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from flows import commands
 from flows._runtime import (
@@ -36,118 +39,66 @@ PRESET_CHOICES = ("demo", "paper")
 STORE_OUT_HELP = "run folder; the store is OUT/frames.zarr"
 
 
-def _add_run_options(parser: argparse.ArgumentParser, name: str, texts: dict[str, str]) -> None:
+# An option table: flag (or positional name) -> add_argument keywords, in the order --help lists them.
+OptionTable = dict[str, dict[str, Any]]
+
+
+class _OneOf(dict):
+    """An option table whose options exclude one another (one mutually exclusive group)."""
+
+
+@dataclass(frozen=True)
+class _Command:
+    """One subcommand: its texts, its option tables in --help order, and what runs it.
+
+    A table may also be a function that builds it when the parser is built (for defaults that
+    live in modules which importing :mod:`flows.cli` should not load).
+    """
+
+    help: str
+    description: str
+    options: tuple[OptionTable | Callable[[], OptionTable], ...]
+    run: Callable[[argparse.Namespace], int]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def _add_command(subcommands: argparse._SubParsersAction, name: str, command: _Command) -> None:
+    parser = subcommands.add_parser(name, help=command.help, description=command.description)
+    for table in command.options:
+        table = table() if callable(table) else table
+        target = parser.add_mutually_exclusive_group() if isinstance(table, _OneOf) else parser
+        for flag, keywords in table.items():
+            target.add_argument(flag, **keywords)
+    parser.set_defaults(run=command.run, **command.defaults)
+
+
+def _run_options(name: str, texts: dict[str, str]) -> OptionTable:
     """What every full run takes: its data folder, run folder, preset, seed and ``--resume``.
 
     ``texts`` holds the help of ``data_dir``, ``preset``, ``seed`` and ``resume`` (and, optionally,
     the data folder's ``data_metavar``).
     """
-    parser.add_argument("--data-dir", metavar=texts.get("data_metavar"), help=texts["data_dir"])
-    parser.add_argument("--out", default=f"runs/{name}", help=f"run folder (default: runs/{name})")
-    parser.add_argument("--preset", choices=PRESET_CHOICES, default="demo", help=texts["preset"])
-    parser.add_argument("--seed", type=int, default=0, help=texts["seed"])
-    parser.add_argument("--resume", action="store_true", help=texts["resume"])
+    return {
+        "--data-dir": {"metavar": texts.get("data_metavar"), "help": texts["data_dir"]},
+        "--out": {"default": f"runs/{name}", "help": f"run folder (default: runs/{name})"},
+        "--preset": {"choices": PRESET_CHOICES, "default": "demo", "help": texts["preset"]},
+        "--seed": {"type": int, "default": 0, "help": texts["seed"]},
+        "--resume": {"action": "store_true", "help": texts["resume"]},
+    }
 
 
-def _add_preprocess(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "preprocess",
-        help="DEAP signals → band images → OUT/frames.zarr",
-        description="Turn DEAP subject files (or the synthetic DEAP) into the frame store OUT/frames.zarr. "
-        "Re-running skips trials already stored; new files are appended.",
-    )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--data-dir", help="folder of DEAP sXX.dat (data_preprocessed_python) or sXX.mat files"
-    )
-    source.add_argument("--synthetic", action="store_true", help="use the built-in synthetic DEAP (default)")
-    parser.add_argument("--out", required=True, help=STORE_OUT_HELP)
-    parser.add_argument(
-        "--subjects", type=int, default=None, help="synthetic data only: number of subjects (default 32)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="synthetic data only: generator seed")
-    _add_scenario_option(parser)
-    _add_dask_options(parser)
-    parser.set_defaults(run=commands.run_preprocess)
-
-
-def _add_scenario_option(parser: argparse.ArgumentParser) -> None:
+def _scenario_option() -> OptionTable:
     from pipeline.sources.synthetic_spec import SCENARIOS
 
-    parser.add_argument(
-        "--synthetic-scenario",
-        choices=SCENARIOS,
-        default="planted",
-        help="synthetic data only: planted (emotion effects planted in known blocks, the default), "
-        "null (ratings independent of the EEG) or confound (subject rating habits, a rhythm that follows "
-        "the habit, and a moderate genuine within-subject effect)",
-    )
-
-
-_DEAP_RUN_TEXTS = {
-    "data_dir": "folder of DEAP sXX.dat or sXX.mat files (default: the synthetic DEAP)",
-    "preset": "demo: minutes on a 2-core CPU; paper: the paper's settings (128 latents, β=6, 300 epochs; "
-    "GPU)",
-    "seed": "seeds the data split, the models and the synthetic data",
-    "resume": "continue VAE training from its last checkpoint",
-}
-# DEAP's own options after the shared ones: flag -> add_argument keywords.
-_DEAP_OPTIONS: dict[str, dict] = {
-    "--subjects": {
-        "type": int,
-        "default": None,
-        "help": "synthetic data only: number of subjects (default: the preset's)",
-    },
-    "--mixed-precision": {
-        "action": "store_true",
-        "help": "bf16 autocast for β-VAE training on a GPU (ignored on CPU)",
-    },
-    "--compile": {
-        "action": "store_true",
-        "help": "torch.compile the β-VAE before training (pays a compilation first; meant for a GPU)",
-    },
-    "--protocol": {
-        "choices": ("trial", "subject", "both"),
-        "default": None,
-        "help": "split by trial, by subject (held-out subjects), or both, each with its own models "
-        "(default: trial for demo, both for paper)",
-    },
-}
-
-
-def _add_deap(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "deap",
-        help="the whole pipeline on DEAP: frames, β-VAE, Î ranking, LSTM, top-k tables, report",
-        description="Preprocess DEAP (or the synthetic DEAP), train the frame β-VAE, rank its factors by "
-        "Î(X;Z_j), classify emotion with the 63-step LSTM, and write OUT/report.json and OUT/report.html.",
-    )
-    _add_run_options(parser, "deap", _DEAP_RUN_TEXTS)
-    for flag, options in _DEAP_OPTIONS.items():
-        parser.add_argument(flag, **options)
-    parser.add_argument(
-        "--beta",
-        type=_betas,
-        default=None,
-        metavar="B[,B...]",
-        help="the β-VAE's β; several values (e.g. 1,2,4,6) train one model each and keep one by "
-        "its validation reconstruction (default: the preset's)",
-    )
-    _add_seeds_option(parser)
-    _add_scenario_option(parser)
-    _add_dask_options(parser)
-    parser.set_defaults(run=commands.run_deap)
-
-
-def _add_seeds_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--seeds",
-        type=_seed_count,
-        default=1,
-        metavar="N",
-        help="train N β-VAEs (model seeds SEED … SEED+N-1, one split) and report in how many of them "
-        "each factor and block is found (default: 1)",
-    )
+    return {
+        "--synthetic-scenario": {
+            "choices": SCENARIOS,
+            "default": "planted",
+            "help": "synthetic data only: planted (emotion effects planted in known blocks, the default), "
+            "null (ratings independent of the EEG) or confound (subject rating habits, a rhythm that "
+            "follows the habit, and a moderate genuine within-subject effect)",
+        }
+    }
 
 
 def _seed_count(text: str) -> int:
@@ -173,115 +124,205 @@ def _betas(text: str) -> list[float]:
     return values
 
 
-def _add_dask_options(parser: argparse.ArgumentParser) -> None:
-    cluster = parser.add_mutually_exclusive_group()
-    cluster.add_argument(
-        "--dask-address",
-        metavar="ADDRESS",
-        help="preprocess on a running Dask cluster, e.g. tcp://10.0.0.5:8786 (its workers must reach "
-        "the data and the run folder)",
-    )
-    cluster.add_argument(
-        "--dask-workers",
-        type=int,
-        metavar="N",
-        help="preprocess on a Dask LocalCluster of N worker processes started for this run",
-    )
+_SEEDS_OPTION: OptionTable = {
+    "--seeds": {
+        "type": _seed_count,
+        "default": 1,
+        "metavar": "N",
+        "help": "train N β-VAEs (model seeds SEED … SEED+N-1, one split) and report in how many of them "
+        "each factor and block is found (default: 1)",
+    }
+}
+_DASK_OPTIONS = _OneOf(
+    {
+        "--dask-address": {
+            "metavar": "ADDRESS",
+            "help": "preprocess on a running Dask cluster, e.g. tcp://10.0.0.5:8786 (its workers must "
+            "reach the data and the run folder)",
+        },
+        "--dask-workers": {
+            "type": int,
+            "metavar": "N",
+            "help": "preprocess on a Dask LocalCluster of N worker processes started for this run",
+        },
+    }
+)
 
 
-def _add_ingest(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "ingest",
-        help="add new recordings to a run: store, encode with its model, rewrite the report",
-        description="Add recordings (.bdf .edf .fif .fif.gz .set .vhdr, each with <stem>_labels.csv "
-        "beside it) to OUT/frames.zarr without touching stored trials; a file already stored (same "
-        "bytes) is skipped. If OUT holds trained models, the new trials are encoded with them and the "
-        "report is rewritten without retraining; --retrain fits the models again on everything stored.",
-    )
-    parser.add_argument("recordings", nargs="*", metavar="RECORDING", help="recording files")
-    parser.add_argument(
-        "--inbox", metavar="DIR", help="take the recordings in DIR not stored before (see `eegmi serve`)"
-    )
-    parser.add_argument("--out", required=True, help=STORE_OUT_HELP)
-    parser.add_argument("--retrain", action="store_true", help="refit split, β-VAE and LSTM on everything")
-    parser.add_argument(
-        "--interpolate-missing",
-        action="store_true",
-        help="interpolate up to 8 missing DEAP channels instead of refusing the recording",
-    )
-    parser.add_argument(
-        "--preset",
-        choices=PRESET_CHOICES,
-        default=None,
-        help="settings for --retrain (default: those recorded in OUT/report.json, else demo)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --preset")
-    _add_dask_options(parser)
-    parser.set_defaults(run=commands.run_ingest)
-
-
-def _add_schedule_options(parser: argparse.ArgumentParser, folders_required: bool = True) -> None:
+def _schedule_options(folders_required: bool = True) -> OptionTable:
     from flows.deployments import DEFAULT_NIGHTLY_CRON, DEFAULT_SETTLE_SECONDS, DEFAULT_WEEKLY_CRON
 
-    for flag, help_text in (
-        ("--inbox", "folder new recordings are put in"),
-        ("--out", "run folder the recordings are added to"),
-    ):
-        parser.add_argument(flag, required=folders_required, metavar="DIR", help=help_text)
-    for flag, default, which in (
-        ("--nightly", DEFAULT_NIGHTLY_CRON, "nightly ingest"),
-        ("--weekly", DEFAULT_WEEKLY_CRON, "weekly retrain"),
-    ):
-        parser.add_argument(flag, default=default, metavar="CRON", help=f"cron of the {which}")
-    parser.add_argument("--timezone", default="UTC", help="IANA zone of the cron times (default UTC)")
-    parser.add_argument(
-        "--settle-seconds",
-        type=float,
-        default=DEFAULT_SETTLE_SECONDS,
-        help="leave files changed more recently than this for the next run (still being copied)",
-    )
-    parser.add_argument(
-        "--interpolate-missing", action="store_true", help="interpolate up to 8 missing DEAP channels"
-    )
+    return {
+        "--inbox": {
+            "required": folders_required,
+            "metavar": "DIR",
+            "help": "folder new recordings are put in",
+        },
+        "--out": {
+            "required": folders_required,
+            "metavar": "DIR",
+            "help": "run folder the recordings are added to",
+        },
+        "--nightly": {
+            "default": DEFAULT_NIGHTLY_CRON,
+            "metavar": "CRON",
+            "help": "cron of the nightly ingest",
+        },
+        "--weekly": {"default": DEFAULT_WEEKLY_CRON, "metavar": "CRON", "help": "cron of the weekly retrain"},
+        "--timezone": {"default": "UTC", "help": "IANA zone of the cron times (default UTC)"},
+        "--settle-seconds": {
+            "type": float,
+            "default": DEFAULT_SETTLE_SECONDS,
+            "help": "leave files changed more recently than this for the next run (still being copied)",
+        },
+        "--interpolate-missing": {
+            "action": "store_true",
+            "help": "interpolate up to 8 missing DEAP channels",
+        },
+    }
 
 
-def _add_serve(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "serve",
-        help="serve the scheduled runs: nightly ingest of an inbox, weekly retrain",
-        description="Register the nightly-ingest and weekly-retrain deployments with the Prefect API "
-        "(PREFECT_API_URL, or a temporary local server) and run them on schedule until Ctrl-C.",
-    )
-    _add_schedule_options(parser)
-    parser.add_argument("--limit", type=int, default=None, help="most runs at once")
-    parser.set_defaults(run=commands.run_serve)
+_PREPROCESS = _Command(
+    help="DEAP signals → band images → OUT/frames.zarr",
+    description="Turn DEAP subject files (or the synthetic DEAP) into the frame store OUT/frames.zarr. "
+    "Re-running skips trials already stored; new files are appended.",
+    options=(
+        _OneOf(
+            {
+                "--data-dir": {"help": "folder of DEAP sXX.dat (data_preprocessed_python) or sXX.mat files"},
+                "--synthetic": {"action": "store_true", "help": "use the built-in synthetic DEAP (default)"},
+            }
+        ),
+        {
+            "--out": {"required": True, "help": STORE_OUT_HELP},
+            "--subjects": {
+                "type": int,
+                "default": None,
+                "help": "synthetic data only: number of subjects (default 32)",
+            },
+            "--seed": {"type": int, "default": 0, "help": "synthetic data only: generator seed"},
+        },
+        _scenario_option,
+        _DASK_OPTIONS,
+    ),
+    run=commands.run_preprocess,
+)
 
+_DEAP_RUN_TEXTS = {
+    "data_dir": "folder of DEAP sXX.dat or sXX.mat files (default: the synthetic DEAP)",
+    "preset": "demo: minutes on a 2-core CPU; paper: the paper's settings (128 latents, β=6, 300 epochs; "
+    "GPU)",
+    "seed": "seeds the data split, the models and the synthetic data",
+    "resume": "continue VAE training from its last checkpoint",
+}
+# DEAP's own options after the shared run options.
+_DEAP_OPTIONS: OptionTable = {
+    "--subjects": {
+        "type": int,
+        "default": None,
+        "help": "synthetic data only: number of subjects (default: the preset's)",
+    },
+    "--mixed-precision": {
+        "action": "store_true",
+        "help": "bf16 autocast for β-VAE training on a GPU (ignored on CPU)",
+    },
+    "--compile": {
+        "action": "store_true",
+        "help": "torch.compile the β-VAE before training (pays a compilation first; meant for a GPU)",
+    },
+    "--protocol": {
+        "choices": ("trial", "subject", "both"),
+        "default": None,
+        "help": "split by trial, by subject (held-out subjects), or both, each with its own models "
+        "(default: trial for demo, both for paper)",
+    },
+    "--beta": {
+        "type": _betas,
+        "default": None,
+        "metavar": "B[,B...]",
+        "help": "the β-VAE's β; several values (e.g. 1,2,4,6) train one model each and keep one by "
+        "its validation reconstruction (default: the preset's)",
+    },
+}
+_DEAP = _Command(
+    help="the whole pipeline on DEAP: frames, β-VAE, Î ranking, LSTM, top-k tables, report",
+    description="Preprocess DEAP (or the synthetic DEAP), train the frame β-VAE, rank its factors by "
+    "Î(X;Z_j), classify emotion with the 63-step LSTM, and write OUT/report.json and OUT/report.html.",
+    options=(
+        _run_options("deap", _DEAP_RUN_TEXTS),
+        _DEAP_OPTIONS,
+        _SEEDS_OPTION,
+        _scenario_option,
+        _DASK_OPTIONS,
+    ),
+    run=commands.run_deap,
+)
 
-def _add_deployments(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "deployments",
-        help="list the scheduled runs `eegmi serve` would serve, without starting anything",
-        description="Print each deployment with its cron schedule, next run and parameters. With no "
-        "arguments, the defaults are listed and the folders are shown as the options that set them.",
-    )
-    _add_schedule_options(parser, folders_required=False)
-    parser.set_defaults(run=commands.run_deployments)
+_INGEST = _Command(
+    help="add new recordings to a run: store, encode with its model, rewrite the report",
+    description="Add recordings (.bdf .edf .fif .fif.gz .set .vhdr, each with <stem>_labels.csv "
+    "beside it) to OUT/frames.zarr without touching stored trials; a file already stored (same "
+    "bytes) is skipped. If OUT holds trained models, the new trials are encoded with them and the "
+    "report is rewritten without retraining; --retrain fits the models again on everything stored.",
+    options=(
+        {
+            "recordings": {"nargs": "*", "metavar": "RECORDING", "help": "recording files"},
+            "--inbox": {
+                "metavar": "DIR",
+                "help": "take the recordings in DIR not stored before (see `eegmi serve`)",
+            },
+            "--out": {"required": True, "help": STORE_OUT_HELP},
+            "--retrain": {"action": "store_true", "help": "refit split, β-VAE and LSTM on everything"},
+            "--interpolate-missing": {
+                "action": "store_true",
+                "help": "interpolate up to 8 missing DEAP channels instead of refusing the recording",
+            },
+            "--preset": {
+                "choices": PRESET_CHOICES,
+                "default": None,
+                "help": "settings for --retrain (default: those recorded in OUT/report.json, else demo)",
+            },
+            "--seed": {"type": int, "default": 0, "help": "seed for --preset"},
+        },
+        _DASK_OPTIONS,
+    ),
+    run=commands.run_ingest,
+)
 
+_SERVE = _Command(
+    help="serve the scheduled runs: nightly ingest of an inbox, weekly retrain",
+    description="Register the nightly-ingest and weekly-retrain deployments with the Prefect API "
+    "(PREFECT_API_URL, or a temporary local server) and run them on schedule until Ctrl-C.",
+    options=(_schedule_options, {"--limit": {"type": int, "default": None, "help": "most runs at once"}}),
+    run=commands.run_serve,
+)
 
-def _add_schema(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser(
-        "schema",
-        help="print the JSON Schema of report.json (or of a DEAP data manifest)",
-        description="Print a JSON Schema shipped with eegmi: that of OUT/report.json (the default; its "
-        "schema_version is the one every report records), or with 'manifest' that of the DEAP-style data "
-        "manifests (data_manifests/deap.yaml). Validate a report elsewhere with any JSON Schema "
-        "2020-12 validator.",
-    )
-    parser.add_argument(
-        "document", nargs="?", choices=("report", "manifest"), default="report", help="which schema"
-    )
-    parser.set_defaults(run=commands.run_schema)
+_DEPLOYMENTS = _Command(
+    help="list the scheduled runs `eegmi serve` would serve, without starting anything",
+    description="Print each deployment with its cron schedule, next run and parameters. With no "
+    "arguments, the defaults are listed and the folders are shown as the options that set them.",
+    options=(lambda: _schedule_options(folders_required=False),),
+    run=commands.run_deployments,
+)
 
+_SCHEMA = _Command(
+    help="print the JSON Schema of report.json (or of a DEAP data manifest)",
+    description="Print a JSON Schema shipped with eegmi: that of OUT/report.json (the default; its "
+    "schema_version is the one every report records), or with 'manifest' that of the DEAP-style data "
+    "manifests (data_manifests/deap.yaml). Validate a report elsewhere with any JSON Schema "
+    "2020-12 validator.",
+    options=(
+        {
+            "document": {
+                "nargs": "?",
+                "choices": ("report", "manifest"),
+                "default": "report",
+                "help": "which schema",
+            }
+        },
+    ),
+    run=commands.run_schema,
+)
 
 _IMAGE_RUN_TEXTS = {
     "data_metavar": "DIR",
@@ -290,31 +331,44 @@ _IMAGE_RUN_TEXTS = {
     "seed": "seeds the data split, the model and embedded data",
     "resume": "continue β-VAE training from its last checkpoint",
 }
-# Each image data set's command runs the flow flows.<dataset>.<dataset>; only the texts differ.
-_IMAGE_COMMANDS: dict[str, dict[str, str]] = {
-    "mnist": {
-        "help": "MNIST through the same stages: store, β-VAE, Î ranking, Table 2, traversals, report",
-        "description": "Store MNIST's IDX files (or, without --data-dir, scikit-learn's 1797 digits laid "
+
+
+def _image_command(dataset: str, help: str, description: str, data_help: str) -> _Command:
+    """An image data set's command: it runs the flow flows.<dataset>.<dataset>; only the texts differ."""
+    return _Command(
+        help=help,
+        description=description,
+        options=(_run_options(dataset, {**_IMAGE_RUN_TEXTS, "data_dir": data_help}), _SEEDS_OPTION),
+        run=commands.run_image_flow,
+        defaults={"dataset": dataset},
+    )
+
+
+# The commands in the order `eegmi --help` lists them.
+_COMMANDS: dict[str, _Command] = {
+    "preprocess": _PREPROCESS,
+    "deap": _DEAP,
+    "mnist": _image_command(
+        "mnist",
+        help="MNIST through the same stages: store, β-VAE, Î ranking, Table 2, traversals, report",
+        description="Store MNIST's IDX files (or, without --data-dir, scikit-learn's 1797 digits laid "
         "out like MNIST), train the paper's 128-latent β-VAE, rank its factors by Î(X;Z_j) and write "
         "OUT/report.json and OUT/report.html with traversal montages of the top factors.",
-        "data_help": "folder of the four MNIST IDX files, raw or .gz (Fashion-MNIST too)",
-    },
-    "celeba": {
-        "help": "CelebA through the same stages: store, β-VAE, Î ranking, Table 2, traversals, report",
-        "description": "Store CelebA's aligned JPEGs as 64x64 RGB (or, without --data-dir, procedural "
+        data_help="folder of the four MNIST IDX files, raw or .gz (Fashion-MNIST too)",
+    ),
+    "celeba": _image_command(
+        "celeba",
+        help="CelebA through the same stages: store, β-VAE, Î ranking, Table 2, traversals, report",
+        description="Store CelebA's aligned JPEGs as 64x64 RGB (or, without --data-dir, procedural "
         "images with 4 known factors), train the paper's β-VAE, rank its factors by Î(X;Z_j) and write "
         "OUT/report.json and OUT/report.html. An unreadable image is named and skipped.",
-        "data_help": "CelebA root holding img_align_celeba/ (and list_eval_partition.txt)",
-    },
+        data_help="CelebA root holding img_align_celeba/ (and list_eval_partition.txt)",
+    ),
+    "ingest": _INGEST,
+    "serve": _SERVE,
+    "deployments": _DEPLOYMENTS,
+    "schema": _SCHEMA,
 }
-
-
-def _add_image_commands(subcommands: argparse._SubParsersAction) -> None:
-    for dataset, texts in _IMAGE_COMMANDS.items():
-        parser = subcommands.add_parser(dataset, help=texts["help"], description=texts["description"])
-        _add_run_options(parser, dataset, {**_IMAGE_RUN_TEXTS, "data_dir": texts["data_help"]})
-        _add_seeds_option(parser)
-        parser.set_defaults(run=commands.run_image_flow, dataset=dataset)
 
 
 def _thread_options() -> argparse.ArgumentParser:
@@ -368,16 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.register("action", "parsers", _WithThreadOptions)
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (
-        _add_preprocess,
-        _add_deap,
-        _add_image_commands,
-        _add_ingest,
-        _add_serve,
-        _add_deployments,
-        _add_schema,
-    ):
-        add(subcommands)
+    for name, command in _COMMANDS.items():
+        _add_command(subcommands, name, command)
     return parser
 
 

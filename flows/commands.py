@@ -10,10 +10,30 @@ import sys
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def _print_file_failures(failures: dict[str, str]) -> None:
-    """One stderr line per source file that failed, naming it and what is wrong."""
-    for name, why in failures.items():
-        print(f"eegmi: error: {name}: {why}", file=sys.stderr)
+def _outcome_unless_files_failed(state, failed_summary: str) -> dict | None:
+    """The finished flow's outcome; ``None`` when source files failed, after one stderr line per
+    failed file (naming it and what is wrong) and ``failed_summary``, which may use
+    ``{n_failed}`` and ``{n_stored}``. A flow that crashed raises its exception here."""
+    from flows.deap import SourceFilesFailed
+
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, SourceFilesFailed):
+        for name, why in outcome.failures.items():
+            print(f"eegmi: error: {name}: {why}", file=sys.stderr)
+        summary = failed_summary.format(n_failed=len(outcome.failures), n_stored=outcome.n_stored_files)
+        print(summary, file=sys.stderr)
+        return None
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _print_store_growth(outcome: dict, sources: str) -> None:
+    """How many trials the store holds and how many of them ``sources`` just added."""
+    print(
+        f"{outcome['store']}: {outcome['n_trials_stored']} trials stored "
+        f"({outcome['n_trials_new']} new from {sources})"
+    )
 
 
 def check_out_folder(args: argparse.Namespace) -> None:
@@ -52,26 +72,31 @@ def run_preprocess(args: argparse.Namespace) -> int:
     else:
         synthetic = synthetic_spec(args, args.subjects).to_dict()
 
-    from flows.deap import SourceFilesFailed, preprocess_deap
+    from flows.deap import preprocess_deap
     from flows.runners import preprocess_task_runner
 
     runner = preprocess_task_runner(args.dask_address, args.dask_workers)
     state = preprocess_deap.with_options(task_runner=runner)(
         out_dir=args.out, data_dir=args.data_dir, synthetic=synthetic, return_state=True
     )
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, SourceFilesFailed):
-        _print_file_failures(outcome.failures)
-        n_failed, n_stored = len(outcome.failures), outcome.n_stored_files
-        print(f"eegmi: {n_failed} file(s) failed; {n_stored} stored", file=sys.stderr)
+    outcome = _outcome_unless_files_failed(state, "eegmi: {n_failed} file(s) failed; {n_stored} stored")
+    if outcome is None:
         return EXIT_FAILED
-    if isinstance(outcome, BaseException):
-        raise outcome
-    print(
-        f"{outcome['store']}: {outcome['n_trials_stored']} trials stored "
-        f"({outcome['n_trials_new']} new from {outcome['n_files']} file(s))"
-    )
+    _print_store_growth(outcome, f"{outcome['n_files']} file(s)")
     return EXIT_OK
+
+
+def _full_run_parameters(args: argparse.Namespace) -> dict:
+    """The flow parameters of the options every full run takes (DEAP's and the image data sets'):
+    data and run folders, preset, seed, ``--resume`` and ``--seeds``."""
+    return {
+        "out_dir": args.out,
+        "data_dir": args.data_dir,
+        "preset": args.preset,
+        "seed": args.seed,
+        "resume": args.resume,
+        "n_seeds": args.seeds,
+    }
 
 
 def run_deap(args: argparse.Namespace) -> int:
@@ -84,14 +109,10 @@ def run_deap(args: argparse.Namespace) -> int:
         from pipeline.models.presets import deap_preset
 
         synthetic_spec(args, args.subjects or deap_preset(args.preset).synthetic_subjects)
-    from flows.deap import SourceFilesFailed, deap
+    from flows.deap import deap
 
     state = deap(
-        out_dir=args.out,
-        data_dir=args.data_dir,
-        preset=args.preset,
-        seed=args.seed,
-        resume=args.resume,
+        **_full_run_parameters(args),
         protocol=args.protocol,
         betas=args.beta,
         synthetic_subjects=args.subjects,
@@ -100,16 +121,13 @@ def run_deap(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         compile_model=args.compile,
         synthetic_scenario=args.synthetic_scenario,
-        n_seeds=args.seeds,
         return_state=True,
     )
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, SourceFilesFailed):
-        _print_file_failures(outcome.failures)
-        print("eegmi: stopped before training: fix or remove the files above and rerun", file=sys.stderr)
+    outcome = _outcome_unless_files_failed(
+        state, "eegmi: stopped before training: fix or remove the files above and rerun"
+    )
+    if outcome is None:
         return EXIT_FAILED
-    if isinstance(outcome, BaseException):
-        raise outcome
     print(f"report: {outcome['report_html']}")
     print(f"Î: {outcome['n_influential']} influential factor(s); emotion-linked: {outcome['linked']}")
     stability = outcome.get("stability")
@@ -142,7 +160,6 @@ def run_ingest(args: argparse.Namespace) -> int:
         raise InputError("eegmi ingest", "give recording files or --inbox DIR, not both")
     if not (args.recordings or args.inbox or args.retrain):
         raise InputError("eegmi ingest", "nothing to do: give recording files, --inbox DIR or --retrain")
-    from flows.deap import SourceFilesFailed
     from flows.ingest import ingest_inbox, ingest_recordings
 
     common = {
@@ -158,18 +175,12 @@ def run_ingest(args: argparse.Namespace) -> int:
         state = ingest_inbox(inbox_dir=args.inbox, **common, return_state=True)
     else:
         state = ingest_recordings(recordings=args.recordings, **common, return_state=True)
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, SourceFilesFailed):
-        _print_file_failures(outcome.failures)
-        n_failed, n_stored = len(outcome.failures), outcome.n_stored_files
-        print(f"eegmi: {n_failed} recording(s) failed; {n_stored} stored and processed", file=sys.stderr)
-        return EXIT_FAILED
-    if isinstance(outcome, BaseException):
-        raise outcome
-    print(
-        f"{outcome['store']}: {outcome['n_trials_stored']} trials stored "
-        f"({outcome['n_trials_new']} new from {outcome['n_recordings']} recording(s))"
+    outcome = _outcome_unless_files_failed(
+        state, "eegmi: {n_failed} recording(s) failed; {n_stored} stored and processed"
     )
+    if outcome is None:
+        return EXIT_FAILED
+    _print_store_growth(outcome, f"{outcome['n_recordings']} recording(s)")
     if outcome["action"] == "nothing stored":
         print("no trials stored yet: nothing to train, encode or report")
     elif outcome["action"] == "stored only":
@@ -253,15 +264,7 @@ def _print_image_outcome(outcome: dict) -> None:
 
 def run_image_flow(args: argparse.Namespace) -> int:
     flow = getattr(importlib.import_module(f"flows.{args.dataset}"), args.dataset)
-    state = flow(
-        out_dir=args.out,
-        data_dir=args.data_dir,
-        preset=args.preset,
-        seed=args.seed,
-        resume=args.resume,
-        n_seeds=args.seeds,
-        return_state=True,
-    )
+    state = flow(**_full_run_parameters(args), return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
         raise outcome

@@ -31,6 +31,7 @@ from pipeline.models.learn import (
 from pipeline.models.presets import deap_preset
 from pipeline.models.state import load_vae
 from pipeline.models.vae import VAEConfig
+from pipeline.report.assemble import ReportedRun
 from pipeline.report.deap import analyse_seed, build_deap_report
 from pipeline.signal.config import PreprocessConfig
 from pipeline.sources.synthetic import generate_subject, ground_truth
@@ -107,18 +108,21 @@ def run_scenario(
             reported = representative_seed(analyses, consensus_factors(analyses))[0]
         group = seed_latent_set(reported, reference)
         train_store_classifier(store, learn, out_dir, group=group)
-        return build_deap_report(
+        reported_run = ReportedRun(
             out_dir,
             store,
             load_vae(checkpoints[reported]),
+            {"scenario": scenario, "seed": seed},
+            group=group,
+            seed_analyses=analyses,
+            ground_truth=ground_truth(spec),
+        )
+        return build_deap_report(
+            reported_run,
             load_classifier(RunFolder(out_dir).checkpoints),
             with_model_seed(learn, reported),
             RULES,
-            {"scenario": scenario, "seed": seed},
             f"synthetic://deap?scenario={scenario}&subjects={n_subjects}&seed={seed}",
-            ground_truth(spec),
-            group=group,
-            seed_analyses=analyses,
         )
     finally:
         torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pipeline import __version__
@@ -24,9 +25,28 @@ from pipeline.analysis.stability import (
     majority,
     representative_seed,
 )
+from pipeline.models.vae import BetaVAE
 from pipeline.report.figures import ReportAssets, mi_variance_figure, topk_figure
 from pipeline.report.writer import write_report
 from pipeline.store.frames import FrameStore
+from pipeline.store.layout import LATENTS_GROUP
+
+
+@dataclass(frozen=True)
+class ReportedRun:
+    """What a report describes, whatever the data set: the run folder it is written into, the
+    encoded store, the β-VAE whose latents are in ``group``, the settings that re-run it
+    (``run_config``, recorded under ``config``), every seed's analysis of an ensemble
+    (``seed_analyses``, the reference seed first; None for one seed) and, for generated data,
+    the truth the report is checked against."""
+
+    out_dir: str | os.PathLike
+    store: FrameStore
+    model: BetaVAE
+    run_config: dict
+    group: str = LATENTS_GROUP
+    seed_analyses: list[SeedFactors] | None = None
+    ground_truth: dict | None = None
 
 
 def mi_summary(estimate: MIEstimate, estimated_on: str, threshold_nats: float, **extra) -> dict:

@@ -36,7 +36,6 @@ from pipeline.signal.config import PreprocessConfig
 from pipeline.signal.imaging import ImagingOperator, deap_imaging_operator
 from pipeline.sources.trials import DEAP_CHANNELS
 from pipeline.store.frames import FrameStore
-from pipeline.store.layout import LATENTS_GROUP
 
 
 def _latents_and_classes(store: FrameStore, rows: np.ndarray, threshold: float, group: str = "latents"):
@@ -182,19 +181,13 @@ def _source(store: FrameStore, source_path: str) -> dict:
 
 
 def build_deap_report(
-    out_dir: str | Path,
-    store: FrameStore,
-    model: BetaVAE,
+    run: assemble.ReportedRun,
     classifier: EmotionLSTM,
     learn: LearnConfig,
     rules: FactorRules,
-    run_config: dict,
     source_path: str,
-    ground_truth: dict | None = None,
     beta_sweep: dict | None = None,
     progress: Progress | None = None,
-    group: str = LATENTS_GROUP,
-    seed_analyses: list[SeedFactors] | None = None,
 ) -> dict:
     """Compute Î, the top-k tables and the factor descriptions; write report.json/.html; return the report.
 
@@ -207,15 +200,16 @@ def build_deap_report(
     ``beta_sweep`` (from the chosen checkpoint) is reported as it is. ``progress`` follows the
     permutation tests and the factors' traversals and figures (see :mod:`pipeline.progress`).
 
-    Seed ensembles (``--seeds``): ``model`` is the seed ``learn.train.seed`` whose latents are in
-    ``group``, and ``seed_analyses`` holds every seed's :func:`analyse_seed` (the reference seed
-    first, this one among them); each factor and block then says in how many seeds it was found.
-    Without it the run has one seed and each is found in 1 of 1.
+    Seed ensembles (``--seeds``): ``run.model`` is the seed ``learn.train.seed`` whose latents are
+    in ``run.group``, and ``run.seed_analyses`` holds every seed's :func:`analyse_seed` (the
+    reference seed first, this one among them); each factor and block then says in how many seeds
+    it was found. Without it the run has one seed and each is found in 1 of 1.
     """
+    store, model, group = run.store, run.model, run.group
     split = stored_split(store)
     estimate: MIEstimate = store_mi(store, split.train, group=group)
     test_mu, test_classes = _latents_and_classes(store, split.test, learn.class_threshold, group)
-    classification = _classification(out_dir, store, classifier, learn, group)
+    classification = _classification(run.out_dir, store, classifier, learn, group)
     topk = topk_table(
         estimate,
         reconstruction_mse=lambda keep: reconstruction_mse(model, store, split.test, keep),
@@ -224,16 +218,18 @@ def build_deap_report(
     analysis = _analyse_factors(store, split, model, classifier, estimate, learn, rules, group, progress)
     factors = analysis.factors
     test_mi = _test_trial_mi(store, split, group, factors)
+    seed_analyses = run.seed_analyses
     if seed_analyses is None:
         seed_analyses = [analysis.seed_factors(model, rules, learn)]
     model_seed = learn.train.seed
     stability = assemble.seed_stability(factors, seed_analyses, model_seed, EEG_MATCH_RULE, **EEG_BLOCK_RULES)
+    ground_truth = run.ground_truth
     check = None if ground_truth is None else check_planted_blocks(factors, ground_truth)
     report = assemble.assemble_report(
         "deap",
         _source(store, source_path),
         {
-            **run_config,
+            **run.run_config,
             "preprocessing": analysis.preprocess.model_dump(mode="json"),
             "rules": rules.model_dump(mode="json"),
         },
@@ -255,7 +251,7 @@ def build_deap_report(
         factors, analysis.traversals, DEFAULT_TRAVERSAL_VALUES, DEAP_CHANNELS, band_names, progress
     )
     confusion = confusion_figure(classification["confusion"], CLASS_NAMES)
-    return assemble.write_run_report(out_dir, report, estimate, figures, confusion)
+    return assemble.write_run_report(run.out_dir, report, estimate, figures, confusion)
 
 
 @dataclass(frozen=True)

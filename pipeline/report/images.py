@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -28,7 +27,6 @@ from pipeline.report import assemble
 from pipeline.report.traversals import traversal_montage
 from pipeline.store.frames import FrameStore
 from pipeline.store.ingest_images import image_split
-from pipeline.store.layout import LATENTS_GROUP
 
 # The smallest top-k holding this share of the total Î should reconstruct about as well as all
 # factors (the paper's Table 2: the top factors hold almost all information and reconstruct
@@ -123,46 +121,31 @@ def _row_label(label: float, index: int) -> str:
 
 
 def build_image_report(
-    out_dir: str | Path,
-    store: FrameStore,
-    model: BetaVAE,
+    run: assemble.ReportedRun,
     preset: ImagePreset,
-    run_config: dict,
     source: dict,
     training: dict | None = None,
-    ground_truth: dict | None = None,
-    group: str = LATENTS_GROUP,
-    seed_analyses: list[SeedFactors] | None = None,
     reference_seed: int | None = None,
 ) -> dict:
     """Compute Î, Table 2 and the traversal montages of an encoded image store; write the report.
 
     Parameters
     ----------
-    out_dir : str or Path
-        Run folder; receives report.json, report.html and figures/.
-    store : FrameStore
-        The image store, encoded by ``model`` (at least its test images).
-    model : BetaVAE
-        The trained β-VAE.
+    run : ReportedRun
+        The run folder (receives report.json, report.html and figures/), the image store encoded
+        by ``run.model`` (at least its test images) into ``run.group``, ``run.run_config``
+        (everything needed to re-run, recorded under ``config``), ``run.seed_analyses`` (every
+        seed's :func:`image_seed_factors`, the reference seed first, ``model``'s among them: each
+        influential factor then says in how many seeds it was found; None for one seed) and
+        ``run.ground_truth`` (procedural images' ``ProceduralSpec.ground_truth()``: the report
+        then compares its ``n_factors`` with the number of influential factors).
     preset : ImagePreset
         Caps, evaluation size, threshold, traversal settings.
-    run_config : dict
-        Everything needed to re-run (JSON-native), recorded under ``config``.
     source : dict
         ``kind`` and ``path`` of the data (and extra keys such as ``skipped``); the counts
         are filled in here.
     training : dict, optional
         How training went (epochs run, best epoch, ...), recorded under ``training``.
-    ground_truth : dict, optional
-        The generating process of procedural images (``ProceduralSpec.ground_truth()``); the
-        report then compares its ``n_factors`` with the number of influential factors.
-    group : str
-        The latent group ``model`` wrote (another seed's of an ensemble: ``latents_seed<k>``).
-    seed_analyses : list of SeedFactors, optional
-        Every seed's :func:`image_seed_factors` (the reference seed first, ``model``'s among
-        them): each influential factor then says in how many seeds it was found. Without it the
-        run has one seed.
     reference_seed : int, optional
         The ensemble's reference seed (the run's ``--seed``; default ``preset.train.seed``): it
         chooses the test images the traversals start from, the same for every seed.
@@ -174,7 +157,8 @@ def build_image_report(
     """
     if not isinstance(preset, ImagePreset):
         raise InputError("preset", f"expected an ImagePreset, got {type(preset).__name__}")
-    if not isinstance(source, dict) or not isinstance(run_config, dict):
+    store, model, group, ground_truth = run.store, run.model, run.group, run.ground_truth
+    if not isinstance(source, dict) or not isinstance(run.run_config, dict):
         raise InputError("source/run_config", "must both be dicts")
     if not isinstance(model, BetaVAE) or model.input_shape != tuple(store.frame_shape[1:]):
         raise InputError("model", f"must be a BetaVAE for the store's images {tuple(store.frame_shape[1:])}")
@@ -185,6 +169,7 @@ def build_image_report(
     if reference_seed is None:
         reference_seed = preset.train.seed
     factors, factor_figures = _traversed_factors(store, model, preset, test, reference_seed)
+    seed_analyses = run.seed_analyses
     if seed_analyses is None:
         seed_analyses = [image_seed_factors(store, model, preset, group, reference_seed)]
     stability = assemble.seed_stability(factors, seed_analyses, preset.train.seed, IMAGE_MATCH_RULE)
@@ -192,7 +177,7 @@ def build_image_report(
     report = assemble.assemble_report(
         preset.dataset,
         {**source, "n_trials": n_images, "n_frames": n_images, "n_images": n_images},
-        run_config,
+        run.run_config,
         assemble.mi_summary(
             test.estimate,
             f"{test.rows.size} test images",
@@ -215,7 +200,7 @@ def build_image_report(
             "ground_truth_check": None if ground_truth is None else _count_check(ground_truth, influential),
         },
     )
-    return assemble.write_run_report(out_dir, report, test.estimate, factor_figures)
+    return assemble.write_run_report(run.out_dir, report, test.estimate, factor_figures)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from pipeline.models.learn import (
 )
 from pipeline.models.presets import DeapPreset, deap_preset, with_beta, with_training_options
 from pipeline.models.state import load_vae
+from pipeline.report.assemble import ReportedRun
 from pipeline.report.deap import analyse_seed, build_deap_report, majority_linked_blocks
 from pipeline.runs.preprocess import DeapSource, preprocess_deap
 from pipeline.store.frames import FrameStore
@@ -301,20 +302,23 @@ def write_deap_report(
     config = LearnConfig.model_validate(preset["learn"])
     reference_seed = config.train.seed
     reported_seed = reference_seed if reported_seed is None else reported_seed
-    report = build_deap_report(
+    reported = ReportedRun(
         run.location,
         run.open_store(),
         load_vae(run.seed_vae_dir(reported_seed, reference_seed), "best"),
+        run_config,
+        group=seed_latent_set(reported_seed, reference_seed),
+        seed_analyses=None if seed_analyses is None else [SeedFactors.from_dict(a) for a in seed_analyses],
+        ground_truth=ground_truth,
+    )
+    report = build_deap_report(
+        reported,
         load_classifier(run.classifier_dir(), "classifier"),
         with_model_seed(config, reported_seed),
         FactorRules.model_validate(preset["rules"]),
-        run_config,
         source_path,
-        ground_truth,
         beta_sweep=load_checkpoint(run.vae_dir(), "best")[1].get("beta_sweep"),
         progress=show,
-        group=seed_latent_set(reported_seed, reference_seed),
-        seed_analyses=None if seed_analyses is None else [SeedFactors.from_dict(a) for a in seed_analyses],
     )
     influential = [f["index"] for f in report["factors"] if f["influential"]]
     linked = [f["index"] for f in report["factors"] if f["emotion"]["linked"]]
@@ -354,13 +358,16 @@ class DeapSteps:
     """The steps a DEAP run (and a recordings update) is made of. The defaults are the plain
     functions above; the flows pass the same steps wrapped as Prefect tasks."""
 
+    # Frames into the store, then each protocol's split and band normalisation.
     preprocess: Callable[..., dict] = preprocess_deap
     keep_protocol_slots: Callable[..., None] = keep_protocol_slots
     split_and_normalise: Callable[..., dict] = split_and_normalise
+    # One protocol's models: its β-VAE (or a β sweep), the latents, the LSTM.
     train_vae: Callable[..., dict] = train_frame_vae
     sweep_vae: Callable[..., dict] = sweep_frame_vae
     encode: Callable[..., dict] = encode_frames
     train_lstm: Callable[..., dict] = train_emotion_lstm
+    # A seed ensemble (--seeds): each seed's β-VAE, latents and factors, and the seed reported.
     train_seed_vae: Callable[..., dict] = train_seed_vae
     encode_seed: Callable[..., dict] = encode_seed
     analyse_seed: Callable[..., dict] = analyse_one_seed

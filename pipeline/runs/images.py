@@ -19,6 +19,7 @@ from pipeline.models.encoding import encode_store
 from pipeline.models.learn import checkpoint_model_id, seed_latent_set, train_split_vae
 from pipeline.models.presets import CELEBA_IMAGE_SHAPE, MNIST_IMAGE_SHAPE, ImagePreset, image_preset
 from pipeline.models.state import load_vae
+from pipeline.report.assemble import ReportedRun
 from pipeline.report.images import build_image_report, image_seed_factors
 from pipeline.runs.deap import LOG, choose_reported_seed
 from pipeline.sources.celeba import ALIGNED_CROP, PARTITION_FILE, check_celeba_folder, iter_celeba
@@ -332,19 +333,16 @@ def write_image_report(
     whose reference seed is ``reference_seed``. Returns the report's summary (JSON-small).
     """
     settings = ImagePreset.model_validate(preset)
-    report = build_image_report(
+    reported = ReportedRun(
         run.location,
         run.open_store(),
         load_vae(run.seed_vae_dir(settings.train.seed, reference_seed), "best"),
-        settings,
         run_config,
-        source,
-        training=training,
-        ground_truth=ground_truth,
         group=_latent_group(settings, reference_seed),
         seed_analyses=None if seed_analyses is None else [SeedFactors.from_dict(a) for a in seed_analyses],
-        reference_seed=reference_seed,
+        ground_truth=ground_truth,
     )
+    report = build_image_report(reported, settings, source, training=training, reference_seed=reference_seed)
     cutoff = report["information_cutoff"]
     log.info(
         "report: %d of %d factor(s) influential; top %d hold %.0f %% of Î, MSE %+.1f %% against all factors",

@@ -5,8 +5,6 @@ runs the whole sequence of :func:`pipeline.runs.deap.run_deap` with its steps as
 run folder held from start to end.
 """
 
-from __future__ import annotations
-
 from dataclasses import replace
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -14,6 +12,7 @@ from prefect.task_runners import TaskRunner
 
 from flows.runners import as_tasks, cluster_safe, collect_mapped, exclusive_run, preprocess_task_runner
 from pipeline.errors import InputError
+from pipeline.models.presets import DeapPreset
 from pipeline.runs.deap import PLAIN_STEPS, check_seed_options, deap_settings, run_deap
 from pipeline.runs.preprocess import (
     DeapSource,
@@ -119,7 +118,7 @@ def _preprocess_flow_on(runner: TaskRunner):
 def deap(
     out_dir: str,
     data_dir: str | None = None,
-    preset: str = "demo",
+    preset: str | DeapPreset = "demo",
     seed: int = 0,
     resume: bool = False,
     protocol: str | None = None,
@@ -133,6 +132,9 @@ def deap(
     n_seeds: int = 1,
 ) -> dict:
     """The whole DEAP pipeline: frames → β-VAE → Î ranking → LSTM → top-k tables → report.
+
+    ``preset`` is a preset's name (``demo``, ``paper``) or the whole settings as a ``DeapPreset``
+    (a dict of its fields is validated into one), which carries its own seeds.
 
     Without ``data_dir`` it runs on the synthetic DEAP of ``synthetic_scenario`` (``planted``,
     ``null`` or ``confound``). ``resume`` continues VAE training from its last checkpoint; stored

@@ -1,11 +1,10 @@
 """The image flows (``mnist``, ``celeba``): :func:`pipeline.runs.images.run_images` with its ingest
 and steps as Prefect tasks and the run folder held from start to end."""
 
-from __future__ import annotations
-
 from prefect import Flow, flow
 
 from flows.runners import as_tasks, exclusive_run, step_task
+from pipeline.models.presets import ImagePreset
 from pipeline.runs.images import IMAGE_DATASETS, PLAIN_IMAGE_STEPS, run_images
 
 # The steps of an image run as tasks; the data set's ingest is added per run.
@@ -18,7 +17,7 @@ def image_flow(dataset: str, description: str) -> Flow:
     def run_dataset(
         out_dir: str,
         data_dir: str | None = None,
-        preset: str = "demo",
+        preset: str | ImagePreset = "demo",
         seed: int = 0,
         resume: bool = False,
         n_seeds: int = 1,

@@ -9,13 +9,12 @@ from start to end (:func:`flows.runners.exclusive_run`), and a run killed at any
 finished by the next one (:mod:`pipeline.store.runlock`).
 """
 
-from __future__ import annotations
-
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.task_runners import TaskRunner
 
 from flows.deap import TASK_STEPS, _retry_unless_bad_input
 from flows.runners import cluster_safe, collect_mapped, exclusive_run, preprocess_task_runner
+from pipeline.models.presets import DeapPreset
 from pipeline.runs import inbox as inbox_run
 from pipeline.runs import recordings as recordings_run
 from pipeline.runs.recordings import IngestSettings, recordings_store_kind
@@ -75,7 +74,7 @@ def ingest_recordings(
     out_dir: str,
     retrain: bool = False,
     interpolate_missing: bool = False,
-    preset: str | dict | None = None,
+    preset: str | DeapPreset | None = None,
     seed: int = 0,
     dask_address: str | None = None,
     dask_workers: int | None = None,
@@ -93,9 +92,10 @@ def ingest_recordings(
         Fit split, normalisation, β-VAE and LSTM again on everything stored.
     interpolate_missing : bool
         Interpolate up to 8 missing DEAP channels instead of refusing the recording.
-    preset : str or dict, optional
-        Settings for a retraining (``"demo"``, ``"paper"`` or a preset dict); by default the
-        ones recorded in the run's report. Without ``retrain`` the recorded ones are used.
+    preset : str or DeapPreset, optional
+        Settings for a retraining (``"demo"``, ``"paper"``, or the settings themselves; a dict of
+        their fields, as deployments pass it, is validated into a ``DeapPreset``); by default
+        the ones recorded in the run's report. Without ``retrain`` the recorded ones are used.
     seed : int
         Seed for a named preset.
     dask_address, dask_workers : optional
@@ -127,7 +127,7 @@ def ingest_inbox(
     retrain: bool = False,
     interpolate_missing: bool = False,
     settle_seconds: float = 0.0,
-    preset: str | dict | None = None,
+    preset: str | DeapPreset | None = None,
     seed: int = 0,
     dask_address: str | None = None,
     dask_workers: int | None = None,

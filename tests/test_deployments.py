@@ -244,3 +244,46 @@ def test_parameters_registered_by_earlier_versions_still_validate_against_the_fl
     assert ingest_inbox.validate_parameters(dict(weekly.parameters)) == {**registered, **defaults}
     with pytest.raises(Exception, match="settle_seconds"):
         ingest_inbox.validate_parameters({**registered, "settle_seconds": "soon"})
+
+
+def test_flows_take_the_settings_models_a_dict_of_their_fields_included(tmp_path):
+    # A deployment or a caller may pass the whole settings: Prefect validates a dict of a preset's
+    # fields into the model, and a name stays a name.
+    from flows.deap import deap
+    from flows.ingest import ingest_recordings
+    from flows.mnist import mnist
+    from pipeline.models.presets import DeapPreset, ImagePreset, deap_preset, image_preset
+
+    settings = deap_preset("demo", seed=3)
+    recorded = settings.model_dump(mode="json")
+    for flow_, name in ((deap, "deap"), (ingest_recordings, "ingest")):
+        extra = {"recordings": []} if name == "ingest" else {}
+        validated = flow_.validate_parameters({"out_dir": str(tmp_path), "preset": recorded, **extra})
+        assert isinstance(validated["preset"], DeapPreset) and validated["preset"] == settings
+        assert (
+            flow_.validate_parameters({"out_dir": str(tmp_path), "preset": "paper", **extra})["preset"]
+            == "paper"
+        )
+    images = image_preset("mnist", "demo", seed=2)
+    validated = mnist.validate_parameters(
+        {"out_dir": str(tmp_path), "preset": images.model_dump(mode="json")}
+    )
+    assert isinstance(validated["preset"], ImagePreset) and validated["preset"] == images
+    with pytest.raises(Exception, match="preset"):
+        deap.validate_parameters({"out_dir": str(tmp_path), "preset": {**recorded, "learn": "no"}})
+
+
+def test_settings_given_whole_keep_their_seeds_and_take_the_options_asked_for():
+    from pipeline.models.presets import deap_preset, image_preset
+    from pipeline.runs.deap import deap_settings
+    from pipeline.runs.images import IMAGE_DATASETS
+
+    settings = deap_preset("demo", seed=3)
+    assert deap_settings(settings, seed=0) == settings
+    chosen = deap_settings(settings, seed=0, protocol="subject", betas=[2.0, 4.0], compile_model=True)
+    assert (chosen.protocol, chosen.betas, chosen.learn.vae.beta) == ("subject", (2.0, 4.0), 2.0)
+    assert chosen.learn.train.compile_model and chosen.learn.train.seed == settings.learn.train.seed == 3
+    images = image_preset("mnist", "demo", seed=2)
+    assert IMAGE_DATASETS["mnist"].settings(images, seed=0, data_dir=None) == images
+    with pytest.raises(InputError, match="holds mnist settings; this run is celeba"):
+        IMAGE_DATASETS["celeba"].settings(images, seed=0, data_dir=None)

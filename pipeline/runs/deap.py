@@ -38,7 +38,7 @@ from pipeline.models.learn import (
     train_store_vae,
     with_model_seed,
 )
-from pipeline.models.presets import DeapPreset, deap_preset, with_beta, with_training_options
+from pipeline.models.presets import DeapPreset, deap_preset, with_beta, with_betas, with_training_options
 from pipeline.models.state import load_vae
 from pipeline.report.assemble import ReportedRun
 from pipeline.report.deap import analyse_seed, build_deap_report, majority_linked_blocks
@@ -63,15 +63,25 @@ def check_seed_options(n_seeds: int, betas: list[float] | None) -> None:
 
 
 def deap_settings(
-    preset: str,
+    preset: str | DeapPreset,
     seed: int,
     protocol: str | None = None,
     betas: list[float] | None = None,
     mixed_precision: bool = False,
     compile_model: bool = False,
 ) -> DeapPreset:
-    """The named preset with the run's seed, protocol, β(s) and training options."""
-    chosen = deap_preset(preset, seed, protocol, tuple(betas) if betas else None)
+    """The run's settings: the named preset with the run's seed, or a whole ``DeapPreset`` as
+    given (it carries its own seeds); then the protocol, β(s) and training options asked for."""
+    if isinstance(preset, DeapPreset):
+        chosen = preset if protocol is None else preset.replace(protocol=protocol)
+        chosen = with_betas(chosen, tuple(betas)) if betas else chosen
+        train = chosen.learn.train
+        mixed_precision, compile_model = (
+            mixed_precision or train.mixed_precision,
+            compile_model or train.compile_model,
+        )
+    else:
+        chosen = deap_preset(preset, seed, protocol, tuple(betas) if betas else None)
     return with_training_options(chosen, mixed_precision, compile_model)
 
 

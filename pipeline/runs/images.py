@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.analysis.stability import SeedFactors
+from pipeline.errors import InputError
 from pipeline.models.encoding import encode_store
 from pipeline.models.learn import checkpoint_model_id, seed_latent_set, train_split_vae
 from pipeline.models.presets import CELEBA_IMAGE_SHAPE, MNIST_IMAGE_SHAPE, ImagePreset, image_preset
@@ -193,7 +194,12 @@ class ImageDataset:
     folder_kind: str
     reports_skipped: bool
 
-    def settings(self, preset: str, seed: int, data_dir: str | None) -> ImagePreset:
+    def settings(self, preset: str | ImagePreset, seed: int, data_dir: str | None) -> ImagePreset:
+        """The named preset with the run's seed, or the settings as given (with their own seeds)."""
+        if isinstance(preset, ImagePreset):
+            if preset.dataset != self.name:
+                raise InputError("preset", f"holds {preset.dataset} settings; this run is {self.name}")
+            return preset
         return image_preset(self.name, preset, seed, embedded=data_dir is None)
 
     def source(self, data_dir: str | None, ingested: dict) -> dict:
@@ -415,7 +421,7 @@ def run_images(
     run: RunFolder | str,
     dataset: str,
     data_dir: str | None = None,
-    preset: str = "demo",
+    preset: str | ImagePreset = "demo",
     seed: int = 0,
     *,
     resume: bool = False,

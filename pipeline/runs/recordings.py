@@ -107,8 +107,13 @@ def preset_from_dict(values: dict, where: str = "preset") -> DeapPreset:
         raise InputError(where, f"holds invalid settings: {err}") from err
 
 
-def _run_settings(preset: str | dict | None, seed: int, recorded: dict | None, where: str) -> DeapPreset:
-    """An explicit preset (a name or a dict) wins; else the recorded settings; else ``demo``."""
+def _run_settings(
+    preset: str | DeapPreset | dict | None, seed: int, recorded: dict | None, where: str
+) -> DeapPreset:
+    """An explicit preset (a name, the settings, or a dict of them) wins; else the recorded
+    settings; else ``demo``."""
+    if isinstance(preset, DeapPreset):
+        return preset
     if isinstance(preset, dict):
         return preset_from_dict(preset)
     if isinstance(preset, str):
@@ -254,7 +259,7 @@ def _encode_new(
 def update_models(
     run: RunFolder,
     retrain: bool,
-    preset: str | dict | None,
+    preset: str | DeapPreset | dict | None,
     seed: int,
     source_path: str,
     note: dict,
@@ -345,7 +350,7 @@ class IngestSettings:
 
     retrain: bool = False
     interpolate_missing: bool = False
-    preset: str | dict | None = None
+    preset: str | DeapPreset | dict | None = None
     seed: int = 0
     store: StoreRecordings = store_recordings
     steps: DeapSteps = PLAIN_STEPS

@@ -247,8 +247,9 @@ def test_an_image_run_killed_before_its_report_leaves_the_marker(tmp_path, digit
         raise KeyboardInterrupt
 
     steps = replace(images_run.PLAIN_IMAGE_STEPS, train_vae=killed)
+    settings = images_run.image_settings("mnist", "demo", 7, str(digits_idx_folder))
     with pytest.raises(KeyboardInterrupt):
-        images_run.run_images(out, "mnist", str(digits_idx_folder), seed=7, steps=steps)
+        images_run.run_images(out, settings, str(digits_idx_folder), steps=steps)
     pending = pending_update(out)
     assert pending.stage == "training"
     assert pending.settings["dataset"] == "mnist" and pending.settings["train"]["seed"] == 7

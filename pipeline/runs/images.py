@@ -218,6 +218,14 @@ class ImageDataset:
         return None
 
 
+def image_settings(dataset: str, preset: str | ImagePreset, seed: int, data_dir: str | None) -> ImagePreset:
+    """The settings of an image run of ``dataset``: the named preset with the run's seed (for the
+    data folder, or the embedded data without one), or an ``ImagePreset`` of that data set as given."""
+    if dataset not in IMAGE_DATASETS:
+        raise InputError("dataset", f"{dataset!r} is not one of {sorted(IMAGE_DATASETS)}")
+    return IMAGE_DATASETS[dataset].settings(preset, seed, data_dir)
+
+
 IMAGE_DATASETS = {
     "mnist": ImageDataset("mnist", ingest_mnist, "images", EMBEDDED_DIGITS, "idx", reports_skipped=False),
     "celeba": ImageDataset(
@@ -419,32 +427,29 @@ def _learn_seeds(
 
 def run_images(
     run: RunFolder | str,
-    dataset: str,
+    settings: ImagePreset,
     data_dir: str | None = None,
-    preset: str | ImagePreset = "demo",
-    seed: int = 0,
     *,
     resume: bool = False,
     n_seeds: int = 1,
     ingest: Callable[..., dict] | None = None,
     steps: ImageSteps = PLAIN_IMAGE_STEPS,
 ) -> dict:
-    """An image data set through the stages of the paper into the run folder ``run``.
+    """An image data set (``settings.dataset``) through the stages of the paper into the run folder ``run``.
 
     Without ``data_dir`` MNIST runs on the 1797 handwritten digits bundled with scikit-learn
-    and CelebA on procedural images with k = 4 known factors. ``resume`` continues β-VAE
-    training from its last checkpoint; stored images and latents of the same model are never
-    recomputed. ``n_seeds`` > 1 trains one β-VAE per model seed and reports the most
-    representative seed. ``ingest`` replaces the data set's own ingest (the flows make it a task).
-    Returns the report's summary.
+    and CelebA on procedural images with k = 4 known factors (:func:`image_settings` chooses the
+    settings for either). ``resume`` continues β-VAE training from its last checkpoint; stored
+    images and latents of the same model are never recomputed. ``n_seeds`` > 1 trains one β-VAE
+    per model seed and reports the most representative seed. ``ingest`` replaces the data set's
+    own ingest (the flows make it a task). Returns the report's summary.
     """
     run = RunFolder(run)
-    chosen = IMAGE_DATASETS[dataset]
-    settings = chosen.settings(preset, seed, data_dir)
+    chosen = IMAGE_DATASETS[settings.dataset]
     ingested = (ingest or chosen.ingest)(run, data_dir, settings.model_dump(mode="json"))
     run_config = {
         "preset": settings.model_dump(mode="json"),
-        "seed": seed,
+        "seed": settings.train.seed,
         "resume": resume,
         "data_dir": data_dir,
     }

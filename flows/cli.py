@@ -88,7 +88,7 @@ def _run_options(name: str, texts: dict[str, str]) -> OptionTable:
 
 
 def _scenario_option() -> OptionTable:
-    from pipeline.sources.synthetic_spec import SCENARIOS
+    from pipeline.sources.scenarios import SCENARIOS
 
     return {
         "--synthetic-scenario": {

@@ -52,7 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.validators import atomic_write_bytes
+from pipeline.files import atomic_write_bytes
 
 THREAD_COUNT_VARIABLES: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 NUMPY_BLAS_VARIABLE = "OPENBLAS_NUM_THREADS"

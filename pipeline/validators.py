@@ -1,5 +1,5 @@
-"""Checks and safe writes shared by every stage: the typed settings' base class and number types,
-JSON-native values, atomic file writes and timestamps.
+"""Checks shared by every stage: the typed settings' base class and number types, and JSON-native
+values (atomic file writes and timestamps are in :mod:`pipeline.files`).
 
 Settings (presets and configs) are frozen pydantic models: Prefect validates them as flow
 parameters and shows them as forms, ``model_dump(mode="json")`` is what report.json and the
@@ -10,11 +10,7 @@ line naming the setting, as every other bad input does.
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, Self
 
 import numpy as np
@@ -152,29 +148,3 @@ def check_json_native(value: Any, where: str, name: str = "attrs") -> None:
     is_numpy = isinstance(value, np.ndarray | np.generic)
     hint = "; convert it with .tolist() or float()/int()" if is_numpy else ""
     raise InputError(where, f"{name} is of type {type(value).__name__}, which is not JSON-native{hint}")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the complete new one.
-
-    The bytes go to a unique sibling, are flushed to disk, and the file is renamed over ``path``
-    (atomic on POSIX and Windows within one file system).
-    """
-    path = Path(path)
-    # Opened with "xb" (not mkstemp, whose files are private 0600) so the file gets the
-    # permissions of the user's umask, like any other file they write.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def utc_now() -> str:
-    """The current UTC time to the second, ISO 8601 (as stores and run markers record it)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")

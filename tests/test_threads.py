@@ -3,8 +3,10 @@ and how it follows runs that start and end, the overrides, and how the command l
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from unittest import mock
 
 import pytest
@@ -340,6 +342,38 @@ def test_the_command_line_registers_the_run_and_applies_the_policy_before_the_co
         finally:
             cli.release_threads()
         assert RunRegistry().live_runs() == 0
+
+
+# numpy's OpenBLAS reads its thread count once, when numpy is imported: a module imported on the
+# way to the policy that pulls numpy in leaves it at every core, and its idle threads spin.
+CHECK_NUMPY_BLAS = """
+import json, sys
+from flows import cli
+args = cli.build_parser().parse_args(["deap", "--threads", "2"])
+numpy_before = "numpy" in sys.modules
+cli.configure_threads(args)
+import numpy, threadpoolctl
+blas = [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["internal_api"] == "openblas"]
+cli.release_threads()
+print(json.dumps({"numpy_before": numpy_before, "blas": blas}))
+"""
+
+
+def test_numpys_blas_takes_the_policys_single_thread_when_the_command_line_starts(tmp_path):
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name
+        not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "EEGMI_AUTOMATIC_THREADS")
+    }
+    environment["EEGMI_RUN_REGISTRY"] = str(tmp_path / "runs")
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK_NUMPY_BLAS], capture_output=True, text=True, env=environment, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["numpy_before"] is False
+    assert seen["blas"] and set(seen["blas"]) == {1}
 
 
 def test_the_command_line_reports_a_bad_thread_count_in_one_line(monkeypatch, capsys, tmp_path):

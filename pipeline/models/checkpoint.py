@@ -28,7 +28,7 @@ import safetensors.torch
 import torch
 
 from pipeline.errors import InputError
-from pipeline.validators import atomic_write_bytes
+from pipeline.files import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "eegmi-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.files import atomic_write_bytes
 from pipeline.report.figures import ReportAssets
 from pipeline.report.html import render_report_html
 from pipeline.report.schema import checked_report
 from pipeline.store.run_folder import FIGURES_DIR_NAME as FIGURES_DIR
 from pipeline.store.run_folder import REPORT_HTML_NAME as REPORT_HTML
 from pipeline.store.run_folder import REPORT_JSON_NAME as REPORT_JSON
-from pipeline.validators import atomic_write_bytes
 
 
 def _figure_files(assets: ReportAssets) -> dict[str, bytes]:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.models.checkpoint import atomic_write_bytes
+from pipeline.files import atomic_write_bytes
 from pipeline.runs.recordings import (
     PLAIN_INGEST,
     IngestSettings,

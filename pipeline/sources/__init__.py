@@ -1,5 +1,2 @@
-"""Readers: each turns one source file into a :class:`Trials`."""
-
-from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES, Trials
-
-__all__ = ["DEAP_CHANNELS", "LABEL_NAMES", "Trials"]
+"""Readers (each turns one source file into a :class:`pipeline.sources.trials.Trials`), the
+synthetic DEAP, the data manifests and the isolated reads."""

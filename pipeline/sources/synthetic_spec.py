@@ -17,13 +17,13 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.signal.config import BAND_NAMES, PreprocessConfig
+from pipeline.sources.scenarios import SCENARIOS
 from pipeline.sources.trials import DEAP_CHANNELS, LABEL_NAMES
 
 BAND_EDGES_HZ: dict[str, tuple[float, float]] = dict(
     zip(BAND_NAMES, PreprocessConfig().band_edges_hz, strict=True)
 )
 RHYTHM_FOLLOWS = ("trial", "subject")
-SCENARIOS = ("planted", "null", "confound")
 # Class labels a rating habit may bend (the other two ratings never enter a class).
 CLASS_LABELS = ("valence", "arousal")
 

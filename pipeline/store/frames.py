@@ -22,6 +22,7 @@ import zarr
 
 from pipeline import __version__
 from pipeline.errors import InputError
+from pipeline.files import utc_now
 from pipeline.store.latents import LatentSets
 from pipeline.store.layout import (
     COMMIT_ARRAY,
@@ -47,7 +48,7 @@ from pipeline.store.rows import (
     write_rows_together,
     writer_lock,
 )
-from pipeline.validators import check_json_native, utc_now
+from pipeline.validators import check_json_native
 
 
 class FrameStore(LatentSets):

@@ -34,8 +34,9 @@ from typing import IO, Any
 import fsspec
 
 from pipeline.errors import InputError
+from pipeline.files import atomic_write_bytes, utc_now
 from pipeline.store.run_folder import RunFolder, read_json_file
-from pipeline.validators import atomic_write_bytes, check_json_native, utc_now
+from pipeline.validators import check_json_native
 
 UPDATE_STAGES = ("training", "report")
 # errno values that mean "this location cannot take our output", as opposed to a bad input file.

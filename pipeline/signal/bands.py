@@ -26,6 +26,10 @@ from pipeline.signal.config import PreprocessConfig
 
 # Far below any real EEG band power (see module docstring), so only flat channels reach it.
 LOG_POWER_FLOOR = 1e-10
+# Trials whose spectra are computed at once: two DEAP trials' spectra (8.6 MB) stay in the CPU's
+# cache while they are squared, which takes a DEAP file's band power in about 60 % of the time
+# that transforming all 40 at once does.
+TRIALS_PER_TRANSFORM = 2
 _DEFAULT_CONFIG = PreprocessConfig()
 
 
@@ -85,6 +89,20 @@ def band_bin_matrix(config: PreprocessConfig) -> np.ndarray:
             )
         matrix[in_band, band] = 1.0
     return matrix
+
+
+def _power_spectra(chunk: np.ndarray, n_windows: int, n_samples: int, bins: slice, out: np.ndarray) -> None:
+    """|FFT|² of every window of ``chunk`` at ``bins``, into ``out`` (trial, channel, window, bin),
+    a few trials at a time (:data:`TRIALS_PER_TRANSFORM`); each trial's values do not depend on it."""
+    for first in range(0, chunk.shape[0], TRIALS_PER_TRANSFORM):
+        trials = chunk[first : first + TRIALS_PER_TRANSFORM]
+        windows = trials.reshape(trials.shape[0], trials.shape[1], n_windows, n_samples)
+        # scipy's FFT is several times faster than numpy's here; each transform is computed
+        # whole by one worker, so the worker count never changes the result.
+        spectrum = scipy.fft.rfft(windows, axis=-1, workers=_fft_workers())[..., bins]
+        power = out[first : first + trials.shape[0]]
+        np.square(spectrum.real, out=power)
+        power += np.square(spectrum.imag)
 
 
 def _fft_workers() -> int:
@@ -154,18 +172,19 @@ def band_log_power(
     in_any_band = np.flatnonzero(bin_matrix.any(axis=1))
     used_bins = slice(in_any_band[0], in_any_band[-1] + 1)
     log_power = np.empty((n_trials, config.n_windows, n_channels, bin_matrix.shape[1]), dtype=np.float32)
+    n_used_bins = used_bins.stop - used_bins.start
+    power = np.empty(
+        (min(n_trials, trials_per_chunk), n_channels, config.n_windows, n_used_bins), signals.dtype
+    )
     for start in range(0, n_trials, trials_per_chunk):
         chunk = signals[start : start + trials_per_chunk]
         if not np.isfinite(chunk).all():
             bad = start + np.unique(np.nonzero(~np.isfinite(chunk))[0])
             raise InputError(where, f"contains NaN or Inf in trial(s) {bad.tolist()}")
-        windows = chunk.reshape(chunk.shape[0], n_channels, config.n_windows, n_samples)
-        # scipy's FFT is several times faster than numpy's here; each transform is computed
-        # whole by one worker, so the worker count never changes the result.
-        spectrum = scipy.fft.rfft(windows, axis=-1, workers=_fft_workers())[..., used_bins]
-        power = np.square(spectrum.real)
-        power += np.square(spectrum.imag)
-        band_power = power @ bin_matrix[used_bins]  # (chunk, channel, window, band)
+        chunk_power = power[: chunk.shape[0]]
+        _power_spectra(chunk, config.n_windows, n_samples, used_bins, out=chunk_power)
+        # One matrix product per chunk: its BLAS kernel depends on the product's size.
+        band_power = chunk_power @ bin_matrix[used_bins]  # (chunk, channel, window, band)
         np.log10(
             np.maximum(band_power, LOG_POWER_FLOOR).transpose(0, 2, 1, 3),
             out=log_power[start : start + chunk.shape[0]],

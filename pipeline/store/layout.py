@@ -78,6 +78,9 @@ def complete_layout(group: zarr.Group, frame_shape: tuple[int, ...], label_width
             dtype="float32",
             fill_value=np.nan,
             compressors=FRAMES_COMPRESSOR,
+            # One file per trial side by side (c.<row>.0.0.0.0): the default "/" gives each trial
+            # four nested folders, and creating them cost more than compressing the frames.
+            chunk_key_encoding={"name": "default", "separator": "."},
         ),
         "labels": dict(
             shape=(0, label_width), chunks=(ROW_CHUNK, label_width), dtype="float32", fill_value=np.nan

@@ -44,7 +44,7 @@ apply_thread_environment(choose_thread_policy(other_runs=0))
 
 import numpy as np  # noqa: E402
 
-from flows._runtime import configure_offline_prefect  # noqa: E402
+from flows._runtime import configure_offline_prefect, heartbeats_only_for_a_server  # noqa: E402
 
 FULL_SUBJECTS, FULL_TRIALS = 32, 40
 END_TO_END_LIMIT_SECONDS = 20.0
@@ -581,7 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_HOME", str(work_dir / "prefect-home"))
     check_free_disk(work_dir, args.subjects, args.trials)
     try:
-        results = run(args.subjects, args.trials, args.seed, work_dir, args.griddata_frames, args.max_workers)
+        # As the eegmi command runs its flows on the temporary server.
+        with heartbeats_only_for_a_server():
+            results = run(
+                args.subjects, args.trials, args.seed, work_dir, args.griddata_frames, args.max_workers
+            )
     finally:
         for name in ("warmup-data", "warmup-out", "steps-out"):
             shutil.rmtree(work_dir / name, ignore_errors=True)

@@ -18,6 +18,7 @@ from flows._runtime import (
     Terminated,
     configure_offline_prefect,
     exit_now,
+    heartbeats_only_for_a_server,
     log_named_errors_without_traceback,
     stop_on_sigterm,
 )
@@ -453,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_arguments_are_unicode(args)
         configure_threads(args)
-        return args.run(args)
+        with heartbeats_only_for_a_server():
+            return args.run(args)
     except InputError as error:
         print(f"eegmi: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -47,9 +47,15 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for every flow test of the session (starting one costs ~10 s)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # As the eegmi command runs its flows (flows._runtime.heartbeats_only_for_a_server): the
+    # harness's server is temporary too, and each flow's end would wait for a heartbeat thread.
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 

@@ -312,3 +312,40 @@ def test_zero_seeds_is_refused_by_the_argument_parser(capsys, tmp_path):
         main(["deap", "--data-dir", "d", "--out", str(tmp_path / "o"), "--seeds", "0"])
     assert stopped.value.code == 2
     assert "at least 1 seed" in capsys.readouterr().err
+
+
+def _heartbeats_seen_by_the_flow(monkeypatch, tmp_path) -> int | None:
+    """The heartbeat frequency in force while ``eegmi deap`` runs its flow."""
+    from prefect.settings import get_current_settings
+
+    import flows.deap
+
+    seen = {}
+
+    def fake_deap(**options):
+        seen["heartbeat_frequency"] = get_current_settings().flows.heartbeat_frequency
+        raise SystemExit(0)
+
+    monkeypatch.setattr(flows.deap, "deap", fake_deap)
+    with pytest.raises(SystemExit):
+        main(["deap", "--out", str(tmp_path / "o")])
+    return seen["heartbeat_frequency"]
+
+
+def test_flows_on_the_temporary_server_send_no_heartbeats_and_with_a_server_they_do(monkeypatch, tmp_path):
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    defaults = {PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY}
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    with temporary_settings(restore_defaults=defaults):
+        default_frequency = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
+        # Without a server each flow's end would wait for the heartbeat thread to wake.
+        assert default_frequency is not None
+        assert _heartbeats_seen_by_the_flow(monkeypatch, tmp_path) is None
+    server = {PREFECT_API_URL: "http://127.0.0.1:4200/api"}
+    with temporary_settings(updates=server, restore_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY}):
+        assert _heartbeats_seen_by_the_flow(monkeypatch, tmp_path) == default_frequency
+    # A frequency the user set is theirs, server or not.
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    with temporary_settings(restore_defaults=defaults):
+        assert _heartbeats_seen_by_the_flow(monkeypatch, tmp_path) == default_frequency

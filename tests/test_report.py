@@ -747,6 +747,9 @@ def test_factor_cards_show_within_subject_and_pooled_relevance_and_the_subject_d
     assert "<dt>pooled over subjects</dt><dd>0.290 nats" in page
     assert "<dt>subject share</dt><dd>0.910</dd>" in page
     assert "emotion-linked within subject\n            (q 0.00400)" in page
+    # As a reader sees it: the verdict follows the block's strength after a space.
+    shown = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page))
+    assert re.search(r"strength [0-9.]+ — emotion-linked within subject \(q 0\.00400\)", shown)
     # The subject-driven factor's block was never tested; the dead factor says nothing at all.
     assert page.count("not emotion-related within subject") == 0
     assert page.count("Not influential (Î below the threshold)") == 1

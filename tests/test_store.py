@@ -491,6 +491,31 @@ def test_frames_compressed_before_the_lock_are_the_bytes_zarr_itself_writes(tmp_
     np.testing.assert_array_equal(FrameStore.open(tmp_path / "f.zarr").read_frames([0, 1, 2]), data["frames"])
 
 
+def test_each_trials_frames_are_one_file_and_a_store_with_nested_chunk_folders_still_appends(tmp_path):
+    data = _source(5, 3)
+    store = _new_store(tmp_path / "new.zarr")
+    assert store.add_trials(**data) == 3
+    assert sorted(p.name for p in (tmp_path / "new.zarr" / "frames").iterdir() if p.is_file()) == [
+        "c.0.0.0.0.0", "c.1.0.0.0.0", "c.2.0.0.0.0", "zarr.json",
+    ]  # fmt: skip
+    # A store written before the flat chunk files: its frames array keeps "c/<row>/0/0/0/0".
+    _new_store(tmp_path / "old.zarr")
+    group = zarr.open_group(tmp_path / "old.zarr", mode="a", use_consolidated=False)
+    frames = group["frames"]
+    spec = {"shape": frames.shape, "chunks": frames.chunks, "dtype": frames.dtype, "fill_value": np.nan}
+    del group["frames"]
+    group.create_array("frames", **spec, compressors=store_layout.FRAMES_COMPRESSOR)
+    old = FrameStore.create_or_open(
+        tmp_path / "old.zarr", config_hash="cfg-a", attrs={"kind": "synthetic"}, frame_shape=SMALL_SHAPE
+    )
+    assert old.add_trials(**data) == 3
+    assert (tmp_path / "old.zarr" / "frames" / "c" / "2" / "0" / "0" / "0" / "0").is_file()
+    np.testing.assert_array_equal(
+        FrameStore.open(tmp_path / "old.zarr").read_frames([0, 1, 2]), data["frames"]
+    )
+    assert store.read_frames([0, 1, 2]).tobytes() == old.read_frames([0, 1, 2]).tobytes()
+
+
 def test_frames_of_another_layout_are_left_to_zarr_to_encode(tmp_path):
     group = zarr.open_group(tmp_path / "other.zarr", mode="w")
     zstd = group.create_array("frames", shape=(2, 4), chunks=(1, 4), dtype="float32")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import json
 import os
 import re
@@ -748,12 +749,35 @@ def test_factor_cards_show_within_subject_and_pooled_relevance_and_the_subject_d
     assert "<dt>subject share</dt><dd>0.910</dd>" in page
     assert "emotion-linked within subject\n            (q 0.00400)" in page
     # As a reader sees it: the verdict follows the block's strength after a space.
-    shown = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page))
-    assert re.search(r"strength [0-9.]+ — emotion-linked within subject \(q 0\.00400\)", shown)
+    assert re.search(r"strength [0-9.]+ — emotion-linked within subject \(q 0\.00400\)", _as_read(page))
     # The subject-driven factor's block was never tested; the dead factor says nothing at all.
     assert page.count("not emotion-related within subject") == 0
     assert page.count("Not influential (Î below the threshold)") == 1
     assert "One subject." not in page
+
+
+def _as_read(page: str) -> str:
+    """The page's text as a reader sees it: no tags, entities decoded, whitespace collapsed."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", "", page)))
+
+
+def test_a_tested_factor_not_linked_to_emotion_says_why_by_the_runs_rules(report, assets):
+    subject_aware = _subject_aware_report(report, n_subjects=6)
+    subject_aware["config"]["rules"] = {"alpha": 0.05, "min_relevance_nats": 0.1}
+    _, driven, _ = subject_aware["factors"]
+    page = _as_read(render_report_html(subject_aware, assets))
+    assert "Not linked to emotion: not significant within subject (q 0.620 > α 0.05)." in page
+    # Significant within subject, but a trace: the card names the minimum it falls short of.
+    driven["emotion"].update(within_subject={"relevance": 0.03, "p_value": 0.001, "q_value": 0.002})
+    page = _as_read(render_report_html(subject_aware, assets))
+    assert (
+        "Not linked to emotion: significant within subject (q 0.00200), but it carries 0.0300 nats "
+        "about the emotion classes, below the 0.1 nats an emotion-linked factor must carry." in page
+    )
+    # The linked factor and the untested one get no such line; nor does a report without rules.
+    assert page.count("Not linked to emotion:") == 1
+    del subject_aware["config"]["rules"]
+    assert "Not linked to emotion:" not in render_report_html(subject_aware, assets)
 
 
 def test_one_subject_report_says_within_subject_is_pooled(report, assets):

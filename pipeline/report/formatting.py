@@ -101,9 +101,34 @@ def factor_cards(report: Mapping, assets: ReportAssets) -> list[dict]:
                 ],
                 "topomap_uri": data_uri(figures.get("topomap")),
                 "traversal_uri": data_uri(figures.get("traversal")),
+                "not_linked_reason": not_linked_reason(
+                    factor.get("emotion"), report.get("config", {}).get("rules", {})
+                ),
             }
         )
     return cards
+
+
+def not_linked_reason(emotion: Mapping | None, rules: Mapping) -> str | None:
+    """Why a factor tested for emotion is not emotion-linked, by the rules of the run (``alpha``,
+    ``min_relevance_nats``): not significant within subject, or significant but carrying less than
+    the minimum. None for a linked or untested factor, or when the report lacks the figures."""
+    if not emotion or emotion.get("linked") or not emotion.get("tested", True):
+        return None
+    within = emotion.get("within_subject", emotion)
+    q_value, relevance = within.get("q_value"), within.get("relevance")
+    alpha, minimum = rules.get("alpha"), rules.get("min_relevance_nats")
+    if q_value is None or relevance is None or alpha is None:
+        return None
+    if q_value > alpha:
+        return f"not significant within subject (q {format_sig3(q_value)} > α {alpha:g})"
+    if minimum is not None and relevance < minimum:
+        return (
+            f"significant within subject (q {format_sig3(q_value)}), but it carries "
+            f"{format_sig3(relevance)} nats about the emotion classes, below the {minimum:g} nats "
+            "an emotion-linked factor must carry"
+        )
+    return None
 
 
 def headline_blocks(report: Mapping) -> list[str] | None:

@@ -32,11 +32,17 @@ def heartbeats_only_for_a_server() -> Iterator[None]:
     subflow waits up to a second for the heartbeat thread, which sleeps in one-second steps
     (Prefect 3.9, heartbeats every 180 s by default): up to a second added to every command, a
     sixth of a full DEAP preprocessing. With a server (``PREFECT_API_URL``), or a heartbeat
-    frequency the user set, heartbeats are kept.
+    frequency the user set (by either of Prefect's variables, or in a profile), heartbeats are kept.
     """
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
 
-    if PREFECT_API_URL.value() or "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
+    user_set = "heartbeat_frequency" in get_current_settings().flows.model_fields_set
+    if PREFECT_API_URL.value() or user_set:
         yield
         return
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):

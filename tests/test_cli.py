@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -332,20 +333,36 @@ def _heartbeats_seen_by_the_flow(monkeypatch, tmp_path) -> int | None:
     return seen["heartbeat_frequency"]
 
 
-def test_flows_on_the_temporary_server_send_no_heartbeats_and_with_a_server_they_do(monkeypatch, tmp_path):
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+@contextlib.contextmanager
+def _prefect_settings_from_the_environment(updates: dict | None = None):
+    """Prefect's settings as a fresh process reads them from the environment (plus ``updates``),
+    not those a test harness set in this one."""
+    from prefect.context import SettingsContext, get_settings_context
+    from prefect.settings import Settings
 
-    defaults = {PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY}
-    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
-    with temporary_settings(restore_defaults=defaults):
+    settings = Settings()
+    if updates:
+        settings = settings.copy_with_update(updates=updates)
+    with SettingsContext(profile=get_settings_context().profile, settings=settings):
+        yield
+
+
+def test_flows_on_the_temporary_server_send_no_heartbeats_and_with_a_server_they_do(monkeypatch, tmp_path):
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    frequency_variables = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+    for name in ("PREFECT_API_URL", *frequency_variables):
+        monkeypatch.delenv(name, raising=False)
+    with _prefect_settings_from_the_environment():
         default_frequency = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
         # Without a server each flow's end would wait for the heartbeat thread to wake.
         assert default_frequency is not None
         assert _heartbeats_seen_by_the_flow(monkeypatch, tmp_path) is None
-    server = {PREFECT_API_URL: "http://127.0.0.1:4200/api"}
-    with temporary_settings(updates=server, restore_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY}):
+    with _prefect_settings_from_the_environment({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
         assert _heartbeats_seen_by_the_flow(monkeypatch, tmp_path) == default_frequency
-    # A frequency the user set is theirs, server or not.
-    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
-    with temporary_settings(restore_defaults=defaults):
-        assert _heartbeats_seen_by_the_flow(monkeypatch, tmp_path) == default_frequency
+    # A frequency the user set is theirs, server or not, by either of Prefect's variables.
+    for name in frequency_variables:
+        monkeypatch.setenv(name, "60")
+        with _prefect_settings_from_the_environment():
+            assert _heartbeats_seen_by_the_flow(monkeypatch, tmp_path) == 60
+        monkeypatch.delenv(name)
